@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what agentid needs on Debian 12, only what is missing. Idempotent; run as root.
+#   scripts/deps.sh build   - compilers and -dev libraries
+#   scripts/deps.sh check   - plus test tools and the npm packages of tests/clients
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want=(build-essential pkg-config libssl-dev libmicrohttpd-dev libcurl4-openssl-dev
+      libjansson-dev libcjose-dev libyaml-dev libhiredis-dev openssl curl ca-certificates)
+if [ "${1:-build}" = check ]; then
+  want+=(libcmocka-dev clang libclang-rt-14-dev nodejs npm)
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# A machine may bring its own node/npm outside Debian's packages; accept those.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  filtered=(); for p in "${missing[@]}"; do [[ $p == nodejs || $p == npm ]] || filtered+=("$p"); done
+  missing=("${filtered[@]}")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}" >&2
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "${1:-build}" = check ] && [ -f tests/clients/package-lock.json ]; then
+  stamp=tests/clients/node_modules/.agentid-lock
+  if [ ! -f "$stamp" ] || ! cmp -s tests/clients/package-lock.json "$stamp"; then
+    (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
+    cp tests/clients/package-lock.json "$stamp"
+  fi
+fi

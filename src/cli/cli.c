@@ -1,0 +1,161 @@
+/* cli — see cli.h. Each subcommand parses its own flags with one small table-free loop. */
+#include "cli/cli.h"
+
+#include "core/http_client.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "issuer/directory.h"
+#include "issuer/server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_ISSUER_DIR    ".agentid/issuer"
+#define DEFAULT_ISSUER_LISTEN "127.0.0.1:8443"
+
+static const char USAGE[] =
+    "usage: agentid <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  issuer [--dir DIR] [--listen ADDR:PORT] [--public-url URL] [--http]\n"
+    "                         serve a local Entra-compatible identity provider (HTTPS)\n"
+    "  issuer init [--dir DIR] [--force]\n"
+    "                         create a directory with keys, TLS and a demo population\n"
+    "  issuer rotate-keys [--dir DIR] [--retire-old]\n"
+    "                         add a signing key (old keys stay published), or retire old ones\n"
+    "  up                     run the local stack (for now: the issuer, creating its directory)\n"
+    "  version                print the version\n"
+    "  help                   this text\n"
+    "\n"
+    "Defaults: --dir " DEFAULT_ISSUER_DIR " (or $AGENTID_ISSUER_DIR), --listen " DEFAULT_ISSUER_LISTEN
+    ".\nDocumentation: docs/issuer.md\n";
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "agentid: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nRun 'agentid help' for usage.\n");
+    return 2;
+}
+
+/* --name VALUE or --name=VALUE; advances *i. NULL if argv[*i] is not this flag. */
+static const char *flag_value(int argc, char **argv, int *i, const char *name, bool *bad)
+{
+    size_t n = strlen(name);
+    if (strncmp(argv[*i], name, n) != 0) return NULL;
+    if (argv[*i][n] == '=') return argv[*i] + n + 1;
+    if (argv[*i][n] != '\0') return NULL;
+    if (*i + 1 >= argc) {
+        *bad = true;
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+static const char *default_dir(void)
+{
+    const char *e = getenv("AGENTID_ISSUER_DIR");
+    return e && *e ? e : DEFAULT_ISSUER_DIR;
+}
+
+static void print_summary(const char *dir)
+{
+    char err[512];
+    directory *d = dir_load(dir, err, sizeof err);
+    if (!d) {
+        fprintf(stderr, "agentid: %s\n", err);
+        return;
+    }
+    printf("directory %s\n  tenant     %s\n", dir_path(d), dir_tenant_id(d));
+    for (size_t i = 0; i < dir_app_count(d); i++) {
+        const dir_app *a = dir_app_at(d, i);
+        printf("  app        %-36s  %s\n", a->app_id, a->name);
+    }
+    const dir_user *u = dir_user_find(d, "alice@agentid.local");
+    if (u && u->password) printf("  demo user  %s / %s\n", u->upn, u->password);
+    printf("  secrets and certificates: %s/%s and %s/keys/\n", dir_path(d), DIR_FILE, dir_path(d));
+    dir_unref(d);
+}
+
+static int cmd_issuer(int argc, char **argv)
+{
+    issuer_opts o = {.dir = default_dir(), .listen = DEFAULT_ISSUER_LISTEN};
+    const char *sub = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
+    bool force = false, retire = false;
+    for (int i = sub ? 2 : 1; i < argc; i++) {
+        bool bad = false;
+        const char *v;
+        if ((v = flag_value(argc, argv, &i, "--dir", &bad))) o.dir = v;
+        else if (!sub && (v = flag_value(argc, argv, &i, "--listen", &bad))) o.listen = v;
+        else if (!sub && (v = flag_value(argc, argv, &i, "--public-url", &bad))) o.public_url = v;
+        else if (!sub && !strcmp(argv[i], "--http")) o.http = true;
+        else if (sub && !strcmp(sub, "init") && !strcmp(argv[i], "--force")) force = true;
+        else if (sub && !strcmp(sub, "rotate-keys") && !strcmp(argv[i], "--retire-old")) retire = true;
+        else return usage_error(bad ? "option %s needs a value" : "unknown option %s", argv[i]);
+        if (bad) return usage_error("option %s needs a value", argv[i]);
+    }
+    char err[512];
+    if (!sub) {
+        log_init("issuer", LOG_INFO);
+        httpc_global_init();
+        return issuer_run(&o);
+    }
+    if (!strcmp(sub, "init")) {
+        if (dir_init(o.dir, force, err, sizeof err) != 0) {
+            fprintf(stderr, "agentid issuer init: %s\n", err);
+            return 1;
+        }
+        print_summary(o.dir);
+        return 0;
+    }
+    if (!strcmp(sub, "rotate-keys")) {
+        char kid[64] = "";
+        if (dir_rotate_keys(o.dir, retire, kid, err, sizeof err) != 0) {
+            fprintf(stderr, "agentid issuer rotate-keys: %s\n", err);
+            return 1;
+        }
+        printf(retire ? "retired every key but %s\n" : "new signing key %s (previous keys stay published)\n",
+               kid);
+        return 0;
+    }
+    return usage_error("unknown issuer command '%s'", sub);
+}
+
+static int cmd_up(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    const char *dir = default_dir();
+    char err[512];
+    directory *d = dir_load(dir, err, sizeof err);
+    if (d) {
+        dir_unref(d);
+    } else if (dir_init(dir, false, err, sizeof err) != 0) {
+        fprintf(stderr, "agentid up: %s\n", err);
+        return 1;
+    }
+    print_summary(dir);
+    printf("  trust the local CA with NODE_EXTRA_CA_CERTS=%s/tls/ca.crt\n", dir);
+    fflush(stdout);
+    issuer_opts o = {.dir = dir, .listen = DEFAULT_ISSUER_LISTEN};
+    log_init("issuer", LOG_INFO);
+    httpc_global_init();
+    return issuer_run(&o);
+}
+
+int cli_main(int argc, char **argv)
+{
+    const char *cmd = argc > 1 ? argv[1] : "help";
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("agentid %s\n", AGENTID_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        fputs(USAGE, stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "issuer")) return cmd_issuer(argc - 1, argv + 1);
+    if (!strcmp(cmd, "up")) return cmd_up(argc - 1, argv + 1);
+    return usage_error("unknown command '%s'", cmd);
+}

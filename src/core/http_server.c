@@ -1,0 +1,500 @@
+/* http_server — see http_server.h. A thin layer over libmicrohttpd (MHD) 0.9.75.
+ *
+ * How a request flows through MHD's access handler (on_access):
+ *   1st call  (*req_cls == NULL, no data): headers are in; allocate our http_req. If
+ *             Content-Length already exceeds max_body, queue 413 right away — MHD only
+ *             accepts a queued response in this first call or after the whole body, and
+ *             an early one makes MHD skip the body and close the connection.
+ *   Nth call  (*upload_data_size > 0): a piece of the body; append it (or discard it
+ *             once over the cap, for chunked bodies whose size was not announced).
+ *   last call (*upload_data_size == 0): run the handler once, queue what it made.
+ * MHD_OPTION_NOTIFY_COMPLETED frees the http_req whatever happened.
+ */
+#include "core/http_server.h"
+#include "core/util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define DEFAULT_MAX_BODY   (1024 * 1024)
+#define DEFAULT_TIMEOUT_S  30
+/* MHD keeps the request line, headers and its read/write buffers in one pool per
+ * connection. Its 32 KiB default is tight for requests carrying several JWTs. */
+#define CONN_MEMORY_LIMIT  (64 * 1024)
+/* A chunked body that passes the cap is read and thrown away so the client can still
+ * get its 413 (MHD 0.9.75 cannot answer mid-body); past this much more we hang up. */
+#define DISCARD_LIMIT      (1024 * 1024)
+
+static const char BODY_TOO_LARGE[] = "{\"error\":\"request_too_large\"}";
+static const char BODY_SERVER_ERROR[] = "{\"error\":\"server_error\"}";
+static const char JSON_TYPE[] = "application/json; charset=utf-8";
+
+struct http_server {
+    struct MHD_Daemon *d;
+    http_handler handler;
+    void *ctx;
+    size_t max_body;
+    bool tls;
+    unsigned port;
+    char *cert, *key; /* our copies, alive as long as the daemon */
+};
+
+typedef struct {
+    char *name, *value;
+} pending_header;
+
+struct http_req {
+    http_server *srv;
+    struct MHD_Connection *conn;
+    const char *method, *path;   /* owned by MHD, alive for the request */
+    char peer[INET6_ADDRSTRLEN];
+    bool loopback;
+
+    char *body;                  /* NULL until the first byte arrives */
+    size_t body_len, body_cap;
+    bool too_large;              /* body passed the cap: answer 413, skip the handler */
+    size_t discarded;
+    bool queued;                 /* a response went to MHD already */
+
+    struct MHD_Response *resp;   /* the reply, once http_reply* ran */
+    int status;
+    pending_header *hdrs;        /* http_add_header calls made before the reply */
+    size_t nhdrs;
+};
+
+/* ---- listen address ---------------------------------------------------------- */
+
+/* "1.2.3.4:80" or "[::1]:80", numeric only: a server must not depend on DNS to start. */
+static bool parse_listen(const char *s, struct sockaddr_storage *ss, bool *v6,
+                         char *err, size_t errlen)
+{
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *port_s;
+    size_t hlen;
+
+    if (!s || !*s) {
+        snprintf(err, errlen, "no listen address");
+        return false;
+    }
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':') goto bad;
+        hlen = (size_t)(close - s - 1);
+        if (hlen >= sizeof host) goto bad;
+        memcpy(host, s + 1, hlen);
+        port_s = close + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (!colon) goto bad;
+        hlen = (size_t)(colon - s);
+        if (hlen >= sizeof host || memchr(s, ':', hlen)) goto bad; /* bare IPv6 needs [] */
+        memcpy(host, s, hlen);
+        port_s = colon + 1;
+    }
+    host[hlen] = '\0';
+
+    if (!*port_s || strlen(port_s) > 5 || strspn(port_s, "0123456789") != strlen(port_s))
+        goto bad;
+    unsigned long port = strtoul(port_s, NULL, 10);
+    if (port > 65535) goto bad;
+
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    if (s[0] != '[' && inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)port);
+        *v6 = false;
+        return true;
+    }
+    if (s[0] == '[' && inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        *v6 = true;
+        return true;
+    }
+bad:
+    snprintf(err, errlen, "bad listen address \"%s\" (want ADDR:PORT or [V6]:PORT, numeric)", s);
+    return false;
+}
+
+/* ---- per-request state -------------------------------------------------------- */
+
+static void set_peer(http_req *r)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+
+    snprintf(r->peer, sizeof r->peer, "unknown");
+    if (!sa) return;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in4->sin_addr, r->peer, sizeof r->peer);
+        r->loopback = (ntohl(in4->sin_addr.s_addr) >> 24) == 127;
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, r->peer, sizeof r->peer);
+        /* A dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d. */
+        r->loopback = IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr) ||
+                      (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127);
+    }
+}
+
+static void free_pending(http_req *r)
+{
+    for (size_t i = 0; i < r->nhdrs; i++) {
+        free(r->hdrs[i].name);
+        free(r->hdrs[i].value);
+    }
+    free(r->hdrs);
+    r->hdrs = NULL;
+    r->nhdrs = 0;
+}
+
+static void req_free(http_req *r)
+{
+    if (!r) return;
+    if (r->resp) MHD_destroy_response(r->resp);
+    free_pending(r);
+    free(r->body);
+    free(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls, (void)c, (void)toe;
+    req_free(*req_cls);
+    *req_cls = NULL;
+}
+
+/* Queue a fixed JSON answer (413, 500) that does not come from the handler. */
+static enum MHD_Result queue_static(http_req *r, unsigned status, const char *json)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(json), (void *)json, MHD_RESPMEM_PERSISTENT);
+    if (!resp) return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, JSON_TYPE);
+    enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
+    MHD_destroy_response(resp); /* MHD holds its own reference once queued */
+    r->queued = true;
+    return ret;
+}
+
+/* Add n bytes to the body, keeping it NUL-terminated; false once over the cap. */
+static bool body_append(http_req *r, const char *data, size_t n)
+{
+    if (n > r->srv->max_body - r->body_len) return false;
+    size_t need = r->body_len + n + 1;
+    if (need > r->body_cap) {
+        size_t cap = r->body_cap ? r->body_cap : 4096;
+        while (cap < need) cap *= 2;
+        if (cap > r->srv->max_body + 1) cap = r->srv->max_body + 1;
+        r->body = xrealloc(r->body, cap);
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, data, n);
+    r->body_len += n;
+    r->body[r->body_len] = '\0';
+    return true;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url,
+                                 const char *method, const char *version,
+                                 const char *upload_data, size_t *upload_data_size,
+                                 void **req_cls)
+{
+    http_server *s = cls;
+    http_req *r = *req_cls;
+    (void)version;
+
+    if (!r) { /* first call: headers only */
+        r = xcalloc(1, sizeof *r);
+        r->srv = s;
+        r->conn = c;
+        r->method = method;
+        r->path = url;
+        set_peer(r);
+        *req_cls = r;
+
+        /* MHD validated Content-Length already (a bad one never reaches us). */
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl) {
+            unsigned long long n = strtoull(cl, NULL, 10);
+            if (n > s->max_body) {
+                r->too_large = true;
+                return queue_static(r, MHD_HTTP_CONTENT_TOO_LARGE, BODY_TOO_LARGE);
+            }
+            if (n > 0) { /* size the buffer once */
+                r->body_cap = (size_t)n + 1;
+                r->body = xmalloc(r->body_cap);
+            }
+        }
+        return MHD_YES;
+    }
+
+    if (r->queued) { /* defensive: MHD should not call us after a response */
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+
+    if (*upload_data_size) { /* a piece of the body */
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (!r->too_large && !body_append(r, upload_data, n)) {
+            r->too_large = true;
+            free(r->body);
+            r->body = NULL;
+            r->body_len = r->body_cap = 0;
+        }
+        if (r->too_large) {
+            r->discarded += n;
+            if (r->discarded > DISCARD_LIMIT) return MHD_NO; /* closes the connection */
+        }
+        return MHD_YES;
+    }
+
+    /* last call: the whole request is in */
+    if (r->too_large) return queue_static(r, MHD_HTTP_CONTENT_TOO_LARGE, BODY_TOO_LARGE);
+
+    s->handler(r, s->ctx);
+    free_pending(r); /* headers added but never followed by a reply */
+    if (!r->resp) return queue_static(r, MHD_HTTP_INTERNAL_SERVER_ERROR, BODY_SERVER_ERROR);
+
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, r->resp);
+    r->queued = true;
+    return ret;
+}
+
+/* ---- server ----------------------------------------------------------------- */
+
+http_server *http_server_start(const http_server_opts *opts, http_handler h, void *ctx,
+                               char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    bool v6 = false;
+    char dummy[1];
+
+    if (!err) err = dummy, errlen = sizeof dummy;
+    if (!opts || !h) {
+        snprintf(err, errlen, "no options or handler");
+        return NULL;
+    }
+    if (!parse_listen(opts->listen, &ss, &v6, err, errlen)) return NULL;
+    bool tls = opts->tls_cert_pem || opts->tls_key_pem;
+    if (tls && !(opts->tls_cert_pem && opts->tls_key_pem)) {
+        snprintf(err, errlen, "TLS needs both a certificate and a key");
+        return NULL;
+    }
+    if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+        snprintf(err, errlen, "libmicrohttpd was built without TLS");
+        return NULL;
+    }
+
+    /* MHD sends with MSG_NOSIGNAL on Linux, but a peer closing under us must never
+     * kill the process through another path (GnuTLS, curl, pipes): ignore SIGPIPE. */
+    signal(SIGPIPE, SIG_IGN);
+
+    http_server *s = xcalloc(1, sizeof *s);
+    s->handler = h;
+    s->ctx = ctx;
+    s->max_body = opts->max_body ? opts->max_body : DEFAULT_MAX_BODY;
+    s->tls = tls;
+
+    /* No MHD_USE_ERROR_LOG: MHD's messages can quote the URL of a request. */
+    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD;
+    unsigned int pool = 0;
+    if (opts->thread_per_connection) {
+        flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL; /* epoll is not allowed here */
+    } else {
+        flags |= MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL
+                                                                         : MHD_USE_POLL;
+        pool = opts->threads;
+        if (!pool) {
+            long n = sysconf(_SC_NPROCESSORS_ONLN);
+            pool = n > 0 ? (unsigned)n : 1;
+        }
+    }
+    if (v6) flags |= MHD_USE_DUAL_STACK; /* also implies MHD_USE_IPv6 */
+    if (tls) {
+        flags |= MHD_USE_TLS;
+        s->cert = xstrdup(opts->tls_cert_pem);
+        s->key = xstrdup(opts->tls_key_pem);
+    }
+
+    /* The HTTPS options are ignored by MHD unless MHD_USE_TLS is set. */
+    errno = 0;
+    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                            MHD_OPTION_CONNECTION_TIMEOUT,
+                            (unsigned)(opts->timeout_s ? opts->timeout_s : DEFAULT_TIMEOUT_S),
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
+                            MHD_OPTION_THREAD_POOL_SIZE, pool, /* 0 or 1: no pool */
+                            MHD_OPTION_HTTPS_MEM_KEY, s->key,
+                            MHD_OPTION_HTTPS_MEM_CERT, s->cert,
+                            MHD_OPTION_END);
+    if (!s->d) {
+        /* MHD logs nothing (see above); errno from bind() is usually the reason. */
+        int e = errno;
+        snprintf(err, errlen, "cannot serve on %s%s%s%s", opts->listen,
+                 tls ? " (or bad TLS certificate/key)" : "", e ? ": " : "", e ? strerror(e) : "");
+        free(s->cert);
+        free(s->key);
+        free(s);
+        return NULL;
+    }
+
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : 0;
+    return s;
+}
+
+unsigned http_server_port(const http_server *s)
+{
+    return s ? s->port : 0;
+}
+
+void http_server_stop(http_server *s)
+{
+    if (!s) return;
+    MHD_stop_daemon(s->d); /* joins every thread, so running handlers finish first */
+    free(s->cert);
+    free(s->key);
+    free(s);
+}
+
+/* ---- request accessors -------------------------------------------------------- */
+
+const char *http_req_method(const http_req *r) { return r->method; }
+const char *http_req_path(const http_req *r) { return r->path; }
+
+typedef struct {
+    const char *name, *value;
+    bool found;
+} query_find;
+
+static enum MHD_Result find_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                const char *value)
+{
+    query_find *q = cls;
+    (void)kind;
+    if (strcmp(key, q->name) != 0) return MHD_YES;
+    q->value = value;
+    q->found = true;
+    return MHD_NO; /* first one wins */
+}
+
+/* MHD's own lookup ignores case for every kind, but query names are case-sensitive.
+ * "?flag" (no '=') gives "" here so that presence can be told from absence. */
+const char *http_req_query(const http_req *r, const char *name)
+{
+    query_find q = { .name = name };
+    if (!name) return NULL;
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, find_arg, &q);
+    return q.found ? (q.value ? q.value : "") : NULL;
+}
+
+typedef struct {
+    void (*cb)(void *ctx, const char *name, const char *value);
+    void *ctx;
+} query_visit;
+
+static enum MHD_Result visit_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    query_visit *v = cls;
+    (void)kind;
+    v->cb(v->ctx, key, value);
+    return MHD_YES;
+}
+
+void http_req_query_each(const http_req *r,
+                         void (*cb)(void *ctx, const char *name, const char *value), void *ctx)
+{
+    query_visit v = { cb, ctx };
+    if (cb) MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, visit_arg, &v);
+}
+
+const char *http_req_header(const http_req *r, const char *name)
+{
+    return name ? MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name) : NULL;
+}
+
+const char *http_req_body(const http_req *r, size_t *len)
+{
+    if (len) *len = r->body_len;
+    return r->body && r->body_len ? r->body : "";
+}
+
+const char *http_req_peer(const http_req *r) { return r->peer; }
+bool http_req_peer_is_loopback(const http_req *r) { return r->loopback; }
+bool http_req_is_tls(const http_req *r) { return r->srv->tls; }
+
+/* ---- replies --------------------------------------------------------------------- */
+
+void http_add_header(http_req *r, const char *name, const char *value)
+{
+    if (!r || !name || !value) return;
+    if (r->resp) { /* after the reply: still goes out, the response is not queued yet */
+        MHD_add_response_header(r->resp, name, value);
+        return;
+    }
+    r->hdrs = xrealloc(r->hdrs, (r->nhdrs + 1) * sizeof *r->hdrs);
+    r->hdrs[r->nhdrs].name = xstrdup(name);
+    r->hdrs[r->nhdrs].value = xstrdup(value);
+    r->nhdrs++;
+}
+
+void http_reply(http_req *r, int status, const char *content_type, const char *body, size_t len)
+{
+    if (!r || r->resp) return; /* exactly one reply: later ones are ignored */
+    if (!body) len = 0;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
+    if (!resp) return; /* out of memory: on_access answers 500 */
+    if (content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    /* MHD refuses names/values with CR or LF, so a handler cannot split the response. */
+    for (size_t i = 0; i < r->nhdrs; i++)
+        MHD_add_response_header(resp, r->hdrs[i].name, r->hdrs[i].value);
+    free_pending(r);
+    r->resp = resp;
+    /* 1xx would leave the exchange unfinished and MHD rejects odd codes: keep it sane. */
+    r->status = status >= 200 && status <= 599 ? status : 500;
+}
+
+void http_reply_text(http_req *r, int status, const char *text)
+{
+    http_reply(r, status, "text/plain; charset=utf-8", text, text ? strlen(text) : 0);
+}
+
+void http_reply_json_type(http_req *r, int status, const char *content_type, json_t *obj)
+{
+    char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    if (!s) { /* nothing to send or not serialisable: a bug in the caller */
+        http_reply(r, 500, JSON_TYPE, BODY_SERVER_ERROR, strlen(BODY_SERVER_ERROR));
+        return;
+    }
+    http_reply(r, status, content_type ? content_type : JSON_TYPE, s, strlen(s));
+    free(s);
+}
+
+void http_reply_json(http_req *r, int status, json_t *obj)
+{
+    http_reply_json_type(r, status, JSON_TYPE, obj);
+}
+
+bool http_replied(const http_req *r) { return r && r->resp; }
+int http_reply_status(const http_req *r) { return r && r->resp ? r->status : 0; }

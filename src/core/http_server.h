@@ -1,0 +1,82 @@
+/* http_server — the HTTP/1.1 server every agentid part uses (libmicrohttpd underneath).
+ *
+ * Usage
+ *     static void handle(http_req *r, void *ctx) {
+ *         if (strcmp(http_req_path(r), "/healthz") == 0)
+ *             http_reply_text(r, 200, "Healthy");
+ *         else
+ *             http_reply_text(r, 404, "not found");
+ *     }
+ *     http_server_opts o = { .listen = "127.0.0.1:0" };
+ *     http_server *s = http_server_start(&o, handle, NULL, err, sizeof err);
+ *
+ * Contract
+ *  - The handler runs on a server thread (several at once: it must be thread-safe) and
+ *    must answer exactly once with one of the http_reply* calls before returning; if it
+ *    does not, the server answers 500. Headers added with http_add_header go out with it.
+ *  - Every http_req pointer and every string read from it lives until the handler
+ *    returns. Reply bodies are copied.
+ *  - Request bodies larger than opts.max_body are refused with 413 before the handler
+ *    runs; header and URL size are bounded by libmicrohttpd (8 KiB per request, default).
+ *  - Only this module includes <microhttpd.h>.
+ */
+#ifndef AGENTID_CORE_HTTP_SERVER_H
+#define AGENTID_CORE_HTTP_SERVER_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct http_server http_server;
+typedef struct http_req http_req;
+
+typedef struct {
+    const char *listen;        /* "ADDR:PORT", "[::1]:PORT"; port 0 picks a free one */
+    const char *tls_cert_pem;  /* PEM chain; with tls_key_pem turns on HTTPS */
+    const char *tls_key_pem;
+    size_t max_body;           /* 0 => 1 MiB */
+    unsigned threads;          /* worker threads; 0 => number of CPUs */
+    bool thread_per_connection;/* for handlers that block on other servers */
+    unsigned timeout_s;        /* idle connection timeout; 0 => 30 */
+} http_server_opts;
+
+typedef void (*http_handler)(http_req *req, void *ctx);
+
+/* Starts listening and serving. NULL on failure with a reason in err. */
+http_server *http_server_start(const http_server_opts *opts, http_handler h, void *ctx,
+                               char *err, size_t errlen);
+/* The bound port (useful with port 0). */
+unsigned http_server_port(const http_server *s);
+/* Stops accepting, waits for handlers to finish, frees. NULL is fine. */
+void http_server_stop(http_server *s);
+
+const char *http_req_method(const http_req *r);
+/* The path, %-decoded by the server, without the query string. */
+const char *http_req_path(const http_req *r);
+/* A query argument, decoded; NULL if absent. Case-sensitive name. */
+const char *http_req_query(const http_req *r, const char *name);
+/* Visit every query argument in order; value may be NULL ("?flag"). */
+void http_req_query_each(const http_req *r,
+                         void (*cb)(void *ctx, const char *name, const char *value), void *ctx);
+/* A request header, case-insensitive name; NULL if absent. */
+const char *http_req_header(const http_req *r, const char *name);
+/* The raw body (NUL-terminated; may be empty, never NULL). */
+const char *http_req_body(const http_req *r, size_t *len);
+/* Peer address as text ("127.0.0.1", "::1"). */
+const char *http_req_peer(const http_req *r);
+bool http_req_peer_is_loopback(const http_req *r);
+bool http_req_is_tls(const http_req *r);
+
+/* Add a response header for the coming reply. */
+void http_add_header(http_req *r, const char *name, const char *value);
+void http_reply(http_req *r, int status, const char *content_type, const char *body, size_t len);
+void http_reply_text(http_req *r, int status, const char *text);
+/* Serialises obj compactly; takes ownership of the reference (steals it). */
+void http_reply_json(http_req *r, int status, json_t *obj);
+void http_reply_json_type(http_req *r, int status, const char *content_type, json_t *obj);
+/* True once a reply was made. */
+bool http_replied(const http_req *r);
+/* The status of the reply, 0 before it. */
+int http_reply_status(const http_req *r);
+
+#endif

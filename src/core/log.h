@@ -1,0 +1,35 @@
+/* log — one JSON object per line on stderr.
+ *
+ * Contract
+ *  - Thread-safe: each line is written with a single write(2).
+ *  - Never give a secret or a whole token to these functions. As a second line of
+ *    defence every message is scanned and anything shaped like a JWT
+ *    (three base64url segments starting "eyJ") is replaced by "[redacted-jwt]".
+ *  - log_fingerprint() is the way to correlate a token in logs: a short hash.
+ */
+#ifndef AGENTID_CORE_LOG_H
+#define AGENTID_CORE_LOG_H
+
+#include <stddef.h>
+
+typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
+
+/* Set the component name ("issuer", "sidecar", ...) and the lowest level printed.
+ * Call once at start-up, before threads. AGENTID_LOG_LEVEL=debug|info|warn|error overrides. */
+void log_init(const char *component, log_level min);
+
+/* {"ts":"...","level":"info","component":"...","event":"<event>","msg":"<printf>"} */
+void log_msg(log_level level, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* One access-log line: method, path (no query), status, duration, correlation id. */
+void log_request(const char *method, const char *path, int status, double ms,
+                 const char *correlation_id);
+
+/* Replace JWT-shaped runs in s, in place. Returns s. Exposed for tests. */
+char *log_redact(char *s);
+
+/* "sha256:" + first 12 hex chars of SHA-256(data). out must hold 20 bytes. */
+const char *log_fingerprint(const char *data, char out[20]);
+
+#endif

@@ -1,0 +1,46 @@
+/* token — the issuer's OAuth 2.0 token endpoint: client authentication, grants, minting.
+ *
+ * Grants: client_credentials (with fmi_path for Agent ID), urn:ietf:params:oauth:grant-type:
+ * jwt-bearer (on-behalf-of), user_fic (agent users), password and refresh_token.
+ * docs/issuer.md describes each and every difference from Entra.
+ *
+ * Contract
+ *  - token_endpoint() is pure with respect to the request: it reads the directory (held
+ *    by the caller) and never blocks on the network, so it may run on any server thread.
+ *  - It always yields a JSON body: a token response, or an Entra-shaped error (error,
+ *    error_description "AADSTS<code>: ...", error_codes, timestamp, trace_id,
+ *    correlation_id, error_uri). The return value is the HTTP status.
+ *  - No secret, assertion or token is ever written to the log by this module.
+ */
+#ifndef AGENTID_ISSUER_TOKEN_H
+#define AGENTID_ISSUER_TOKEN_H
+
+#include "core/form.h"
+#include "issuer/directory.h"
+
+#include <jansson.h>
+
+typedef struct {
+    const directory *dir;
+    const char *base_url;          /* public base, e.g. "https://127.0.0.1:8443" (no slash) */
+    const char *tenant;            /* the {tenant} path segment of the request */
+    const form *body;              /* the parsed form body */
+    const char *fmi_path_query;    /* fmi_path from the query string, if any */
+    const char *authorization;     /* the Authorization header, if any */
+    const char *client_request_id; /* header client-request-id, if any */
+    bool v1_endpoint;              /* /oauth2/token (resource=) rather than /oauth2/v2.0/token */
+} token_req;
+
+/* Handle one token request. Returns the HTTP status; *out gets the JSON body (new ref). */
+int token_endpoint(const token_req *r, json_t **out);
+
+/* An Entra error body, for the server's other errors (unknown tenant, bad form).
+ * New reference. */
+json_t *token_error_json(const char *base_url, const char *error, int code, const char *suberror,
+                         const char *correlation_id, const char *msg);
+
+/* The issuer URL of v2 and v1 tokens for the directory's tenant. Caller frees. */
+char *token_issuer_v2(const char *base_url, const directory *d);
+char *token_issuer_v1(const char *base_url, const directory *d);
+
+#endif

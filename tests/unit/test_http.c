@@ -1,0 +1,567 @@
+/* Unit tests for core/http_server and core/http_client: a real server on 127.0.0.1
+ * (port 0) talked to through the client, over HTTP and HTTPS. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "core/http_client.h"
+#include "core/http_server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_BODY (64 * 1024)
+
+static http_server *srv;
+static char base[64];
+static atomic_int handler_calls;
+
+/* ---- the server side ---------------------------------------------------------- */
+
+static void add_query(void *ctx, const char *name, const char *value)
+{
+    json_array_append_new(ctx, json_pack("[s, s?]", name, value));
+}
+
+/* Everything the handler saw, as JSON, for the tests to check. */
+static void reply_echo(http_req *r)
+{
+    size_t len;
+    const char *body = http_req_body(r, &len);
+    json_t *q = json_array();
+    http_req_query_each(r, add_query, q);
+    json_t *o = json_pack("{s:s, s:s, s:o, s:s?, s:s?, s:s?, s:s?, s:s?, s:s%, s:s, s:b, s:b}",
+                          "method", http_req_method(r), "path", http_req_path(r), "query", q,
+                          "q_a", http_req_query(r, "a"), "q_A", http_req_query(r, "A"),
+                          "q_flag", http_req_query(r, "flag"),
+                          "q_missing", http_req_query(r, "missing"),
+                          "x_test", http_req_header(r, "X-TEST"), "body", body, len,
+                          "peer", http_req_peer(r), "loopback", http_req_peer_is_loopback(r),
+                          "tls", http_req_is_tls(r));
+    http_reply_json(r, 200, o);
+}
+
+static void handler(http_req *r, void *ctx)
+{
+    const char *p = http_req_path(r);
+    (void)ctx;
+    atomic_fetch_add(&handler_calls, 1);
+
+    if (strcmp(p, "/echo") == 0) {
+        reply_echo(r);
+    } else if (strcmp(p, "/raw") == 0) {
+        size_t len;
+        const char *body = http_req_body(r, &len);
+        http_reply(r, 200, "application/octet-stream", body, len);
+    } else if (strcmp(p, "/noreply") == 0) {
+        http_add_header(r, "X-Lost", "1"); /* must not leak into the 500 */
+    } else if (strcmp(p, "/hdr") == 0) {
+        char st[16];
+        http_add_header(r, "X-Custom", "yes");
+        http_add_header(r, "X-Bad", "a\r\nInjected: 1"); /* refused: would split the response */
+        http_reply_json_type(r, 201, "application/problem+json", json_pack("{s:s}", "title", "x"));
+        http_reply_text(r, 200, "second reply is ignored");
+        snprintf(st, sizeof st, "%d", http_replied(r) ? http_reply_status(r) : -1);
+        http_add_header(r, "X-Status", st); /* after the reply: still sent */
+    } else if (strcmp(p, "/big") == 0) {
+        const char *n_s = http_req_query(r, "n");
+        size_t n = n_s ? (size_t)strtoul(n_s, NULL, 10) : 0;
+        char *b = malloc(n + 1);
+        memset(b, 'x', n);
+        http_reply(r, 200, "text/plain", b, n);
+        free(b);
+    } else if (strcmp(p, "/sleep") == 0) {
+        const char *ms = http_req_query(r, "ms");
+        usleep((useconds_t)(ms ? atoi(ms) : 0) * 1000);
+        http_reply_text(r, 200, "slept");
+    } else {
+        http_reply_text(r, 404, "not found");
+    }
+}
+
+static http_server *start(const http_server_opts *o, char *url, size_t urllen, const char *scheme)
+{
+    char err[256] = "";
+    http_server *s = http_server_start(o, handler, NULL, err, sizeof err);
+    if (!s) fail_msg("http_server_start: %s", err);
+    assert_int_not_equal(http_server_port(s), 0);
+    snprintf(url, urllen, "%s://127.0.0.1:%u", scheme, http_server_port(s));
+    return s;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    httpc_global_init();
+    http_server_opts o = { .listen = "127.0.0.1:0", .max_body = MAX_BODY, .threads = 4 };
+    srv = start(&o, base, sizeof base, "http");
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    http_server_stop(srv);
+    return 0;
+}
+
+/* ---- client helpers ----------------------------------------------------------- */
+
+static httpc_result req_full(const char *method, const char *url, const char *const *headers,
+                             const char *body, size_t len, httpc_response *resp)
+{
+    char err[256];
+    httpc_request rq = { .method = method, .url = url, .headers = headers,
+                         .body = body, .body_len = len, .timeout_ms = 5000 };
+    return httpc_do(&rq, resp, err, sizeof err);
+}
+
+static httpc_result req(const char *method, const char *path, const char *const *headers,
+                        const char *body, size_t len, httpc_response *resp)
+{
+    char url[512];
+    snprintf(url, sizeof url, "%s%s", base, path);
+    return req_full(method, url, headers, body, len, resp);
+}
+
+static json_t *parse_json(const httpc_response *resp)
+{
+    json_error_t je;
+    json_t *j = json_loadb(resp->body, resp->body_len, 0, &je);
+    if (!j) fail_msg("bad JSON from server: %s", je.text);
+    return j;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+/* ---- tests ---------------------------------------------------------------------- */
+
+static void test_get_query_headers(void **state)
+{
+    (void)state;
+    httpc_response resp;
+    const char *hdrs[] = { "x-TeSt: v1", NULL };
+    assert_int_equal(req(NULL, "/ech%6F?a=1&b=hello%20world&flag&a=2&c=x%2By+z&empty=",
+                         hdrs, NULL, 0, &resp), HTTPC_OK);
+    assert_int_equal(resp.status, 200);
+    assert_string_equal(resp.content_type, "application/json; charset=utf-8");
+
+    json_t *j = parse_json(&resp);
+    json_t *want = json_pack("[[s,s],[s,s],[s,n],[s,s],[s,s],[s,s]]", "a", "1", "b",
+                             "hello world", "flag", "a", "2", "c", "x+y z", "empty", "");
+    assert_true(json_equal(json_object_get(j, "query"), want));
+    assert_string_equal(json_string_value(json_object_get(j, "method")), "GET");
+    assert_string_equal(json_string_value(json_object_get(j, "path")), "/echo"); /* decoded */
+    assert_string_equal(json_string_value(json_object_get(j, "q_a")), "1");      /* first wins */
+    assert_true(json_is_null(json_object_get(j, "q_A")));                         /* case-sensitive */
+    assert_string_equal(json_string_value(json_object_get(j, "q_flag")), "");     /* present */
+    assert_true(json_is_null(json_object_get(j, "q_missing")));
+    assert_string_equal(json_string_value(json_object_get(j, "x_test")), "v1");
+    assert_string_equal(json_string_value(json_object_get(j, "body")), "");
+    assert_string_equal(json_string_value(json_object_get(j, "peer")), "127.0.0.1");
+    assert_true(json_is_true(json_object_get(j, "loopback")));
+    assert_true(json_is_false(json_object_get(j, "tls")));
+    json_decref(want);
+    json_decref(j);
+    httpc_response_free(&resp);
+}
+
+static void test_post_echo(void **state)
+{
+    (void)state;
+    httpc_response resp;
+    size_t n = 60000;
+    char *body = malloc(n);
+    for (size_t i = 0; i < n; i++) body[i] = (char)(i * 7 % 256); /* includes NUL bytes */
+
+    assert_int_equal(req(NULL, "/raw", NULL, body, n, &resp), HTTPC_OK);
+    assert_int_equal(resp.status, 200);
+    assert_int_equal(resp.body_len, n);
+    assert_memory_equal(resp.body, body, n);
+    assert_string_equal(resp.content_type, "application/octet-stream");
+    httpc_response_free(&resp);
+    free(body);
+
+    const char *hdrs[] = { "Content-Type: application/json", NULL };
+    assert_int_equal(req("PUT", "/echo", hdrs, "{\"k\":1}", 7, &resp), HTTPC_OK);
+    json_t *j = parse_json(&resp);
+    assert_string_equal(json_string_value(json_object_get(j, "method")), "PUT");
+    assert_string_equal(json_string_value(json_object_get(j, "body")), "{\"k\":1}");
+    json_decref(j);
+    httpc_response_free(&resp);
+
+    /* POST with no body at all. */
+    assert_int_equal(req("POST", "/echo", NULL, NULL, 0, &resp), HTTPC_OK);
+    j = parse_json(&resp);
+    assert_string_equal(json_string_value(json_object_get(j, "method")), "POST");
+    assert_string_equal(json_string_value(json_object_get(j, "body")), "");
+    json_decref(j);
+    httpc_response_free(&resp);
+}
+
+static void test_too_large(void **state)
+{
+    (void)state;
+    httpc_response resp;
+    char *body = malloc(MAX_BODY + 1);
+    memset(body, 'b', MAX_BODY + 1);
+
+    assert_int_equal(req(NULL, "/raw", NULL, body, MAX_BODY, &resp), HTTPC_OK);
+    assert_int_equal(resp.status, 200); /* exactly at the cap is fine */
+    assert_int_equal(resp.body_len, MAX_BODY);
+    httpc_response_free(&resp);
+
+    int before = atomic_load(&handler_calls);
+    assert_int_equal(req(NULL, "/raw", NULL, body, MAX_BODY + 1, &resp), HTTPC_OK);
+    assert_int_equal(resp.status, 413);
+    assert_string_equal(resp.body, "{\"error\":\"request_too_large\"}");
+    assert_string_equal(resp.content_type, "application/json; charset=utf-8");
+    httpc_response_free(&resp);
+
+    /* Chunked: no Content-Length to check up front, the cap applies while reading. */
+    const char *chunked[] = { "Transfer-Encoding: chunked", NULL };
+    assert_int_equal(req(NULL, "/raw", chunked, body, MAX_BODY + 1, &resp), HTTPC_OK);
+    assert_int_equal(resp.status, 413);
+    assert_string_equal(resp.body, "{\"error\":\"request_too_large\"}");
+    httpc_response_free(&resp);
+    assert_int_equal(atomic_load(&handler_calls), before); /* handler never ran */
+
+    assert_int_equal(req(NULL, "/raw", chunked, body, 1000, &resp), HTTPC_OK);
+    assert_int_equal(resp.status, 200);
+    assert_int_equal(resp.body_len, 1000);
+    httpc_response_free(&resp);
+    free(body);
+}
+
+/* A raw connection that announces a huge body and sends none of it: the 413 must come
+ * at once, from the headers alone (no "100 Continue", no waiting for the body). */
+static void test_too_large_early(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                             .sin_port = htons((uint16_t)http_server_port(srv)) };
+    struct timeval tv = { .tv_sec = 3 };
+    assert_true(fd >= 0);
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    const char rq[] = "POST /raw HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+                      "Content-Length: 100000000\r\n\r\n";
+    assert_int_equal(send(fd, rq, strlen(rq), 0), (ssize_t)strlen(rq));
+
+    char buf[1024];
+    size_t n = 0;
+    ssize_t k;
+    while (n < sizeof buf - 1 && (k = recv(fd, buf + n, sizeof buf - 1 - n, 0)) > 0)
+        n += (size_t)k; /* until the server closes (or the 3 s timeout, then we fail) */
+    buf[n] = '\0';
+    close(fd);
+    assert_true(strncmp(buf, "HTTP/1.1 413 ", 13) == 0);
+    assert_non_null(strstr(buf, "{\"error\":\"request_too_large\"}"));
+}
+
+/* A chunked body far over the cap: the server hangs up (or answers 413) and lives on. */
+static void test_too_large_chunked_flood(void **state)
+{
+    (void)state;
+    httpc_response resp;
+    size_t n = MAX_BODY + 3 * 1024 * 1024;
+    char *body = malloc(n);
+    memset(body, 'f', n);
+    const char *chunked[] = { "Transfer-Encoding: chunked", NULL };
+    httpc_result rc = req(NULL, "/raw", chunked, body, n, &resp);
+    assert_true(rc == HTTPC_CONNECT || (rc == HTTPC_OK && resp.status == 413));
+    httpc_response_free(&resp);
+    free(body);
+
+    assert_int_equal(req(NULL, "/echo", NULL, NULL, 0, &resp), HTTPC_OK);
+    assert_int_equal(resp.status, 200);
+    httpc_response_free(&resp);
+}
+
+static void test_no_reply_is_500(void **state)
+{
+    (void)state;
+    httpc_response resp;
+    assert_int_equal(req(NULL, "/noreply", NULL, NULL, 0, &resp), HTTPC_OK);
+    assert_int_equal(resp.status, 500);
+    char *lost = httpc_response_header(&resp, "X-Lost");
+    assert_null(lost);
+    httpc_response_free(&resp);
+}
+
+static void test_response_headers(void **state)
+{
+    (void)state;
+    httpc_response resp;
+    assert_int_equal(req(NULL, "/hdr", NULL, NULL, 0, &resp), HTTPC_OK);
+    assert_int_equal(resp.status, 201);
+    assert_string_equal(resp.content_type, "application/problem+json");
+    assert_string_equal(resp.body, "{\"title\":\"x\"}");
+
+    char *v = httpc_response_header(&resp, "x-custom"); /* case-insensitive */
+    assert_non_null(v);
+    assert_string_equal(v, "yes");
+    free(v);
+    v = httpc_response_header(&resp, "X-Status");
+    assert_non_null(v);
+    assert_string_equal(v, "201");
+    free(v);
+    assert_null(httpc_response_header(&resp, "X-Bad"));
+    assert_null(httpc_response_header(&resp, "Injected"));
+    assert_null(httpc_response_header(&resp, "X-Custo")); /* whole names only */
+    httpc_response_free(&resp);
+
+    assert_int_equal(req(NULL, "/nowhere", NULL, NULL, 0, &resp), HTTPC_OK);
+    assert_int_equal(resp.status, 404);
+    assert_string_equal(resp.body, "not found");
+    httpc_response_free(&resp);
+}
+
+#define THREADS 4
+#define PER_THREAD 50
+
+static void *client_thread(void *arg)
+{
+    int t = (int)(intptr_t)arg, bad = 0;
+    for (int i = 0; i < PER_THREAD; i++) {
+        char path[64], body[64];
+        httpc_response resp;
+        snprintf(path, sizeof path, "/raw?t=%d&i=%d", t, i);
+        snprintf(body, sizeof body, "thread %d request %d", t, i);
+        if (req(NULL, path, NULL, body, strlen(body), &resp) != HTTPC_OK || resp.status != 200 ||
+            resp.body_len != strlen(body) || memcmp(resp.body, body, resp.body_len) != 0)
+            bad++;
+        httpc_response_free(&resp);
+    }
+    return (void *)(intptr_t)bad;
+}
+
+static void test_concurrent(void **state)
+{
+    (void)state;
+    pthread_t th[THREADS];
+    int before = atomic_load(&handler_calls);
+    for (int t = 0; t < THREADS; t++)
+        assert_int_equal(pthread_create(&th[t], NULL, client_thread, (void *)(intptr_t)t), 0);
+    for (int t = 0; t < THREADS; t++) {
+        void *bad;
+        pthread_join(th[t], &bad);
+        assert_int_equal((intptr_t)bad, 0);
+    }
+    assert_int_equal(atomic_load(&handler_calls) - before, THREADS * PER_THREAD);
+}
+
+/* One thread, one curl handle, one kept-alive connection, whatever the server says,
+ * including answers after which it closes (413 announced by Content-Length). */
+static void test_keepalive_mix(void **state)
+{
+    (void)state;
+    char big[MAX_BODY + 10];
+    memset(big, 'k', sizeof big);
+    for (int i = 0; i < 40; i++) {
+        httpc_response resp;
+        long want;
+        httpc_result rc;
+        switch (i % 5) {
+        case 0: rc = req(NULL, "/echo?x=1", NULL, NULL, 0, &resp); want = 200; break;
+        case 1: rc = req(NULL, "/raw", NULL, "abc", 3, &resp); want = 200; break;
+        case 2: rc = req(NULL, "/missing", NULL, NULL, 0, &resp); want = 404; break;
+        case 3: rc = req(NULL, "/noreply", NULL, NULL, 0, &resp); want = 500; break;
+        default: rc = req(NULL, "/raw", NULL, big, sizeof big, &resp); want = 413; break;
+        }
+        assert_int_equal(rc, HTTPC_OK);
+        assert_int_equal(resp.status, want);
+        httpc_response_free(&resp);
+    }
+}
+
+static void test_max_response(void **state)
+{
+    (void)state;
+    char url[128], err[256] = "";
+    httpc_response resp;
+    snprintf(url, sizeof url, "%s/big?n=100000", base);
+    httpc_request rq = { .url = url, .max_response = 1000 };
+    assert_int_equal(httpc_do(&rq, &resp, err, sizeof err), HTTPC_TOO_LARGE);
+    assert_null(resp.body);
+    assert_non_null(strstr(err, "127.0.0.1"));
+    httpc_response_free(&resp);
+
+    snprintf(url, sizeof url, "%s/big?n=1000", base);
+    assert_int_equal(httpc_do(&rq, &resp, err, sizeof err), HTTPC_OK);
+    assert_int_equal(resp.body_len, 1000);
+    assert_int_equal(strlen(resp.body), 1000);
+    httpc_response_free(&resp);
+}
+
+static void test_connect_refused(void **state)
+{
+    (void)state;
+    /* A bound socket that does not listen: the port is ours and refuses connections. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t alen = sizeof a;
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
+
+    char url[64], err[256] = "", host[32];
+    httpc_response resp;
+    snprintf(url, sizeof url, "http://user:secret@127.0.0.1:%u/x?q=1", ntohs(a.sin_port));
+    snprintf(host, sizeof host, "(127.0.0.1:%u)", ntohs(a.sin_port));
+    httpc_request rq = { .url = url };
+    assert_int_equal(httpc_do(&rq, &resp, err, sizeof err), HTTPC_CONNECT);
+    assert_non_null(strstr(err, host));
+    assert_null(strstr(err, "secret"));
+    httpc_response_free(&resp);
+    close(fd);
+}
+
+static void test_timeout(void **state)
+{
+    (void)state;
+    char url[128], err[256] = "";
+    httpc_response resp;
+    /* Own server, one thread per connection, so the sleeping handler blocks nobody. */
+    http_server_opts o = { .listen = "127.0.0.1:0", .thread_per_connection = true };
+    http_server *s = start(&o, url, 64, "http");
+    strcat(url, "/sleep?ms=1500");
+
+    httpc_request rq = { .url = url, .timeout_ms = 300 };
+    double t0 = now_ms();
+    assert_int_equal(httpc_do(&rq, &resp, err, sizeof err), HTTPC_TIMEOUT);
+    assert_true(now_ms() - t0 < 1200);
+    assert_true(strlen(err) > 0);
+    httpc_response_free(&resp);
+
+    /* The same thread's handle works again afterwards. */
+    strcpy(strstr(url, "ms="), "ms=0");
+    assert_int_equal(httpc_do(&rq, &resp, err, sizeof err), HTTPC_OK);
+    assert_int_equal(resp.status, 200);
+    assert_string_equal(resp.body, "slept");
+    httpc_response_free(&resp);
+    http_server_stop(s); /* waits for the sleeping handler */
+}
+
+static char *read_all(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = calloc(1, 65536);
+    size_t n = fread(buf, 1, 65535, f);
+    fclose(f);
+    buf[n] = '\0';
+    return buf;
+}
+
+static void test_https(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/agentid-http-XXXXXX", cmd[512], cert_path[64], key_path[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(cert_path, sizeof cert_path, "%s/cert.pem", dir);
+    snprintf(key_path, sizeof key_path, "%s/key.pem", dir);
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+             "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout %s -out %s 2>/dev/null",
+             key_path, cert_path);
+    assert_int_equal(system(cmd), 0);
+    char *cert = read_all(cert_path), *key = read_all(key_path);
+    assert_non_null(cert);
+    assert_non_null(key);
+
+    char url[128], err[256] = "";
+    http_server_opts o = { .listen = "127.0.0.1:0", .tls_cert_pem = cert, .tls_key_pem = key,
+                           .threads = 2 };
+    http_server *s = start(&o, url, 64, "https");
+    strcat(url, "/echo?a=tls");
+
+    httpc_response resp;
+    httpc_request rq = { .url = url, .ca_file = cert_path };
+    for (int i = 0; i < 3; i++) { /* the later ones reuse the TLS connection */
+        assert_int_equal(httpc_do(&rq, &resp, err, sizeof err), HTTPC_OK);
+        assert_int_equal(resp.status, 200);
+        json_t *j = parse_json(&resp);
+        assert_true(json_is_true(json_object_get(j, "tls")));
+        assert_string_equal(json_string_value(json_object_get(j, "q_a")), "tls");
+        json_decref(j);
+        httpc_response_free(&resp);
+    }
+
+    /* Not trusted without the CA file: a TLS failure is a connect failure. */
+    rq.ca_file = NULL;
+    assert_int_equal(httpc_do(&rq, &resp, err, sizeof err), HTTPC_CONNECT);
+    httpc_response_free(&resp);
+
+    /* Half a TLS configuration is refused. */
+    http_server_opts half = { .listen = "127.0.0.1:0", .tls_cert_pem = cert };
+    assert_null(http_server_start(&half, handler, NULL, err, sizeof err));
+    assert_true(strlen(err) > 0);
+
+    http_server_stop(s);
+    free(cert);
+    free(key);
+    unlink(cert_path);
+    unlink(key_path);
+    rmdir(dir);
+}
+
+static void test_bad_listen(void **state)
+{
+    (void)state;
+    const char *bad[] = { "nonsense", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:", "::1:80",
+                          "[::1]80", "localhost:80", "127.0.0.1:8x", "" };
+    char err[256];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        http_server_opts o = { .listen = bad[i] };
+        err[0] = '\0';
+        assert_null(http_server_start(&o, handler, NULL, err, sizeof err));
+        assert_true(strlen(err) > 0);
+    }
+
+    /* The port of the running server is taken. */
+    char busy[32];
+    snprintf(busy, sizeof busy, "127.0.0.1:%u", http_server_port(srv));
+    http_server_opts o = { .listen = busy };
+    assert_null(http_server_start(&o, handler, NULL, err, sizeof err));
+    assert_non_null(strstr(err, busy));
+    http_server_stop(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_get_query_headers),
+        cmocka_unit_test(test_post_echo),
+        cmocka_unit_test(test_too_large),
+        cmocka_unit_test(test_too_large_early),
+        cmocka_unit_test(test_too_large_chunked_flood),
+        cmocka_unit_test(test_no_reply_is_500),
+        cmocka_unit_test(test_response_headers),
+        cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_keepalive_mix),
+        cmocka_unit_test(test_max_response),
+        cmocka_unit_test(test_connect_refused),
+        cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_https),
+        cmocka_unit_test(test_bad_listen),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
