@@ -6,6 +6,7 @@
 #include "core/util.h"
 #include "issuer/directory.h"
 #include "issuer/server.h"
+#include "sidecar/sidecar.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,8 @@ static const char USAGE[] =
     "                         create a directory with keys, TLS and a demo population\n"
     "  issuer rotate-keys [--dir DIR] [--retire-old]\n"
     "                         add a signing key (old keys stay published), or retire old ones\n"
+    "  sidecar [--config appsettings.json] [--listen ADDR:PORT]\n"
+    "                         the auth sidecar on 127.0.0.1:5000 (settings: AzureAd__*, DownstreamApis__*)\n"
     "  up                     run the local stack (for now: the issuer, creating its directory)\n"
     "  version                print the version\n"
     "  help                   this text\n"
@@ -122,6 +125,19 @@ static int cmd_issuer(int argc, char **argv)
     return usage_error("unknown issuer command '%s'", sub);
 }
 
+static int cmd_sidecar(int argc, char **argv)
+{
+    const char *cfg = NULL, *listen = NULL;
+    for (int i = 1; i < argc; i++) {
+        bool bad = false;
+        const char *v;
+        if ((v = flag_value(argc, argv, &i, "--config", &bad))) cfg = v;
+        else if ((v = flag_value(argc, argv, &i, "--listen", &bad))) listen = v;
+        else return usage_error(bad ? "option %s needs a value" : "unknown option %s", argv[i]);
+    }
+    return sidecar_main(cfg, listen);
+}
+
 static int cmd_up(int argc, char **argv)
 {
     (void)argc;
@@ -156,6 +172,7 @@ int cli_main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "issuer")) return cmd_issuer(argc - 1, argv + 1);
+    if (!strcmp(cmd, "sidecar")) return cmd_sidecar(argc - 1, argv + 1);
     if (!strcmp(cmd, "up")) return cmd_up(argc - 1, argv + 1);
     return usage_error("unknown command '%s'", cmd);
 }

@@ -28,8 +28,9 @@
 #define DEFAULT_MAX_BODY   (1024 * 1024)
 #define DEFAULT_TIMEOUT_S  30
 /* MHD keeps the request line, headers and its read/write buffers in one pool per
- * connection. Its 32 KiB default is tight for requests carrying several JWTs. */
-#define CONN_MEMORY_LIMIT  (64 * 1024)
+ * connection; this bounds URL + headers at a little under this size (bigger gets 431).
+ * 32 KiB (MHD's default, made explicit) leaves room for several JWTs in headers. */
+#define CONN_MEMORY_LIMIT  (32 * 1024)
 /* A chunked body that passes the cap is read and thrown away so the client can still
  * get its 413 (MHD 0.9.75 cannot answer mid-body); past this much more we hang up. */
 #define DISCARD_LIMIT      (1024 * 1024)

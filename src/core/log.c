@@ -68,7 +68,7 @@ const char *log_fingerprint(const char *data, char out[20])
 
 static void emit(json_t *o)
 {
-    char *line = json_dumps(o, JSON_COMPACT);
+    char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
     json_decref(o);
     if (!line) return;
     log_redact(line);

@@ -295,6 +295,36 @@ static void test_too_large_chunked_flood(void **state)
     httpc_response_free(&resp);
 }
 
+/* Headers the size of a few JWTs pass; far bigger ones get MHD's 431, and the server
+ * goes on serving. */
+static void test_header_limits(void **state)
+{
+    (void)state;
+    size_t sizes[] = { 16000, 100000 };
+    long want[] = { 200, 431 };
+    for (size_t i = 0; i < 2; i++) {
+        char *h = malloc(sizes[i] + 16);
+        int off = sprintf(h, "X-Test: ");
+        memset(h + off, 'j', sizes[i]);
+        h[off + (int)sizes[i]] = '\0';
+        const char *hdrs[] = { h, NULL };
+        httpc_response resp;
+        assert_int_equal(req(NULL, "/echo", hdrs, NULL, 0, &resp), HTTPC_OK);
+        assert_int_equal(resp.status, want[i]);
+        if (want[i] == 200) {
+            json_t *j = parse_json(&resp);
+            assert_int_equal(strlen(json_string_value(json_object_get(j, "x_test"))), sizes[i]);
+            json_decref(j);
+        }
+        httpc_response_free(&resp);
+        free(h);
+    }
+    httpc_response resp;
+    assert_int_equal(req(NULL, "/echo", NULL, NULL, 0, &resp), HTTPC_OK);
+    assert_int_equal(resp.status, 200);
+    httpc_response_free(&resp);
+}
+
 static void test_no_reply_is_500(void **state)
 {
     (void)state;
@@ -484,6 +514,7 @@ static void test_https(void **state)
              key_path, cert_path);
     assert_int_equal(system(cmd), 0);
     char *cert = read_all(cert_path), *key = read_all(key_path);
+    unlink(key_path); /* only the PEM string is needed from here on */
     assert_non_null(cert);
     assert_non_null(key);
 
@@ -519,7 +550,6 @@ static void test_https(void **state)
     free(cert);
     free(key);
     unlink(cert_path);
-    unlink(key_path);
     rmdir(dir);
 }
 
@@ -553,6 +583,7 @@ int main(void)
         cmocka_unit_test(test_too_large),
         cmocka_unit_test(test_too_large_early),
         cmocka_unit_test(test_too_large_chunked_flood),
+        cmocka_unit_test(test_header_limits),
         cmocka_unit_test(test_no_reply_is_500),
         cmocka_unit_test(test_response_headers),
         cmocka_unit_test(test_concurrent),
