@@ -3,6 +3,7 @@
 #   make check   install what is missing, build, run every test (plain and under ASan+UBSan)
 #   make up      install what is missing, build, run the local stack
 CC      ?= cc
+Q       ?= @
 BUILD   ?= build
 PKGS    := libmicrohttpd libcurl jansson cjose openssl yaml-0.1
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo 0.1.0)
@@ -38,7 +39,8 @@ $(BUILD)/libagentid.a: $(LIB_OBJ)
 
 $(BUILD)/%.o: %.c $(wildcard src/*/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	@echo "  CC      $<"
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libagentid.a
 	@mkdir -p $(dir $@)

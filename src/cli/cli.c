@@ -20,6 +20,7 @@ static const char USAGE[] =
     "\n"
     "commands:\n"
     "  issuer [--dir DIR] [--listen ADDR:PORT] [--public-url URL] [--http]\n"
+    "         [--managed-identity-listen ADDR:PORT]\n"
     "                         serve a local Entra-compatible identity provider (HTTPS)\n"
     "  issuer init [--dir DIR] [--force]\n"
     "                         create a directory with keys, TLS and a demo population\n"
@@ -93,6 +94,7 @@ static int cmd_issuer(int argc, char **argv)
         else if (!sub && (v = flag_value(argc, argv, &i, "--listen", &bad))) o.listen = v;
         else if (!sub && (v = flag_value(argc, argv, &i, "--public-url", &bad))) o.public_url = v;
         else if (!sub && !strcmp(argv[i], "--http")) o.http = true;
+        else if (!sub && (v = flag_value(argc, argv, &i, "--managed-identity-listen", &bad))) o.mi_listen = v;
         else if (sub && !strcmp(sub, "init") && !strcmp(argv[i], "--force")) force = true;
         else if (sub && !strcmp(sub, "rotate-keys") && !strcmp(argv[i], "--retire-old")) retire = true;
         else return usage_error(bad ? "option %s needs a value" : "unknown option %s", argv[i]);

@@ -36,6 +36,9 @@ struct directory {
     jwk *signing;
     jwks *keys;
     char *tls_cert, *tls_key, *tls_ca;
+    oidc **providers;                /* external federated-credential issuers */
+    char **provider_iss;
+    size_t n_providers;
 };
 
 /* ---- loading ---------------------------------------------------------------------------- */
@@ -124,10 +127,11 @@ static bool load_app(directory *d, const json_t *o, dir_app *a, const char *wher
     if (!type || strcmp(type, "application") == 0) a->type = APP_APPLICATION;
     else if (strcmp(type, "agent_blueprint") == 0) a->type = APP_AGENT_BLUEPRINT;
     else if (strcmp(type, "agent_identity") == 0) a->type = APP_AGENT_IDENTITY;
+    else if (strcmp(type, "managed_identity") == 0) a->type = APP_MANAGED_IDENTITY;
     else {
         seterr(err, errlen,
-               DIR_FILE ": %s.type: must be application, agent_blueprint or agent_identity",
-               where);
+               DIR_FILE ": %s.type: must be application, agent_blueprint, agent_identity or "
+               "managed_identity", where);
         return false;
     }
     if (a->type == APP_AGENT_IDENTITY && !a->parent) {
@@ -145,6 +149,39 @@ static bool load_app(directory *d, const json_t *o, dir_app *a, const char *wher
         return false;
     }
     a->public_client = json_is_true(json_object_get(o, "public_client"));
+    const json_t *fics = json_object_get(o, "federated_credentials");
+    if (fics && !json_is_array(fics)) {
+        seterr(err, errlen, DIR_FILE ": %s.federated_credentials: must be an array", where);
+        return false;
+    }
+    for (size_t i = 0; i < json_array_size(fics); i++) {
+        char fw[96];
+        const char *fi, *fs;
+        snprintf(fw, sizeof fw, "%s.federated_credentials[%zu]", where, i);
+        const json_t *f = json_array_get(fics, i);
+        if (!json_is_object(f) || !str_field(f, "issuer", true, &fi, fw, err, errlen) ||
+            !str_field(f, "subject", true, &fs, fw, err, errlen) || !str_array(f, "audiences", fw, err, errlen)) {
+            if (!json_is_object(f)) seterr(err, errlen, DIR_FILE ": %s: must be an object", fw);
+            return false;
+        }
+        if (strncmp(fi, "https://", 8) != 0 && strncmp(fi, "http://127.", 11) != 0 &&
+            strncmp(fi, "http://localhost", 16) != 0) {
+            seterr(err, errlen, DIR_FILE ": %s.issuer: must be an https:// URL (http only on loopback)", fw);
+            return false;
+        }
+        bool known = false;
+        for (size_t j = 0; j < d->n_providers && !known; j++) known = !strcmp(d->provider_iss[j], fi);
+        if (!known) {
+            d->providers = xrealloc(d->providers, (d->n_providers + 1) * sizeof *d->providers);
+            d->provider_iss = xrealloc(d->provider_iss, (d->n_providers + 1) * sizeof *d->provider_iss);
+            /* OpenID Connect Discovery §4: {issuer}/.well-known/openid-configuration. */
+            char *meta = xasprintf("%s%s.well-known/openid-configuration", fi,
+                                   util_str_ends_with(fi, "/") ? "" : "/");
+            d->providers[d->n_providers] = oidc_new(meta, getenv("SSL_CERT_FILE"), 5000);
+            d->provider_iss[d->n_providers++] = xstrdup(fi);
+            free(meta);
+        }
+    }
 
     const json_t *certs = json_object_get(o, "certificates");
     a->n_certs = json_array_size(certs);
@@ -398,6 +435,12 @@ void dir_unref(directory *d)
     free(d->tls_cert);
     free(d->tls_key);
     free(d->tls_ca);
+    for (size_t i = 0; i < d->n_providers; i++) {
+        oidc_free(d->providers[i]);
+        free(d->provider_iss[i]);
+    }
+    free(d->providers);
+    free(d->provider_iss);
     free(d->path);
     free(d);
 }
@@ -510,6 +553,33 @@ const dir_cert *dir_app_cert(const dir_app *a, const char *x5t, const char *x5t_
         if (x5t && strcmp(a->certs[i].x5t, x5t) == 0) return &a->certs[i];
         if (x5t_s256 && strcmp(a->certs[i].x5t_s256, x5t_s256) == 0) return &a->certs[i];
     }
+    return NULL;
+}
+
+const dir_app *dir_managed_identity(const directory *d, const char *client_id, const char *object_id,
+                                    const char *res_id)
+{
+    const char *name = res_id ? strrchr(res_id, '/') : NULL;
+    name = name ? name + 1 : res_id;
+    for (size_t i = 0; i < d->n_apps; i++) {
+        const dir_app *a = &d->apps[i];
+        if (a->type != APP_MANAGED_IDENTITY) continue;
+        if ((!client_id && !object_id && !name) || (client_id && !strcasecmp(a->app_id, client_id)) ||
+            (object_id && !strcasecmp(a->object_id, object_id)) || (name && !strcasecmp(a->name, name)))
+            return a;
+    }
+    return NULL;
+}
+
+const char *dir_identity_header(const directory *d)
+{
+    return json_string_value(json_object_get(d->root, "managed_identity_header"));
+}
+
+oidc *dir_fic_provider(const directory *d, const char *issuer)
+{
+    for (size_t i = 0; issuer && i < d->n_providers; i++)
+        if (!strcmp(d->provider_iss[i], issuer)) return d->providers[i];
     return NULL;
 }
 
@@ -751,6 +821,22 @@ int dir_init(const char *dir, bool force, char *err, size_t errlen)
         seterr(err, errlen, "internal error building " DIR_FILE);
         goto end;
     }
+    /* The "higher environment" of seed 004: a managed identity on the agent's host, trusted by
+     * the blueprint through a federated credential, so no secret is needed at all. The issuer
+     * URL assumes the default listen address; edit it if the issuer runs elsewhere. */
+    char mi[37], mi_oid[37];
+    util_guid(mi);
+    util_guid(mi_oid);
+    char *self = xasprintf("https://127.0.0.1:8443/%s/v2.0", tid), *ih = secret(32);
+    json_array_append_new(json_object_get(root, "applications"),
+                          json_pack("{s:s, s:s, s:s, s:s}", "name", "Weather Agent Host", "type",
+                                    "managed_identity", "app_id", mi, "object_id", mi_oid));
+    json_object_set_new(json_array_get(json_object_get(root, "applications"), 0), "federated_credentials",
+                        json_pack("[{s:s, s:s, s:s, s:[s]}]", "name", "agent-host-managed-identity",
+                                  "issuer", self, "subject", mi_oid, "audiences", DIR_TOKEN_EXCHANGE_URI));
+    json_object_set_new(root, "managed_identity_header", json_string(ih));
+    free(self);
+    free(ih);
     rc = save_root(dir, root, err, errlen);
 end:
     json_decref(sk);

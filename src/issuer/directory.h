@@ -15,6 +15,7 @@
 #define AGENTID_ISSUER_DIRECTORY_H
 
 #include "jose/jwks.h"
+#include "jose/oidc.h"
 #include "jose/jwt.h"
 
 #include <jansson.h>
@@ -27,7 +28,7 @@
 #define DIR_TOKEN_EXCHANGE_URI   "api://AzureADTokenExchange"
 #define DIR_FILE                 "directory.json"
 
-typedef enum { APP_APPLICATION, APP_AGENT_BLUEPRINT, APP_AGENT_IDENTITY } dir_app_type;
+typedef enum { APP_APPLICATION, APP_AGENT_BLUEPRINT, APP_AGENT_IDENTITY, APP_MANAGED_IDENTITY } dir_app_type;
 
 typedef struct {
     char *x5t;        /* base64url SHA-1 of DER */
@@ -79,6 +80,15 @@ bool dir_app_has_scope(const dir_app *a, const char *scope);
 bool dir_app_has_uri(const dir_app *a, const char *uri);
 const json_t *dir_app_list(const dir_app *a, const char *field);   /* JSON array or NULL */
 const dir_cert *dir_app_cert(const dir_app *a, const char *x5t, const char *x5t_s256);
+
+/* A managed identity by client id, object id or resource id (its name is the last segment);
+ * with all three NULL, the first one (the system-assigned identity). */
+const dir_app *dir_managed_identity(const directory *d, const char *client_id, const char *object_id,
+                                    const char *res_id);
+/* The secret App Service clients send as X-IDENTITY-HEADER, or NULL. */
+const char *dir_identity_header(const directory *d);
+/* The OpenID provider of an external federated-credential issuer (keys fetched lazily). */
+oidc *dir_fic_provider(const directory *d, const char *issuer);
 
 const dir_user *dir_user_find(const directory *d, const char *oid_or_upn);
 

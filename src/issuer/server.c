@@ -179,8 +179,10 @@ static void token(http_req *r, issuer *is, const directory *d, const char *tenan
                     "are signing into the correct cloud.", tenant);
         return;
     }
+    /* The media type exactly (any case), then nothing or parameters (RFC 9110 §8.3.1). */
     const char *ct = http_req_header(r, "Content-Type");
-    if (!ct || strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0) {
+    if (!ct || strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0 ||
+        (ct[33] && ct[33] != ';' && ct[33] != ' ' && ct[33] != '\t')) {
         reply_error(r, is, 400, "invalid_request", 900144,
                     "The request body must be %s.", "application/x-www-form-urlencoded");
         return;
@@ -272,6 +274,54 @@ static void handle(http_req *r, void *ctx)
     state_unref(s);
 }
 
+/* The managed-identity endpoint: what IMDS (169.254.169.254) and App Service's IDENTITY_ENDPOINT
+ * answer (shared docs entra-protocol.md §3c, §3d). */
+static void mi_handle(http_req *r, void *ctx)
+{
+    issuer *is = ctx;
+    const char *path = http_req_path(r);
+    if (!strcmp(path, "/healthz")) {
+        http_reply_text(r, 200, "Healthy");
+        return;
+    }
+    state *s = acquire(is);
+    if (!s) {
+        http_reply_text(r, 503, "starting");
+        return;
+    }
+    bool imds = !strcmp(path, "/metadata/identity/oauth2/token"), appsvc = !strcmp(path, "/msi/token");
+    const char *resource = http_req_query(r, "resource");
+    const char *hdr = dir_identity_header(s->d);
+    const char *res_id = http_req_query(r, "mi_res_id");
+    if (!res_id) res_id = http_req_query(r, "msi_res_id");
+    const dir_app *mi = dir_managed_identity(s->d, http_req_query(r, "client_id"),
+                                             http_req_query(r, "object_id"), res_id);
+    if (!imds && !appsvc) {
+        http_reply_json(r, 404, json_pack("{s:s}", "error", "not_found"));
+    } else if (strcmp(http_req_method(r), "GET") != 0) {
+        http_reply_json(r, 405, json_pack("{s:s, s:s}", "error", "invalid_request", "error_description",
+                                          "Only GET is supported."));
+    } else if (imds && !(http_req_header(r, "Metadata") && !strcmp(http_req_header(r, "Metadata"), "true"))) {
+        http_reply_json(r, 400, json_pack("{s:s, s:s}", "error", "invalid_request", "error_description",
+                                          "Required metadata header not specified"));
+    } else if (appsvc && (!hdr || !util_streq_ct(hdr, http_req_header(r, "X-IDENTITY-HEADER")))) {
+        http_reply_json(r, 401, json_pack("{s:s, s:s}", "error", "invalid_request", "error_description",
+                                          "The X-IDENTITY-HEADER is missing or wrong."));
+    } else if (!resource || !*resource) {
+        http_reply_json(r, 400, json_pack("{s:s, s:s}", "error", "invalid_request", "error_description",
+                                          "Required query variable 'resource' is missing"));
+    } else if (!mi) {
+        http_reply_json(r, 400, json_pack("{s:s, s:s}", "error", "invalid_request", "error_description",
+                                          "Identity not found"));
+    } else {
+        json_t *out = NULL;
+        int status = token_managed_identity(s->d, is->base_url, mi, resource, &out);
+        http_reply_json(r, status, out);
+    }
+    log_request(http_req_method(r), path, http_reply_status(r), 0, NULL);
+    state_unref(s);
+}
+
 static char *derive_base_url(const issuer_opts *o, unsigned port)
 {
     /* The listen host, with a wildcard bind advertised as loopback. */
@@ -295,7 +345,7 @@ int issuer_run(const issuer_opts *o)
     char err[512];
     int rc = 1;
     char *cert = NULL, *key = NULL;
-    http_server *srv = NULL;
+    http_server *srv = NULL, *mi = NULL;
     pthread_mutex_init(&is.mu, NULL);
     is.dir_file = xasprintf("%s/%s", o->dir, DIR_FILE);
     directory *d = dir_load(o->dir, err, sizeof err);
@@ -338,6 +388,15 @@ int issuer_run(const issuer_opts *o)
     pthread_mutex_lock(&is.mu);
     is.cur = state_new(&is, d);
     pthread_mutex_unlock(&is.mu);
+    if (o->mi_listen) {
+        http_server_opts mo = {.listen = o->mi_listen, .max_body = 4096, .threads = 2};
+        if (!(mi = http_server_start(&mo, mi_handle, &is, err, sizeof err))) {
+            fprintf(stderr, "agentid issuer: --managed-identity-listen %s: %s\n", o->mi_listen, err);
+            goto end;
+        }
+        log_msg(LOG_INFO, "listening", "managed-identity endpoint at http://%s (IMDS and App Service)",
+                o->mi_listen);
+    }
     log_msg(LOG_INFO, "listening", "issuer for tenant %s at %s/%s/v2.0 (directory %s)",
             dir_tenant_id(d), is.base_url, dir_tenant_id(d), dir_path(d));
     for (;;) {
@@ -352,6 +411,7 @@ int issuer_run(const issuer_opts *o)
     log_msg(LOG_INFO, "stopping", "shutting down");
     rc = 0;
 end:
+    http_server_stop(mi);
     http_server_stop(srv);
     if (is.cur) state_unref(is.cur);
     else dir_unref(d);

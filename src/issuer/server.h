@@ -7,6 +7,10 @@
  *   GET  /common/discovery/instance                        (instance discovery)
  *   GET  /healthz
  *
+ * With mi_listen, a second plain-HTTP listener plays the managed-identity endpoint of an Azure
+ * host: GET /metadata/identity/oauth2/token (IMDS, header Metadata: true) and GET /msi/token
+ * (App Service, header X-IDENTITY-HEADER = directory.json's managed_identity_header).
+ *
  * Contract: issuer_run() blocks until SIGINT or SIGTERM and returns a process exit code.
  * directory.json is re-read when it changes (checked at most once a second) and on SIGHUP;
  * a directory that fails to load is reported and the previous one keeps serving.
@@ -21,6 +25,7 @@ typedef struct {
     const char *listen;       /* "127.0.0.1:8443" by default */
     const char *public_url;   /* overrides directory.json's public_url */
     bool http;                /* plain HTTP (MSAL and Azure Identity refuse it) */
+    const char *mi_listen;    /* managed-identity endpoint (IMDS and App Service shapes), or NULL */
 } issuer_opts;
 
 int issuer_run(const issuer_opts *o);

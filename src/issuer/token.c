@@ -10,6 +10,7 @@
 #include "core/b64.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "jose/oidc.h"
 
 #include <openssl/sha.h>
 #include <stdarg.h>
@@ -138,7 +139,8 @@ static bool is_issuer(const tctx *c, const char *iss)
     return iss && (strcmp(iss, c->iss_v2) == 0 || strcmp(iss, c->iss_v1) == 0);
 }
 
-/* Verify a token this issuer signed: signature with a published key, then time. */
+/* Verify a token this issuer signed: signature with a published key, then time. On
+ * failure *t is cleared, so callers only clear it after success. */
 static bool verify_own(const tctx *c, const char *token, jwt *t, oerr *e, int status,
                        const char *error, const char *what)
 {
@@ -146,24 +148,26 @@ static bool verify_own(const tctx *c, const char *token, jwt *t, oerr *e, int st
     if (jwt_decode(token, t, err, sizeof err) != 0)
         return fail(e, status, error, 50013, "Assertion is malformed: %s. [%s]", err, what);
     const jwk *k = jwks_find(dir_keys(c->d), jwt_kid(t), NULL);
-    if (!k || jwt_verify(t, k, err, sizeof err) != 0)
-        return fail(e, status, error, 50013,
-                    "Assertion failed signature validation. [Reason - %s, %s]",
-                    k ? err : "The key was not found", what);
-    if (!is_issuer(c, jwt_claim_str(t, "iss")))
-        return fail(e, status, error, 50013, "Assertion issuer is not this tenant. [%s]", what);
     int64_t exp = 0, nbf = 0;
-    if (!jwt_claim_int(t, "exp", &exp) || exp + ASSERTION_SKEW_S < c->now ||
-        (jwt_claim_int(t, "nbf", &nbf) && nbf - ASSERTION_SKEW_S > c->now)) {
+    if (!k || jwt_verify(t, k, err, sizeof err) != 0)
+        fail(e, status, error, 50013, "Assertion failed signature validation. [Reason - %s, %s]",
+             k ? err : "The key was not found", what);
+    else if (!is_issuer(c, jwt_claim_str(t, "iss")))
+        fail(e, status, error, 50013, "Assertion issuer is not this tenant. [%s]", what);
+    else if (!jwt_claim_int(t, "exp", &exp) || exp + ASSERTION_SKEW_S < c->now ||
+             (jwt_claim_int(t, "nbf", &nbf) && nbf - ASSERTION_SKEW_S > c->now)) {
         char now[40], ex[40];
         util_fmt_time_iso(c->now, now);
         util_fmt_time_iso(exp, ex);
-        return fail(e, status, error, 500133,
-                    "Assertion is not within its valid time range. Ensure that the access token "
-                    "is not expired before using it for user assertion, or request a new token. "
-                    "Current time: %s, expiry time of assertion %s. [%s]", now, ex, what);
+        fail(e, status, error, 500133,
+             "Assertion is not within its valid time range. Ensure that the access token "
+             "is not expired before using it for user assertion, or request a new token. "
+             "Current time: %s, expiry time of assertion %s. [%s]", now, ex, what);
+    } else {
+        return true;
     }
-    return true;
+    jwt_clear(t);
+    return false;
 }
 
 /* ---- client authentication (RFC 6749 §2.3, RFC 7523 §2.2) ------------------------------- */
@@ -232,6 +236,8 @@ static bool cert_assertion(tctx *c, const jwt *t, oerr *e)
     return assertion_time(c, t, e);
 }
 
+static bool fic_audience_ok(const json_t *fic, const jwt *t);
+
 /* A token this issuer signed, used as a credential: T1 for an agent identity
  * (entra-protocol.md §1b), or a federated identity credential (§5). */
 static bool issued_assertion(tctx *c, const jwt *t, oerr *e)
@@ -273,13 +279,68 @@ static bool issued_assertion(tctx *c, const jwt *t, oerr *e)
     json_array_foreach(dir_app_list(c->client, "federated_credentials"), i, f) {
         const char *fi = json_string_value(json_object_get(f, "issuer"));
         const char *fs = json_string_value(json_object_get(f, "subject"));
-        if (fi && fs && sub && strcmp(fi, jwt_claim_str(t, "iss")) == 0 && strcmp(fs, sub) == 0)
+        if (fi && fs && sub && strcmp(fi, jwt_claim_str(t, "iss")) == 0 && strcmp(fs, sub) == 0 &&
+            fic_audience_ok(f, t))
             return true;
     }
     return fail(e, 401, "invalid_client", 70021,
                 "No matching federated identity record found for presented assertion. Assertion "
                 "Issuer: '%s'. Assertion Subject: '%s'. Assertion Audience: '%s'.",
                 jwt_claim_str(t, "iss"), sub ? sub : "", aud);
+}
+
+/* Does the assertion's aud name one of the credential's audiences (default: token exchange)? */
+static bool fic_audience_ok(const json_t *fic, const jwt *t)
+{
+    const json_t *want = json_object_get(fic, "audiences"), *aud = json_object_get(t->claims, "aud");
+    size_t n = json_is_array(aud) ? json_array_size(aud) : 1;
+    for (size_t i = 0; i < n; i++) {
+        const char *a = json_string_value(json_is_array(aud) ? json_array_get(aud, i) : aud);
+        if (!a) continue;
+        if (json_array_size(want) == 0 && is_token_exchange(a)) return true;
+        size_t j;
+        const json_t *w;
+        json_array_foreach(want, j, w) {
+            const char *ws = json_string_value(w);
+            if (!strcmp(ws, a) || (is_token_exchange(ws) && is_token_exchange(a))) return true;
+        }
+    }
+    return false;
+}
+
+/* A token from another issuer (Kubernetes service account, another cloud) matching one of the
+ * app's federated identity credentials, verified with that issuer's published keys. */
+static bool federated_assertion(tctx *c, const jwt *t, oerr *e)
+{
+    const char *iss = jwt_claim_str(t, "iss"), *sub = jwt_claim_str(t, "sub");
+    const json_t *fic = NULL, *f;
+    size_t i;
+    json_array_foreach(dir_app_list(c->client, "federated_credentials"), i, f) {
+        if (iss && sub && !strcmp(json_string_value(json_object_get(f, "issuer")), iss) &&
+            !strcmp(json_string_value(json_object_get(f, "subject")), sub)) {
+            fic = f;
+            break;
+        }
+    }
+    if (!fic)
+        return fail(e, 401, "invalid_client", 70021,
+                    "No matching federated identity record found for presented assertion. Assertion "
+                    "Issuer: '%s'. Assertion Subject: '%s'.", iss ? iss : "", sub ? sub : "");
+    oidc *p = dir_fic_provider(c->d, iss);
+    jwt v;
+    char err[300];
+    const char *token = form_get(c->r->body, P_CLIENT_ASSERTION);
+    if (!p || oidc_verify(p, token, &v, err, sizeof err) != 0)
+        return fail(e, 401, "invalid_client", 700027,
+                    "Client assertion failed signature validation. [Reason - %s, issuer '%s']",
+                    p ? err : "no provider", iss);
+    jwt_clear(&v);
+    if (!assertion_time(c, t, e)) return false;
+    if (!fic_audience_ok(fic, t))
+        return fail(e, 401, "invalid_client", 700212,
+                    "No matching federated identity record found for presented assertion audience "
+                    "'%s'.", jwt_claim_str(t, "aud") ? jwt_claim_str(t, "aud") : "");
+    return true;
 }
 
 static bool authenticate(tctx *c, bool allow_public, oerr *e)
@@ -349,9 +410,7 @@ static bool authenticate(tctx *c, bool allow_public, oerr *e)
         else if (iss && strcasecmp(iss, c->client->app_id) == 0)
             ok = cert_assertion(c, &t, e);
         else
-            fail(e, 401, "invalid_client", 70021,
-                 "No matching federated identity record found for presented assertion. Assertion "
-                 "Issuer: '%s'.", iss ? iss : "");
+            ok = federated_assertion(c, &t, e);
         jwt_clear(&t);
         c->acr = "2";
     } else if (secret) {
@@ -615,20 +674,28 @@ static json_t *mint_user(tctx *c, const dir_user *u, json_t *scp, bool agent_use
     if (c->offline) strcat(full, " offline_access");
     json_object_set_new(resp, "scope", json_string(full));
 
-    json_t *id = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:s, s:s, s:s, s:s}", "aud",
-                           c->client->app_id, "iss", c->iss_v2, "iat", (json_int_t)c->now, "nbf",
-                           (json_int_t)c->now, "exp", (json_int_t)exp, "name", u->display_name, "oid",
-                           u->object_id, "preferred_username", u->upn, "sub", sub, "tid",
-                           dir_tenant_id(c->d), "ver", "2.0");
-    char *idt = sign(c, id, 2);
-    json_decref(id);
-    if (idt) json_object_set_new(resp, "id_token", json_string(idt));
-    free(idt);
-    char *ci_json = xasprintf("{\"uid\":\"%s\",\"utid\":\"%s\"}", u->object_id, dir_tenant_id(c->d));
-    char *ci = b64url_encode(ci_json, strlen(ci_json));
-    json_object_set_new(resp, "client_info", json_string(ci));
-    free(ci_json);
-    free(ci);
+    /* As Entra: an id_token only for the openid scope, client_info only for client_info=1
+     * (MSAL sends both whenever it wants an account). */
+    if (c->openid) {
+        json_t *id = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:s, s:s, s:s, s:s}", "aud",
+                               c->client->app_id, "iss", c->iss_v2, "iat", (json_int_t)c->now, "nbf",
+                               (json_int_t)c->now, "exp", (json_int_t)exp, "name", u->display_name,
+                               "oid", u->object_id, "preferred_username", u->upn, "sub", sub, "tid",
+                               dir_tenant_id(c->d), "ver", "2.0");
+        char *idt = sign(c, id, 2);
+        json_decref(id);
+        if (idt) json_object_set_new(resp, "id_token", json_string(idt));
+        free(idt);
+    }
+    const char *want_ci = param(c, P_CLIENT_INFO);
+    if (want_ci && strcmp(want_ci, "1") == 0) {
+        char *ci_json = xasprintf("{\"uid\":\"%s\",\"utid\":\"%s\"}", u->object_id,
+                                  dir_tenant_id(c->d));
+        char *ci = b64url_encode(ci_json, strlen(ci_json));
+        json_object_set_new(resp, "client_info", json_string(ci));
+        free(ci_json);
+        free(ci);
+    }
     if (c->offline) {
         char *rt = mint_refresh(c, u, full);
         if (rt) json_object_set_new(resp, "refresh_token", json_string(rt));
@@ -653,7 +720,7 @@ static json_t *grant_client_credentials(tctx *c, oerr *e)
         /* Agent ID leg 1: only a blueprint, only for token exchange, only for its own agents. */
         const dir_app *agent = dir_app_find(c->d, fmi);
         if (c->client->type != APP_AGENT_BLUEPRINT)
-            return fail(e, 400, "invalid_request", 82001,
+            return fail(e, 400, "unauthorized_client", 82001,
                         "fmi_path is only accepted from an agent identity blueprint; '%s' is not one.",
                         c->client->app_id), NULL;
         if (strcmp(c->resource->app_id, DIR_TOKEN_EXCHANGE_APPID) != 0)
@@ -778,7 +845,12 @@ static json_t *grant_refresh(tctx *c, oerr *e)
     if (!rt) return missing(e, P_REFRESH_TOKEN), NULL;
     jwt t;
     json_t *scp = NULL, *out = NULL;
-    if (!verify_own(c, rt, &t, e, 400, "invalid_grant", "refresh_token")) return NULL;
+    if (!verify_own(c, rt, &t, e, 400, "invalid_grant", "refresh_token")) {
+        if (e->code == 500133)   /* Entra's code for a refresh token past its lifetime */
+            fail(e, 400, "invalid_grant", 700082,
+                 "The refresh token has expired. Sign in again to get a new one.");
+        return NULL;
+    }
     const char *typ = jwt_claim_str(&t, "typ"), *aud = jwt_claim_str(&t, "aud");
     const dir_user *u = dir_user_find(c->d, jwt_claim_str(&t, "oid"));
     const char *scope = param(c, P_SCOPE);
@@ -871,6 +943,46 @@ int token_endpoint(const token_req *r, json_t **out)
                                 c.corr, e.msg);
         log_msg(LOG_INFO, "token_refused", "grant=%s client=%s AADSTS%d", gt ? gt : "-",
                 c.client ? c.client->app_id : (param(&c, P_CLIENT_ID) ? "unknown" : "-"), e.code);
+    }
+    json_decref(c.scopes);
+    free(c.resource_name);
+    free(c.iss_v2);
+    free(c.iss_v1);
+    return status;
+}
+
+int token_managed_identity(const directory *d, const char *base_url, const dir_app *mi,
+                           const char *resource, json_t **out)
+{
+    form none = {0};
+    token_req r = {.dir = d, .base_url = base_url, .body = &none};
+    tctx c = {.r = &r, .d = d, .now = util_now(), .client = mi, .acr = "2"};
+    oerr e = {0};
+    json_t *ok = NULL;
+    c.iss_v2 = token_issuer_v2(base_url, d);
+    c.iss_v1 = token_issuer_v1(base_url, d);
+    /* IMDS speaks v1: a resource, not a scope. */
+    char *scope = xasprintf("%s%s.default", resource, util_str_ends_with(resource, "/") ? "" : "/");
+    if (parse_scope(&c, scope, true, &e)) ok = mint_app(&c, NULL, &e);
+    free(scope);
+    int status = 200;
+    if (ok) {
+        /* The IMDS shape: every value a string, expires_on in epoch seconds (entra-protocol.md §3d). */
+        json_int_t left = json_integer_value(json_object_get(ok, "expires_in"));
+        char ein[24], eon[24], nb[24];
+        snprintf(ein, sizeof ein, "%lld", (long long)left);
+        snprintf(eon, sizeof eon, "%lld", (long long)(c.now + left));
+        snprintf(nb, sizeof nb, "%lld", (long long)c.now);
+        *out = json_pack("{s:O, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "access_token",
+                         json_object_get(ok, "access_token"), "refresh_token", "", "expires_in", ein,
+                         "expires_on", eon, "ext_expires_in", ein, "not_before", nb, "resource",
+                         resource, "token_type", "Bearer", "client_id", mi->app_id);
+        json_decref(ok);
+        log_msg(LOG_INFO, "token_issued", "grant=managed_identity client=%s resource=%s", mi->app_id,
+                c.resource->app_id);
+    } else {
+        status = 400;
+        *out = json_pack("{s:s, s:s}", "error", "invalid_resource", "error_description", e.msg);
     }
     json_decref(c.scopes);
     free(c.resource_name);

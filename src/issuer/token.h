@@ -34,6 +34,11 @@ typedef struct {
 /* Handle one token request. Returns the HTTP status; *out gets the JSON body (new ref). */
 int token_endpoint(const token_req *r, json_t **out);
 
+/* The managed-identity endpoint (IMDS, App Service): an app token for the managed identity mi
+ * on resource, in IMDS's shape (all values strings). Returns the HTTP status. */
+int token_managed_identity(const directory *d, const char *base_url, const dir_app *mi,
+                           const char *resource, json_t **out);
+
 /* An Entra error body, for the server's other errors (unknown tenant, bad form).
  * New reference. */
 json_t *token_error_json(const char *base_url, const char *error, int code, const char *suberror,
