@@ -245,7 +245,10 @@ static jwks *refresh(jwks_cache *c, unsigned long *gen, bool wait, jwks *old,
 int jwks_cache_verify(jwks_cache *c, const char *token, jwt *out, char *err, size_t errlen)
 {
     char e[256] = "";
-    if (!c || !out) return -1;
+    if (!c || !out) {
+        snprintf(err, errlen, "no cache or output");
+        return -1;
+    }
     if (jwt_decode(token, out, err, errlen) != 0) return -1;
     const char *kid = jwt_kid(out);
     const char *x5t = json_string_value(json_object_get(out->header, "x5t"));
