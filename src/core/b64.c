@@ -59,6 +59,12 @@ static unsigned char *decode(const char *s, size_t slen, size_t *out_len, bool u
             *o++ = (unsigned char)(acc >> bits);
         }
     }
+    /* RFC 4648 §3.5: the unused low bits of the last character must be zero, so that every
+     * byte string has exactly one encoding (a signature cannot be respelled). */
+    if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) {
+        free(out);
+        return NULL;
+    }
     *o = '\0';
     if (out_len) *out_len = (size_t)(o - out);
     return out;

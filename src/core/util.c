@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,14 +122,19 @@ bool util_guid_bytes_le(const char *guid, unsigned char out[16])
     return true;
 }
 
+static int64_t time_offset;
+static pthread_once_t time_once = PTHREAD_ONCE_INIT;
+
+static void read_time_offset(void)
+{
+    const char *e = getenv("AGENTID_TIME_OFFSET");
+    time_offset = e ? strtoll(e, NULL, 10) : 0;
+}
+
 int64_t util_now(void)
 {
-    static int64_t offset = INT64_MIN;
-    if (offset == INT64_MIN) {
-        const char *e = getenv("AGENTID_TIME_OFFSET");
-        offset = e ? strtoll(e, NULL, 10) : 0;
-    }
-    return (int64_t)time(NULL) + offset;
+    pthread_once(&time_once, read_time_offset);
+    return (int64_t)time(NULL) + time_offset;
 }
 
 void util_fmt_time(int64_t t, char out[32])

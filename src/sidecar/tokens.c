@@ -51,6 +51,9 @@ struct tokens {
     entry *buckets[BUCKETS];
     entry *lru_head, *lru_tail;      /* head = most recently used */
     size_t count;
+    int jobs;                        /* background refreshes running */
+    bool stopping;
+    pthread_cond_t jobs_done;
     tokens_stats st;
 };
 
@@ -235,13 +238,62 @@ end:
     return tok;
 }
 
-static char *cached(tokens *t, const char *key, bool force, tok_err *e,
-                    char *(*fetch)(tokens *, void *, int64_t *, int64_t *, tok_err *), void *ctx);
+/* What one cache entry is made from. Small and copyable, so a background refresh can take
+ * its own copy; dependencies (T1, T2, a managed-identity token) come from the cache too. */
+typedef enum { F_MI, F_T1, F_T2, F_FINAL } fetch_kind;
+
+typedef struct {
+    fetch_kind kind;
+    const cred_source *mi;         /* F_MI (settings outlive the cache) */
+    char *agent;                   /* agent identity, or NULL */
+    char *username, *user_id;      /* agent user */
+    char *user_token;              /* OBO assertion */
+    char *scope;                   /* space-joined */
+} fetch_spec;
+
+static char *cached(tokens *t, const fetch_spec *f, bool force, tok_err *e);
+
+static void spec_key(const tokens *t, const fetch_spec *f, char **key)
+{
+    char ukey[65] = "-";
+    if (f->user_token) {
+        /* OBO tokens are keyed by the inbound token itself (hashed): two users never share one. */
+        unsigned char d[SHA256_DIGEST_LENGTH];
+        SHA256((const unsigned char *)f->user_token, strlen(f->user_token), d);
+        for (int i = 0; i < 32; i++) snprintf(ukey + 2 * i, 3, "%02x", d[i]);
+    }
+    static const char *const K[] = {"mi", "t1", "t2", "final"};
+    *key = xasprintf("%s|%s|%s|%s|%s|%s|%s|%s|%s", K[f->kind], t->s->tenant_id, t->s->client_id,
+                     f->mi && f->mi->mi_client_id ? f->mi->mi_client_id : "-",
+                     f->agent ? f->agent : "-", f->username ? f->username : "-",
+                     f->user_id ? f->user_id : "-", ukey, f->scope ? f->scope : "-");
+}
+
+static fetch_spec *spec_copy(const fetch_spec *f)
+{
+    fetch_spec *c = xcalloc(1, sizeof *c);
+    c->kind = f->kind;
+    c->mi = f->mi;
+#define DUP(x) c->x = f->x ? xstrdup(f->x) : NULL
+    DUP(agent); DUP(username); DUP(user_id); DUP(user_token); DUP(scope);
+#undef DUP
+    return c;
+}
+
+static void spec_free(fetch_spec *f)
+{
+    if (!f) return;
+    free(f->agent);
+    free(f->username);
+    free(f->user_id);
+    free(f->user_token);
+    free(f->scope);
+    free(f);
+}
 
 /* Managed identity: an app token for api://AzureADTokenExchange from IMDS or App Service. */
-static char *fetch_mi(tokens *t, void *ctx, int64_t *exp, int64_t *refresh_at, tok_err *e)
+static char *fetch_mi(tokens *t, const cred_source *c, int64_t *exp, int64_t *refresh_at, tok_err *e)
 {
-    const cred_source *c = ctx;
     const char *ep = getenv("IDENTITY_ENDPOINT"), *hdr = getenv("IDENTITY_HEADER");
     const char *imds = getenv("AZURE_POD_IDENTITY_AUTHORITY_HOST");
     char *url, *h1 = NULL;
@@ -279,9 +331,11 @@ static char *fetch_mi(tokens *t, void *ctx, int64_t *exp, int64_t *refresh_at, t
              d ? d : "no token");
         goto end;
     }
+    /* msal computes the lifetime from expires_on and so do we (entra-protocol.md §3c). */
+    int64_t now = util_now();
     *exp = json_is_string(eo) ? strtoll(json_string_value(eo), NULL, 10)
-           : json_is_integer(eo) ? json_integer_value(eo) : util_now() + 3600;
-    *refresh_at = util_now() + (*exp - util_now()) / 2;
+           : json_is_integer(eo) ? json_integer_value(eo) : now + 3600;
+    *refresh_at = now + (*exp - now) / 2;
     tok = xstrdup(at);
 end:
     json_decref(doc);
@@ -345,10 +399,8 @@ static bool add_credential(tokens *t, sbuf *f, tok_err *e)
         }
         case CRED_MANAGED_IDENTITY: {
             tok_err me = {0};
-            char key[160];
-            snprintf(key, sizeof key, "mi|%s", c->mi_client_id ? c->mi_client_id : "system");
-            a = cached(t, key, false, &me, fetch_mi, (void *)c);
-            if (a) break;
+            fetch_spec ms = {.kind = F_MI, .mi = c};
+            if ((a = cached(t, &ms, false, &me))) break;
             snprintf(why + w, sizeof why - w, "%s%.300s", w ? "; " : "", me.detail);
             continue;
         }
@@ -365,80 +417,63 @@ static bool add_credential(tokens *t, sbuf *f, tok_err *e)
 
 /* ---- the flows ---------------------------------------------------------------------------- */
 
-typedef struct {
-    const tok_request *r;
-    const char *scope;       /* space-joined */
-    char *t1, *t2;           /* fetched by the flow */
-} flow;
+#define JWT_BEARER_ASSERTION "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
-static char *fetch_t1(tokens *t, void *ctx, int64_t *exp, int64_t *ra, tok_err *e)
+static char *fetch(tokens *t, const fetch_spec *f, int64_t *exp, int64_t *ra, tok_err *e)
 {
-    const char *agent = ctx;
-    sbuf f = {0};
-    add(&f, "grant_type", "client_credentials");
-    add(&f, "client_id", t->s->client_id);
-    add(&f, "scope", TOKEN_EXCHANGE_SCOPE);
-    add(&f, "fmi_path", agent);
-    char *tok = add_credential(t, &f, e) ? post_token(t, &f, exp, ra, e) : NULL;
-    free(f.s);
-    return tok;
-}
-
-static char *fetch_t2(tokens *t, void *ctx, int64_t *exp, int64_t *ra, tok_err *e)
-{
-    flow *fl = ctx;
-    sbuf f = {0};
-    add(&f, "grant_type", "client_credentials");
-    add(&f, "client_id", fl->r->agent_identity);
-    add(&f, "scope", TOKEN_EXCHANGE_SCOPE);
-    add(&f, "client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
-    add(&f, "client_assertion", fl->t1);
-    char *tok = post_token(t, &f, exp, ra, e);
-    free(f.s);
-    return tok;
-}
-
-static char *fetch_final(tokens *t, void *ctx, int64_t *exp, int64_t *ra, tok_err *e)
-{
-    flow *fl = ctx;
-    const tok_request *r = fl->r;
-    sbuf f = {0};
-    char *tok = NULL;
-    const char *client = r->agent_identity ? r->agent_identity : t->s->client_id;
-    add(&f, "client_id", client);
-    add(&f, "scope", fl->scope);
-    if (r->agent_identity && (r->agent_username || r->agent_user_id)) {
-        add(&f, "grant_type", "user_fic");
-        add(&f, "user_federated_identity_credential", fl->t2);
-        add(&f, r->agent_username ? "username" : "user_id",
-            r->agent_username ? r->agent_username : r->agent_user_id);
-    } else if (r->user_token) {
-        add(&f, "grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer");
-        add(&f, "requested_token_use", "on_behalf_of");
-        add(&f, "assertion", r->user_token);
-    } else {
-        add(&f, "grant_type", "client_credentials");
+    if (f->kind == F_MI) return fetch_mi(t, f->mi, exp, ra, e);
+    sbuf b = {0};
+    char *tok = NULL, *t1 = NULL, *t2 = NULL;
+    if (f->kind != F_T1 && f->agent) {
+        /* Every agent flow starts with T1: the blueprint's token for this agent (fmi_path). */
+        fetch_spec s1 = {.kind = F_T1, .agent = f->agent};
+        if (!(t1 = cached(t, &s1, false, e))) goto end;
     }
-    if (r->agent_identity) {
-        add(&f, "client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
-        add(&f, "client_assertion", fl->t1);
-    } else if (!add_credential(t, &f, e)) {
-        goto end;
+    switch (f->kind) {
+    case F_T1:
+        add(&b, "grant_type", "client_credentials");
+        add(&b, "client_id", t->s->client_id);
+        add(&b, "scope", TOKEN_EXCHANGE_SCOPE);
+        add(&b, "fmi_path", f->agent);
+        if (!add_credential(t, &b, e)) goto end;
+        break;
+    case F_T2:
+        add(&b, "grant_type", "client_credentials");
+        add(&b, "client_id", f->agent);
+        add(&b, "scope", TOKEN_EXCHANGE_SCOPE);
+        break;
+    default:
+        add(&b, "client_id", f->agent ? f->agent : t->s->client_id);
+        add(&b, "scope", f->scope);
+        if (f->agent && (f->username || f->user_id)) {
+            fetch_spec s2 = {.kind = F_T2, .agent = f->agent};
+            if (!(t2 = cached(t, &s2, false, e))) goto end;
+            add(&b, "grant_type", "user_fic");
+            add(&b, "user_federated_identity_credential", t2);
+            add(&b, f->username ? "username" : "user_id", f->username ? f->username : f->user_id);
+        } else if (f->user_token) {
+            add(&b, "grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer");
+            add(&b, "requested_token_use", "on_behalf_of");
+            add(&b, "assertion", f->user_token);
+        } else {
+            add(&b, "grant_type", "client_credentials");
+        }
+        if (!f->agent && !add_credential(t, &b, e)) goto end;
+        break;
     }
-    tok = post_token(t, &f, exp, ra, e);
+    if (t1) {                        /* the agent authenticates with T1 */
+        add(&b, "client_assertion_type", JWT_BEARER_ASSERTION);
+        add(&b, "client_assertion", t1);
+    }
+    tok = post_token(t, &b, exp, ra, e);
 end:
-    free(f.s);
+    free(b.s);
+    free(t1);
+    free(t2);
     return tok;
 }
 
-/* ---- single flight ------------------------------------------------------------------------ */
-
-typedef struct {
-    tokens *t;
-    entry *e;
-    char *(*fetch)(tokens *, void *, int64_t *, int64_t *, tok_err *);
-    void *ctx;
-} refresh_job;
+/* ---- single flight and background refresh ------------------------------------------------- */
 
 static void finish(tokens *t, entry *e, char *tok, int64_t exp, int64_t ra, const tok_err *err)
 {
@@ -454,18 +489,43 @@ static void finish(tokens *t, entry *e, char *tok, int64_t exp, int64_t ra, cons
         e->err = *err;
         table_remove(t, e);      /* the next request tries again */
     }
+    /* A failed background refresh leaves the old token, served until it expires. */
     e->refreshing = false;
     pthread_cond_broadcast(&e->done);
     entry_put(e);
     pthread_mutex_unlock(&t->mu);
 }
 
-/* Look the key up; on a miss, fetch once however many threads ask. Returns a new string. */
-static char *cached(tokens *t, const char *key, bool force, tok_err *err,
-                    char *(*fetch)(tokens *, void *, int64_t *, int64_t *, tok_err *), void *ctx)
+typedef struct {
+    tokens *t;
+    entry *e;
+    fetch_spec *spec;
+} refresh_job;
+
+static void *refresh_main(void *arg)
 {
+    refresh_job *j = arg;
+    int64_t exp = 0, ra = 0;
+    tok_err e = {0};
+    char *tok = fetch(j->t, j->spec, &exp, &ra, &e);
+    finish(j->t, j->e, tok, exp, ra, &e);
+    pthread_mutex_lock(&j->t->mu);
+    j->t->jobs--;
+    pthread_cond_broadcast(&j->t->jobs_done);
+    pthread_mutex_unlock(&j->t->mu);
+    spec_free(j->spec);
+    free(j);
+    return NULL;
+}
+
+/* Look the spec up; on a miss fetch once however many threads ask. Returns a new string. */
+static char *cached(tokens *t, const fetch_spec *f, bool force, tok_err *err)
+{
+    char *key;
+    spec_key(t, f, &key);
     uint32_t h = fnv1a(key);
     int64_t now = util_now();
+    char *tok = NULL;
     pthread_mutex_lock(&t->mu);
     entry *e = table_find(t, key, h);
     if (e && force && e->state == E_READY) {
@@ -476,29 +536,41 @@ static char *cached(tokens *t, const char *key, bool force, tok_err *err,
         lru_unlink(t, e);
         lru_front(t, e);
         t->st.hits++;
-        char *tok = xstrdup(e->token);
-        bool refresh = now >= e->refresh_at && !e->refreshing;
-        if (refresh) e->refreshing = true, e->refs++, t->st.refreshes++;
-        pthread_mutex_unlock(&t->mu);
-        if (refresh) {
-            /* Background refresh: the caller keeps the token it has; a failure leaves the old
-             * token in place until it expires. Done inline (with the lock released) by the
-             * one caller that noticed, after its answer is computed, to keep this simple. */
-            int64_t exp = 0, ra = 0;
-            tok_err re = {0};
-            char *nt = fetch(t, ctx, &exp, &ra, &re);
-            finish(t, e, nt, exp, ra, &re);
+        tok = xstrdup(e->token);
+        if (now >= e->refresh_at && !e->refreshing && !t->stopping) {
+            /* Refresh in the background; this caller and the next keep the current token. */
+            refresh_job *j = xcalloc(1, sizeof *j);
+            *j = (refresh_job){t, e, spec_copy(f)};
+            e->refreshing = true;
+            e->refs++;
+            t->st.refreshes++;
+            t->jobs++;
+            pthread_t th;
+            pthread_attr_t at;
+            pthread_attr_init(&at);
+            pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+            if (pthread_create(&th, &at, refresh_main, j) != 0) {
+                e->refreshing = false;
+                e->refs--;
+                t->jobs--;
+                spec_free(j->spec);
+                free(j);
+            }
+            pthread_attr_destroy(&at);
         }
+        pthread_mutex_unlock(&t->mu);
+        free(key);
         return tok;
     }
-    if (e && e->state == E_PENDING) {   /* somebody is fetching it: wait */
+    if (e && e->state == E_PENDING) {   /* somebody is fetching it: wait for that */
         e->refs++;
         t->st.hits++;
         while (e->state == E_PENDING) pthread_cond_wait(&e->done, &t->mu);
-        char *tok = e->state == E_READY ? xstrdup(e->token) : NULL;
-        if (!tok) *err = e->err;
+        if (e->state == E_READY) tok = xstrdup(e->token);
+        else *err = e->err;
         entry_put(e);
         pthread_mutex_unlock(&t->mu);
+        free(key);
         return tok;
     }
     if (e) table_remove(t, e);          /* expired */
@@ -506,24 +578,17 @@ static char *cached(tokens *t, const char *key, bool force, tok_err *err,
     e->refs++;                          /* ours, dropped by finish() */
     t->st.misses++;
     pthread_mutex_unlock(&t->mu);
+    free(key);
     int64_t exp = 0, ra = 0;
-    char *tok = fetch(t, ctx, &exp, &ra, err);
+    tok = fetch(t, f, &exp, &ra, err);
     char *copy = tok ? xstrdup(tok) : NULL;
     finish(t, e, tok, exp, ra, err);
     return copy;
 }
 
-static void key_hash(char out[65], const char *s)
-{
-    unsigned char d[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)s, strlen(s), d);
-    for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", d[i]);
-}
-
 char *tokens_get(tokens *t, const tok_request *r, tok_err *e)
 {
     memset(e, 0, sizeof *e);
-    flow fl = {.r = r};
     size_t n = 1;
     for (const char *const *s = r->scopes; *s; s++) n += strlen(*s) + 1;
     char *scope = xcalloc(1, n);
@@ -531,32 +596,12 @@ char *tokens_get(tokens *t, const tok_request *r, tok_err *e)
         if (s != r->scopes) strcat(scope, " ");
         strcat(scope, *s);
     }
-    fl.scope = scope;
-    char *tok = NULL;
-    char ukey[65] = "-";
-    /* OBO tokens are keyed by the inbound token itself (hashed): two users never share one. */
-    if (r->user_token) key_hash(ukey, r->user_token);
-    if (r->agent_identity) {
-        char k1[200];
-        snprintf(k1, sizeof k1, "t1|%s|%s|%s", t->s->tenant_id, t->s->client_id, r->agent_identity);
-        if (!(fl.t1 = cached(t, k1, false, e, fetch_t1, (void *)r->agent_identity))) goto end;
-        if (r->agent_username || r->agent_user_id) {
-            char k2[200];
-            snprintf(k2, sizeof k2, "t2|%s|%s", t->s->tenant_id, r->agent_identity);
-            if (!(fl.t2 = cached(t, k2, false, e, fetch_t2, &fl))) goto end;
-        }
-    }
-    const char *kind = r->agent_identity && (r->agent_username || r->agent_user_id) ? "agentuser"
-                       : r->user_token ? "obo" : "app";
-    char *key = xasprintf("%s|%s|%s|%s|%s|%s|%s|%s", kind, t->s->tenant_id, t->s->client_id,
-                          r->agent_identity ? r->agent_identity : "-",
-                          r->agent_username ? r->agent_username : "-",
-                          r->agent_user_id ? r->agent_user_id : "-", ukey, scope);
-    tok = cached(t, key, r->force_refresh, e, fetch_final, &fl);
-    free(key);
-end:
-    free(fl.t1);
-    free(fl.t2);
+    fetch_spec f = {.kind = F_FINAL, .agent = (char *)r->agent_identity,
+                    .username = r->agent_identity ? (char *)r->agent_username : NULL,
+                    .user_id = r->agent_identity && !r->agent_username ? (char *)r->agent_user_id : NULL,
+                    .user_token = (char *)r->user_token, .scope = scope};
+    if (f.username || f.user_id) f.user_token = NULL;   /* agent users are not OBO */
+    char *tok = cached(t, &f, r->force_refresh, e);
     free(scope);
     return tok;
 }
@@ -568,6 +613,7 @@ tokens *tokens_new(const settings *s, char *err, size_t errlen)
     tokens *t = xcalloc(1, sizeof *t);
     t->s = s;
     pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->jobs_done, NULL);
     const char *inst = s->instance;
     char *meta = xasprintf("%s%s%s/v2.0/.well-known/openid-configuration", inst,
                            util_str_ends_with(inst, "/") ? "" : "/", s->tenant_id);
@@ -599,6 +645,11 @@ fail:
 void tokens_free(tokens *t)
 {
     if (!t) return;
+    pthread_mutex_lock(&t->mu);          /* let background refreshes finish first */
+    t->stopping = true;
+    while (t->jobs > 0) pthread_cond_wait(&t->jobs_done, &t->mu);
+    pthread_mutex_unlock(&t->mu);
+    pthread_cond_destroy(&t->jobs_done);
     for (size_t b = 0; b < BUCKETS; b++)
         for (entry *e = t->buckets[b], *nx; e; e = nx) {
             nx = e->hnext;
