@@ -6,6 +6,7 @@
 #include "core/util.h"
 #include "issuer/directory.h"
 #include "issuer/server.h"
+#include "sidecar/settings.h"
 #include "sidecar/sidecar.h"
 
 #include <stdio.h>
@@ -26,7 +27,7 @@ static const char USAGE[] =
     "                         create a directory with keys, TLS and a demo population\n"
     "  issuer rotate-keys [--dir DIR] [--retire-old]\n"
     "                         add a signing key (old keys stay published), or retire old ones\n"
-    "  sidecar [--config appsettings.json] [--listen ADDR:PORT]\n"
+    "  sidecar [--config appsettings.json] [--listen ADDR:PORT] [--list-settings]\n"
     "                         the auth sidecar on 127.0.0.1:5000 (settings: AzureAd__*, DownstreamApis__*)\n"
     "  up                     run the local stack (for now: the issuer, creating its directory)\n"
     "  version                print the version\n"
@@ -135,7 +136,10 @@ static int cmd_sidecar(int argc, char **argv)
         const char *v;
         if ((v = flag_value(argc, argv, &i, "--config", &bad))) cfg = v;
         else if ((v = flag_value(argc, argv, &i, "--listen", &bad))) listen = v;
-        else return usage_error(bad ? "option %s needs a value" : "unknown option %s", argv[i]);
+        else if (!strcmp(argv[i], "--list-settings")) {
+            for (const char *const *k = SETTINGS_KEYS; *k; k++) puts(*k);
+            return 0;
+        } else return usage_error(bad ? "option %s needs a value" : "unknown option %s", argv[i]);
     }
     return sidecar_main(cfg, listen);
 }
