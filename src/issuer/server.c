@@ -5,6 +5,7 @@
 #include "core/http_server.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "issuer/authorize.h"
 #include "issuer/directory.h"
 #include "issuer/token.h"
 
@@ -33,6 +34,7 @@ typedef struct {
     state *cur;
     struct timespec mtime;
     atomic_llong last_check;
+    authz *az;           /* sign-in sessions and authorization codes */
 } issuer;
 
 static void state_unref(state *s)
@@ -121,7 +123,7 @@ static json_t *openid_configuration(const issuer *is, const directory *d, const 
     char *iss = v1 ? xasprintf("%s/%s/", b, tid) : xasprintf("%s/%s/v2.0", b, tid);
     const char *ver = v1 ? "" : "/v2.0";
     char *tok = xasprintf("%s/%s/oauth2%s/token", b, tenant, ver);
-    char *authz = xasprintf("%s/%s/oauth2%s/authorize", b, tenant, ver);
+    char *authz_ep = xasprintf("%s/%s/oauth2%s/authorize", b, tenant, ver);
     char *dev = xasprintf("%s/%s/oauth2%s/devicecode", b, tenant, ver);
     char *logout = xasprintf("%s/%s/oauth2%s/logout", b, tenant, ver);
     char *keys = xasprintf("%s/%s/discovery%s/keys", b, tenant, ver);
@@ -134,7 +136,7 @@ static json_t *openid_configuration(const issuer *is, const directory *d, const 
         "query", "fragment", "form_post", "subject_types_supported", "pairwise",
         "id_token_signing_alg_values_supported", "RS256", "response_types_supported", "code",
         "id_token", "code id_token", "id_token token", "issuer", iss, "authorization_endpoint",
-        authz, "device_authorization_endpoint", dev, "end_session_endpoint", logout,
+        authz_ep, "device_authorization_endpoint", dev, "end_session_endpoint", logout,
         "userinfo_endpoint", "https://graph.microsoft.com/oidc/userinfo", "scopes_supported",
         "openid", "profile", "email", "offline_access", "request_uri_parameter_supported", 0,
         "http_logout_supported", 1, "frontchannel_logout_supported", 1, "tenant_region_scope",
@@ -145,7 +147,7 @@ static json_t *openid_configuration(const issuer *is, const directory *d, const 
         "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email", "oid", "idtyp");
     free(iss);
     free(tok);
-    free(authz);
+    free(authz_ep);
     free(dev);
     free(logout);
     free(keys);
@@ -205,6 +207,7 @@ static void token(http_req *r, issuer *is, const directory *d, const char *tenan
         .authorization = http_req_header(r, "Authorization"),
         .client_request_id = http_req_header(r, "client-request-id"),
         .v1_endpoint = v1,
+        .az = is->az,
     };
     json_t *out = NULL;
     int status = token_endpoint(&tr, &out);
@@ -255,6 +258,10 @@ static void handle(http_req *r, void *ctx)
         http_reply_json(r, 404, json_pack("{s:s}", "error", "not_found"));
     } else if (!strcmp(rest, "/oauth2/v2.0/token") || !strcmp(rest, "/oauth2/token")) {
         token(r, is, d, tenant, strcmp(rest, "/oauth2/token") == 0);
+    } else if (!strcmp(rest, "/oauth2/v2.0/authorize") || !strcmp(rest, "/oauth2/authorize")) {
+        authz_handle(is->az, r, d, is->base_url, tenant);
+    } else if (!strcmp(rest, "/oauth2/v2.0/logout") || !strcmp(rest, "/oauth2/logout")) {
+        authz_logout(is->az, r, d);
     } else if (!known && (strstr(rest, "well-known") || strstr(rest, "/discovery/"))) {
         reply_error(r, is, 400, "invalid_tenant", 90002,
                     "Tenant '%s' not found. Check to make sure you have the correct tenant ID and "
@@ -347,6 +354,7 @@ int issuer_run(const issuer_opts *o)
     char *cert = NULL, *key = NULL;
     http_server *srv = NULL, *mi = NULL;
     pthread_mutex_init(&is.mu, NULL);
+    is.az = authz_new();
     is.dir_file = xasprintf("%s/%s", o->dir, DIR_FILE);
     directory *d = dir_load(o->dir, err, sizeof err);
     if (!d) {
@@ -415,6 +423,7 @@ end:
     http_server_stop(srv);
     if (is.cur) state_unref(is.cur);
     else dir_unref(d);
+    authz_free(is.az);
     free(is.base_url);
     free(is.dir_file);
     free(cert);

@@ -86,6 +86,7 @@ typedef struct {
     char *resource_name;       /* the resource as requested, for v1 aud */
     json_t *scopes;            /* requested permission names (without the resource) */
     bool dflt, openid, profile, offline, email;
+    const char *nonce, *sid;   /* authorization code: echoed in the id_token */
 } tctx;
 
 static const char *param(const tctx *c, const char *name)
@@ -682,6 +683,8 @@ static json_t *mint_user(tctx *c, const dir_user *u, json_t *scp, bool agent_use
                                (json_int_t)c->now, "exp", (json_int_t)exp, "name", u->display_name,
                                "oid", u->object_id, "preferred_username", u->upn, "sub", sub, "tid",
                                dir_tenant_id(c->d), "ver", "2.0");
+        if (c->nonce) json_object_set_new(id, "nonce", json_string(c->nonce));
+        if (c->sid) json_object_set_new(id, "sid", json_string(c->sid));
         char *idt = sign(c, id, 2);
         json_decref(id);
         if (idt) json_object_set_new(resp, "id_token", json_string(idt));
@@ -838,6 +841,56 @@ static json_t *grant_password(tctx *c, oerr *e)
     return out;
 }
 
+/* RFC 7636 §4.6: S256 is BASE64URL(SHA256(verifier)); plain compares directly. */
+static bool pkce_ok(const authz_code *ac, const char *verifier)
+{
+    if (!ac->challenge) return true;
+    if (!verifier) return false;
+    if (!strcmp(ac->challenge_method, "plain")) return util_streq_ct(ac->challenge, verifier);
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)verifier, strlen(verifier), d);
+    char *enc = b64url_encode(d, sizeof d);
+    bool ok = util_streq_ct(enc, ac->challenge);
+    free(enc);
+    return ok;
+}
+
+static json_t *grant_authorization_code(tctx *c, oerr *e)
+{
+    if (!authenticate(c, true, e)) return NULL;
+    const char *code = param(c, "code"), *redirect = param(c, "redirect_uri");
+    if (!code) return missing(e, "code"), NULL;
+    authz_code ac = {0};
+    json_t *out = NULL, *scp = NULL;
+    const dir_user *u = NULL;
+    if (!c->r->az || !authz_redeem(c->r->az, code, &ac)) {
+        fail(e, 400, "invalid_grant", 70008,
+             "The provided authorization code or refresh token has expired due to inactivity, was "
+             "already redeemed, or was not issued by this issuer. Send a new interactive "
+             "authorization request for this user and resource.");
+    } else if (strcasecmp(ac.client_id, c->client->app_id) != 0) {
+        fail(e, 400, "invalid_grant", 70000, "The provided authorization code was issued to another client.");
+    } else if (!redirect || strcmp(redirect, ac.redirect_uri) != 0) {
+        fail(e, 400, "invalid_grant", 50011,
+             "The redirect URI '%s' does not match the one the authorization code was issued for.",
+             redirect ? redirect : "");
+    } else if (!pkce_ok(&ac, param(c, "code_verifier"))) {
+        fail(e, 400, "invalid_grant", 501481,
+             "The Code_Verifier does not match the code_challenge supplied in the authorization request.");
+    } else if (!(u = dir_user_find(c->d, ac.user_oid))) {
+        fail(e, 400, "invalid_grant", 50034, "The user account does not exist in the directory.");
+    } else {
+        c->nonce = ac.nonce;
+        c->sid = ac.sid;
+        const char *scope = param(c, P_SCOPE);
+        if (parse_scope(c, scope ? scope : ac.scope, false, e) && consented_scopes(c, &scp, e))
+            out = mint_user(c, u, scp, u->agent_identity != NULL, e);
+    }
+    json_decref(scp);
+    authz_code_clear(&ac);
+    return out;
+}
+
 static json_t *grant_refresh(tctx *c, oerr *e)
 {
     if (!authenticate(c, true, e)) return NULL;
@@ -880,10 +933,39 @@ char *token_issuer_v1(const char *base_url, const directory *d)
     return xasprintf("%s/%s/", base_url, dir_tenant_id(d));
 }
 
+/* Length of the valid UTF-8 sequence at p (as jansson checks it: no overlong forms, no
+ * surrogates, nothing past U+10FFFF), or 0. */
+static size_t utf8_seq(const unsigned char *p)
+{
+    unsigned v;
+    size_t n;
+    if (p[0] < 0x80) return 1;
+    if (p[0] >= 0xC2 && p[0] <= 0xDF) n = 2, v = p[0] & 0x1F;
+    else if (p[0] >= 0xE0 && p[0] <= 0xEF) n = 3, v = p[0] & 0x0F;
+    else if (p[0] >= 0xF0 && p[0] <= 0xF4) n = 4, v = p[0] & 0x07;
+    else return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80) return 0;   /* stops at the NUL too */
+        v = v << 6 | (p[i] & 0x3F);
+    }
+    if ((n == 3 && (v < 0x800 || (v >= 0xD800 && v <= 0xDFFF))) ||
+        (n == 4 && (v < 0x10000 || v > 0x10FFFF)))
+        return 0;
+    return n;
+}
+
 json_t *token_error_json(const char *base_url, const char *error, int code, const char *suberror,
-                         const char *correlation_id, const char *msg)
+                         const char *correlation_id, const char *msg_in)
 {
     char trace[37], corr[37], ts[32];
+    /* Messages quote what the client sent (ids, scopes, tenants), and a JSON string must be
+     * UTF-8: any other byte, or a character cut by truncation, becomes '?'. */
+    char *msg = xstrdup(msg_in);
+    for (unsigned char *p = (unsigned char *)msg; *p;) {
+        size_t n = utf8_seq(p);
+        if (n) p += n;
+        else *p++ = '?';
+    }
     util_guid(trace);
     if (correlation_id && util_is_guid(correlation_id)) snprintf(corr, sizeof corr, "%s", correlation_id);
     else util_guid(corr);
@@ -897,6 +979,7 @@ json_t *token_error_json(const char *base_url, const char *error, int code, cons
     if (suberror) json_object_set_new(o, "suberror", json_string(suberror));
     free(desc);
     free(uri);
+    free(msg);
     return o;
 }
 
@@ -923,6 +1006,8 @@ int token_endpoint(const token_req *r, json_t **out)
         ok = grant_obo(&c, &e);
     } else if (!strcmp(gt, "user_fic")) {
         ok = grant_user_fic(&c, param(&c, P_USER_FIC), &e);
+    } else if (!strcmp(gt, "authorization_code")) {
+        ok = grant_authorization_code(&c, &e);
     } else if (!strcmp(gt, "password")) {
         ok = grant_password(&c, &e);
     } else if (!strcmp(gt, "refresh_token")) {

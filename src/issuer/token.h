@@ -1,7 +1,8 @@
 /* token — the issuer's OAuth 2.0 token endpoint: client authentication, grants, minting.
  *
  * Grants: client_credentials (with fmi_path for Agent ID), urn:ietf:params:oauth:grant-type:
- * jwt-bearer (on-behalf-of), user_fic (agent users), password and refresh_token.
+ * jwt-bearer (on-behalf-of), user_fic (agent users), authorization_code (PKCE), password and
+ * refresh_token.
  * docs/issuer.md describes each and every difference from Entra.
  *
  * Contract
@@ -16,6 +17,7 @@
 #define AGENTID_ISSUER_TOKEN_H
 
 #include "core/form.h"
+#include "issuer/authorize.h"
 #include "issuer/directory.h"
 
 #include <jansson.h>
@@ -29,6 +31,7 @@ typedef struct {
     const char *authorization;     /* the Authorization header, if any */
     const char *client_request_id; /* header client-request-id, if any */
     bool v1_endpoint;              /* /oauth2/token (resource=) rather than /oauth2/v2.0/token */
+    authz *az;                     /* authorization codes, for grant_type=authorization_code */
 } token_req;
 
 /* Handle one token request. Returns the HTTP status; *out gets the JSON body (new ref). */
