@@ -86,7 +86,8 @@ typedef struct {
     const char *agent_identity, *agent_username, *agent_user_id;
     const char *scopes[MAX_SCOPES + 1];
     size_t n_scopes;
-    bool request_app_token, force_refresh;
+    int request_app_token;    /* -1 not given, 0 false, 1 true */
+    bool force_refresh;
     const char *relative_path, *http_method, *content_type, *accept, *correlation_id;
     const char *hdr_name[MAX_EXTRA], *hdr_value[MAX_EXTRA], *q_name[MAX_EXTRA], *q_value[MAX_EXTRA];
     size_t n_hdr, n_q;
@@ -112,8 +113,11 @@ static void collect(void *ctx, const char *name, const char *value)
         if (o->n_scopes == MAX_SCOPES) snprintf(o->bad, sizeof o->bad, "too many optionsOverride.Scopes");
         else o->scopes[o->n_scopes++] = value;
     } else if (!strcasecmp(k, "RequestAppToken")) {
-        if (truthy(value)) o->request_app_token = true;       /* can only turn it on (merger rule) */
-        else if (strcasecmp(value, "false") && strcmp(value, "0"))
+        /* An explicit false is honoured (Microsoft's merger can only turn it on): it asks for a
+         * delegated token for the validated caller, never a broader one. */
+        if (truthy(value)) o->request_app_token = 1;
+        else if (!strcasecmp(value, "false") || !strcmp(value, "0")) o->request_app_token = 0;
+        else
             snprintf(o->bad, sizeof o->bad, "optionsOverride.RequestAppToken must be true or false");
     } else if (!strcasecmp(k, "RelativePath")) o->relative_path = value;
     else if (!strcasecmp(k, "HttpMethod")) o->http_method = value;
@@ -207,7 +211,7 @@ static char *get_token(sidecar *sc, http_req *r, int route, const req_opts *o, c
                         "either a single value or a list of values.", api_name);
         return NULL;
     }
-    bool app = o->request_app_token || (api && api->request_app_token);
+    bool app = o->request_app_token >= 0 ? o->request_app_token == 1 : api && api->request_app_token;
     bool authed = route == ROUTE_AUTH_HEADER || route == ROUTE_DOWNSTREAM;
     tok_request tr = {.scopes = scopes, .agent_identity = o->agent_identity,
                       .agent_username = o->agent_username, .agent_user_id = o->agent_user_id,
@@ -344,12 +348,11 @@ static void downstream(sidecar *sc, http_req *r, const req_opts *o, const downst
         problem(r, 502, "The downstream API '%s' could not be reached: %s", api_name, err);
     } else {
         /* A downstream error still comes back inside the 200 wrapper, as Microsoft's does. */
+        json_t *content = json_null();
+        if (rs.body_len && !(content = json_stringn(rs.body, rs.body_len)))
+            content = json_string("(binary content)");   /* not UTF-8: keep it JSON-safe */
         json_t *out = json_pack("{s:I, s:o, s:o}", "statusCode", (json_int_t)rs.status, "headers",
-                                content_headers(rs.headers), "content",
-                                rs.body_len ? json_stringn_nocheck(rs.body, rs.body_len) : json_null());
-        if (json_is_string(json_object_get(out, "content")) &&
-            !json_stringn(rs.body, rs.body_len)) /* not UTF-8: keep it JSON-safe */
-            json_object_set_new(out, "content", json_string("(binary content)"));
+                                content_headers(rs.headers), "content", content);
         no_cache(r);
         http_reply_json(r, 200, out);
     }
@@ -440,7 +443,7 @@ static int route_of(const char *path, const char **api)
 
 static void token_route(sidecar *sc, http_req *r, int route, const char *api_name, const char *corr)
 {
-    req_opts o = {0};
+    req_opts o = {.request_app_token = -1};
     http_req_query_each(r, collect, &o);
     if (o.any_override && !sc->s->allow_overrides[route]) {
         problem(r, 403, "This request carries optionsOverride or agent parameters, which are disabled "

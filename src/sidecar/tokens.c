@@ -108,6 +108,21 @@ static entry *table_find(tokens *t, const char *key, uint32_t h)
     return NULL;
 }
 
+/* Bounded: evict least recently used entries nobody is waiting on, except keep. Entries still
+ * pending cannot go, so a burst of misses may overshoot; finish() evicts again once they are
+ * ready. With t->mu held. */
+static void evict(tokens *t, const entry *keep)
+{
+    for (entry *v = t->lru_tail; t->count > t->s->cache_size && v;) {
+        entry *prev = v->prev;
+        if (v->state != E_PENDING && v != keep) {
+            table_remove(t, v);
+            t->st.evictions++;
+        }
+        v = prev;
+    }
+}
+
 static entry *table_add(tokens *t, const char *key, uint32_t h)
 {
     entry *e = xcalloc(1, sizeof *e);
@@ -121,15 +136,7 @@ static entry *table_add(tokens *t, const char *key, uint32_t h)
     t->buckets[h % BUCKETS] = e;
     lru_front(t, e);
     t->count++;
-    /* Bounded: evict least recently used entries nobody is waiting on. */
-    for (entry *v = t->lru_tail; t->count > t->s->cache_size && v;) {
-        entry *prev = v->prev;
-        if (v->state != E_PENDING && v != e) {
-            table_remove(t, v);
-            t->st.evictions++;
-        }
-        v = prev;
-    }
+    evict(t, e);
     return e;
 }
 
@@ -172,7 +179,10 @@ static const char *token_endpoint(tokens *t, tok_err *e)
              "identity provider discovery failed: %s", err);
         return NULL;
     }
-    return oidc_token_endpoint(t->idp);
+    const char *ep = oidc_token_endpoint(t->idp);
+    if (!ep)
+        errf(e, TOK_BAD_RESPONSE, "identity provider discovery document has no token_endpoint");
+    return ep;
 }
 
 /* POST a token request; on success *exp and *refresh_at are set and the token returned. */
@@ -304,9 +314,12 @@ static char *fetch_mi(tokens *t, const cred_source *c, int64_t *exp, int64_t *re
                         cid ? cid : "");
         h1 = xasprintf("X-IDENTITY-HEADER: %s", hdr);
     } else {           /* IMDS */
-        url = xasprintf("%s/metadata/identity/oauth2/token?api-version=2018-02-01&resource=%s%s%s",
-                        imds ? imds : "http://169.254.169.254", res, cid ? "&client_id=" : "",
-                        cid ? cid : "");
+        /* MSAL.NET sets the path on the host's URI, so "http://host:port/" works as well. */
+        if (!imds || !*imds) imds = "http://169.254.169.254";
+        int n = (int)strlen(imds);
+        while (n > 0 && imds[n - 1] == '/') n--;
+        url = xasprintf("%.*s/metadata/identity/oauth2/token?api-version=2018-02-01&resource=%s%s%s",
+                        n, imds, res, cid ? "&client_id=" : "", cid ? cid : "");
         h1 = xstrdup("Metadata: true");
     }
     const char *hdrs[] = {h1, NULL};
@@ -484,6 +497,7 @@ static void finish(tokens *t, entry *e, char *tok, int64_t exp, int64_t ra, cons
         e->exp = exp;
         e->refresh_at = ra;
         e->state = E_READY;
+        evict(t, e);
     } else if (e->state == E_PENDING) {
         e->state = E_FAILED;
         e->err = *err;
@@ -608,6 +622,24 @@ char *tokens_get(tokens *t, const tok_request *r, tok_err *e)
 
 /* ---- set-up ------------------------------------------------------------------------------- */
 
+/* The "-----BEGIN [RSA |EC |ENCRYPTED ]PRIVATE KEY-----" block of a PEM file, or NULL. */
+static char *private_key_block(const char *pem)
+{
+    static const char BEGIN[] = "-----BEGIN ", DASHES[] = "-----", PK[] = "PRIVATE KEY";
+    for (const char *p = strstr(pem, BEGIN); p; p = strstr(p + 1, BEGIN)) {
+        const char *label = p + strlen(BEGIN), *close = strstr(label, DASHES);
+        if (!close) break;
+        size_t n = (size_t)(close - label);
+        if (n < strlen(PK) || strncmp(close - strlen(PK), PK, strlen(PK)) != 0) continue;
+        char *end = xasprintf("-----END %.*s-----", (int)n, label);
+        const char *e = strstr(close, end);
+        char *out = e ? xstrndup(p, (size_t)(e - p) + strlen(end)) : NULL;
+        free(end);
+        return out;
+    }
+    return NULL;
+}
+
 tokens *tokens_new(const settings *s, char *err, size_t errlen)
 {
     tokens *t = xcalloc(1, sizeof *t);
@@ -627,8 +659,14 @@ tokens *tokens_new(const settings *s, char *err, size_t errlen)
                      i, s->creds[i].path);
             goto fail;
         }
-        t->cert_key = jwk_from_pem(pem, NULL, err, errlen);
-        t->cert_x5t = t->cert_key ? pki_cert_thumbprint(pem, false, err, errlen) : NULL;
+        /* One PEM with the key and the certificate, in either order: the key from its own
+         * block (jwk_from_pem would take the certificate's public key), then the certificate
+         * attached, which also checks that it holds this key. */
+        char *key_pem = private_key_block(pem);
+        t->cert_key = key_pem ? jwk_from_pem(key_pem, NULL, err, errlen) : NULL;
+        if (t->cert_key && jwk_set_cert(t->cert_key, pem, err, errlen) == 0)
+            t->cert_x5t = xstrdup(jwk_x5t(t->cert_key));
+        free(key_pem);
         free(pem);
         if (!t->cert_key || !t->cert_x5t || !jwk_is_private(t->cert_key)) {
             snprintf(err, errlen, "AzureAd__ClientCredentials__%zu__CertificateDiskPath: %s must hold a "
