@@ -236,7 +236,7 @@ static void sign_in_page(http_req *r, const params *q, const dir_app *client, co
         "<div class=\"foot\">Local identity provider &middot; agentid issuer</div></main></body></html>",
         PAGE_HEAD, app, err ? "<div class=\"err\" role=\"alert\">" : "", err ? err : "",
         err ? "</div>" : "", hidden, lg);
-    http_add_header(r, "Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'");
+    http_add_header(r, "Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
     http_add_header(r, "X-Frame-Options", "DENY");
     http_add_header(r, "Cache-Control", "no-store");
     http_reply(r, 200, "text/html; charset=utf-8", body, strlen(body));

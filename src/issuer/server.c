@@ -296,7 +296,11 @@ static void mi_handle(http_req *r, void *ctx)
         http_reply_text(r, 503, "starting");
         return;
     }
-    bool imds = !strcmp(path, "/metadata/identity/oauth2/token"), appsvc = !strcmp(path, "/msi/token");
+    /* msal-node asks for ".../oauth2/token/" when AZURE_POD_IDENTITY_AUTHORITY_HOST is set (its
+     * URL canonicalisation appends a slash); IMDS answers both. */
+    bool imds = !strcmp(path, "/metadata/identity/oauth2/token") ||
+                !strcmp(path, "/metadata/identity/oauth2/token/"),
+         appsvc = !strcmp(path, "/msi/token") || !strcmp(path, "/msi/token/");
     const char *resource = http_req_query(r, "resource");
     const char *hdr = dir_identity_header(s->d);
     const char *res_id = http_req_query(r, "mi_res_id");

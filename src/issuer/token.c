@@ -81,6 +81,8 @@ typedef struct {
     /* set by authenticate() */
     const dir_app *client;
     const char *acr;           /* "0" public, "1" secret, "2" certificate or assertion */
+    const char *cred;          /* how: client_secret, certificate, federated, t1, none (logged) */
+    const char *fmi;           /* T1: the agent of fmi_path (logged) */
     /* set by parse_scope() */
     const dir_app *resource;
     char *resource_name;       /* the resource as requested, for v1 aud */
@@ -266,7 +268,7 @@ static bool issued_assertion(tctx *c, const jwt *t, oerr *e)
         const char *tail = sub ? strrchr(sub, '/') : NULL;
         if (azp && strcasecmp(azp, c->client->parent) == 0 && tail &&
             strcasecmp(tail + 1, c->client->app_id) == 0)
-            return true;
+            return c->cred = "t1", true;
         return fail(e, 401, "invalid_client", 70021,
                     "No matching federated identity record found for presented assertion. "
                     "Assertion Issuer: '%s'. Assertion Subject: '%s'. Assertion Audience: '%s'. "
@@ -282,7 +284,7 @@ static bool issued_assertion(tctx *c, const jwt *t, oerr *e)
         const char *fs = json_string_value(json_object_get(f, "subject"));
         if (fi && fs && sub && strcmp(fi, jwt_claim_str(t, "iss")) == 0 && strcmp(fs, sub) == 0 &&
             fic_audience_ok(f, t))
-            return true;
+            return c->cred = "federated", true;
     }
     return fail(e, 401, "invalid_client", 70021,
                 "No matching federated identity record found for presented assertion. Assertion "
@@ -341,6 +343,7 @@ static bool federated_assertion(tctx *c, const jwt *t, oerr *e)
         return fail(e, 401, "invalid_client", 700212,
                     "No matching federated identity record found for presented assertion audience "
                     "'%s'.", jwt_claim_str(t, "aud") ? jwt_claim_str(t, "aud") : "");
+    c->cred = "federated";
     return true;
 }
 
@@ -409,7 +412,7 @@ static bool authenticate(tctx *c, bool allow_public, oerr *e)
         else if (is_issuer(c, iss))
             ok = issued_assertion(c, &t, e);
         else if (iss && strcasecmp(iss, c->client->app_id) == 0)
-            ok = cert_assertion(c, &t, e);
+            ok = (c->cred = "certificate", cert_assertion(c, &t, e));
         else
             ok = federated_assertion(c, &t, e);
         jwt_clear(&t);
@@ -421,8 +424,10 @@ static bool authenticate(tctx *c, bool allow_public, oerr *e)
                  "client secret value, not the client secret ID, for a secret added to app '%s'.",
                  c->client->app_id);
         c->acr = "1";
+        c->cred = "client_secret";
     } else if (allow_public && c->client->public_client) {
         c->acr = "0";
+        c->cred = "none";
         ok = true;
     } else {
         fail(e, 401, "invalid_client", 7000218,
@@ -738,6 +743,7 @@ static json_t *grant_client_credentials(tctx *c, oerr *e)
             return fail(e, 400, "unauthorized_client", 82002,
                         "The agent identity '%s' is not a child of the agent identity blueprint "
                         "'%s'.", agent->app_id, c->client->app_id), NULL;
+        c->fmi = agent->app_id;
         return mint_app(c, agent->app_id, e);
     }
     return mint_app(c, NULL, e);
@@ -902,6 +908,9 @@ static json_t *grant_refresh(tctx *c, oerr *e)
         if (e->code == 500133)   /* Entra's code for a refresh token past its lifetime */
             fail(e, 400, "invalid_grant", 700082,
                  "The refresh token has expired. Sign in again to get a new one.");
+        else                     /* malformed, or not signed by a published key */
+            fail(e, 400, "invalid_grant", 9002313,
+                 "Invalid request. Request is malformed or invalid: the refresh token is not valid.");
         return NULL;
     }
     const char *typ = jwt_claim_str(&t, "typ"), *aud = jwt_claim_str(&t, "aud");
@@ -1020,8 +1029,9 @@ int token_endpoint(const token_req *r, json_t **out)
     int status = 200;
     if (ok) {
         *out = ok;
-        log_msg(LOG_INFO, "token_issued", "grant=%s client=%s resource=%s", gt,
-                c.client ? c.client->app_id : "-", c.resource ? c.resource->app_id : "-");
+        log_msg(LOG_INFO, "token_issued", "grant=%s client=%s credential=%s azpacr=%s resource=%s%s%s", gt,
+                c.client ? c.client->app_id : "-", c.cred ? c.cred : "-", c.acr ? c.acr : "-",
+                c.resource ? c.resource->app_id : "-", c.fmi ? " fmi_path=" : "", c.fmi ? c.fmi : "");
     } else {
         status = e.status ? e.status : 500;
         *out = token_error_json(r->base_url, e.error ? e.error : "server_error", e.code, e.suberror,
