@@ -64,13 +64,15 @@ static int fetch(oidc *o)
     const char *iss = json_string_value(json_object_get(doc, "issuer"));
     const char *tok = json_string_value(json_object_get(doc, "token_endpoint"));
     const char *keys = json_string_value(json_object_get(doc, "jwks_uri"));
-    if (!iss || !tok || !keys) {
-        snprintf(o->last_err, sizeof o->last_err,
-                 "discovery document %s lacks issuer, token_endpoint or jwks_uri", o->metadata_url);
+    /* token_endpoint is optional: issuers that only sign tokens (Kubernetes service-account
+     * issuers, GitHub Actions) publish none (OpenID Connect Discovery §3). */
+    if (!iss || !keys) {
+        snprintf(o->last_err, sizeof o->last_err, "discovery document %s lacks issuer or jwks_uri",
+                 o->metadata_url);
         goto end;
     }
     o->issuer = xstrdup(iss);
-    o->token_endpoint = xstrdup(tok);
+    o->token_endpoint = tok ? xstrdup(tok) : NULL;
     o->jwks_uri = xstrdup(keys);
     jwks_cache_opts jo = {.jwks_uri = keys, .ca_file = o->ca_file, .timeout_ms = o->timeout_ms};
     o->keys = jwks_cache_new(&jo);
