@@ -22,8 +22,10 @@ CFLAGS  += -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno
 LDFLAGS += -fsanitize=address,undefined
 endif
 
-LIB_SRC := $(sort $(shell find src -name '*.c' ! -name main.c))
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_SRC := $(sort $(shell find src -name '*.c' ! -name main.c ! -path '*/node_modules/*'))
+# The chat agent's web UI, compiled in as C arrays (scripts/embed.sh).
+WEB_SRC := $(sort $(wildcard src/demo/web/*.html src/demo/web/*.js src/demo/web/*.css src/demo/web/*.svg))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/web_assets.o
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
@@ -39,6 +41,14 @@ $(BUILD)/libagentid.a: $(LIB_OBJ)
 
 $(BUILD)/%.o: %.c $(wildcard src/*/*.h)
 	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/gen/web_assets.c: scripts/embed.sh $(WEB_SRC)
+	@mkdir -p $(dir $@)
+	$(Q)scripts/embed.sh $@ $(WEB_SRC)
+
+$(BUILD)/gen/web_assets.o: $(BUILD)/gen/web_assets.c
 	@echo "  CC      $<"
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Install what agentid needs on Debian 12, only what is missing. Idempotent; run as root.
-#   scripts/deps.sh build   - compilers and -dev libraries
-#   scripts/deps.sh check   - plus test tools and the npm packages of tests/clients
+#   scripts/deps.sh build   - compilers and -dev libraries, and the chat UI's npm packages
+#                             (src/demo/web: msal-browser, served by agentid chat-agent)
+#   scripts/deps.sh check   - plus test tools, the npm packages of tests/clients, and Debian's
+#                             chromium with certutil (libnss3-tools) for the browser tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=(build-essential pkg-config libssl-dev libmicrohttpd-dev libcurl4-openssl-dev
-      libjansson-dev libcjose-dev libyaml-dev libhiredis-dev openssl curl ca-certificates)
+      libjansson-dev libcjose-dev libyaml-dev libhiredis-dev openssl curl ca-certificates
+      nodejs npm)
 if [ "${1:-build}" = check ]; then
-  want+=(libcmocka-dev clang libclang-rt-14-dev nodejs npm)
+  want+=(libcmocka-dev clang libclang-rt-14-dev chromium libnss3-tools)
 fi
 
 missing=()
@@ -33,4 +36,16 @@ if [ "${1:-build}" = check ] && [ -f tests/clients/package-lock.json ]; then
     (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
     cp tests/clients/package-lock.json "$stamp"
   fi
+fi
+
+# npm ci in DIR when its node_modules is missing or was installed from another lockfile.
+npm_ci() {
+  local stamp=$1/node_modules/.agentid-lock
+  if [ ! -f "$stamp" ] || ! cmp -s "$1/package-lock.json" "$stamp"; then
+    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$1/package-lock.json" "$stamp"
+  fi
+}
+if [ -f src/demo/web/package-lock.json ]; then
+  npm_ci src/demo/web
 fi

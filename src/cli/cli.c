@@ -6,6 +6,9 @@
 #include "core/util.h"
 #include "issuer/directory.h"
 #include "issuer/server.h"
+#include "cli/up.h"
+#include "demo/chat.h"
+#include "demo/weather.h"
 #include "sidecar/settings.h"
 #include "sidecar/sidecar.h"
 
@@ -29,7 +32,9 @@ static const char USAGE[] =
     "                         add a signing key (old keys stay published), or retire old ones\n"
     "  sidecar [--config appsettings.json] [--listen ADDR:PORT] [--list-settings]\n"
     "                         the auth sidecar on 127.0.0.1:5000 (settings: AzureAd__*, DownstreamApis__*)\n"
-    "  up                     run the local stack (for now: the issuer, creating its directory)\n"
+    "  weather-api [options]  the demo API (see docs/demo.md)\n"
+    "  chat-agent [options]   the demo chat agent with its web UI (see docs/demo.md)\n"
+    "  up [options]           the whole local stack: issuer, sidecar, weather API, chat agent\n"
     "  version                print the version\n"
     "  help                   this text\n"
     "\n"
@@ -144,28 +149,6 @@ static int cmd_sidecar(int argc, char **argv)
     return sidecar_main(cfg, listen);
 }
 
-static int cmd_up(int argc, char **argv)
-{
-    (void)argc;
-    (void)argv;
-    const char *dir = default_dir();
-    char err[512];
-    directory *d = dir_load(dir, err, sizeof err);
-    if (d) {
-        dir_unref(d);
-    } else if (dir_init(dir, false, err, sizeof err) != 0) {
-        fprintf(stderr, "agentid up: %s\n", err);
-        return 1;
-    }
-    print_summary(dir);
-    printf("  trust the local CA with NODE_EXTRA_CA_CERTS=%s/tls/ca.crt\n", dir);
-    fflush(stdout);
-    issuer_opts o = {.dir = dir, .listen = DEFAULT_ISSUER_LISTEN};
-    log_init("issuer", LOG_INFO);
-    httpc_global_init();
-    return issuer_run(&o);
-}
-
 int cli_main(int argc, char **argv)
 {
     const char *cmd = argc > 1 ? argv[1] : "help";
@@ -179,6 +162,8 @@ int cli_main(int argc, char **argv)
     }
     if (!strcmp(cmd, "issuer")) return cmd_issuer(argc - 1, argv + 1);
     if (!strcmp(cmd, "sidecar")) return cmd_sidecar(argc - 1, argv + 1);
-    if (!strcmp(cmd, "up")) return cmd_up(argc - 1, argv + 1);
+    if (!strcmp(cmd, "weather-api")) return weather_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "chat-agent")) return chat_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "up")) return up_main(argc - 1, argv + 1);
     return usage_error("unknown command '%s'", cmd);
 }

@@ -772,7 +772,7 @@ int dir_init(const char *dir, bool force, char *err, size_t errlen)
         "  {s:s, s:s, s:s, s:s, s:[s], s:[s], s:[s], s:[s], s:i},"              /* blueprint */
         "  {s:s, s:s, s:s, s:s},"                                               /* agent */
         "  {s:s, s:s, s:s, s:[s], s:[s], s:[s], s:[s], s:i},"                   /* weather API */
-        "  {s:s, s:s, s:s, s:[s, s], s:b},"                                     /* SPA */
+        "  {s:s, s:s, s:s, s:[s, s, s, s], s:b},"                               /* SPA */
         "  {s:s, s:s, s:s, s:b, s:[s]},"                                        /* CLI */
         "  {s:s, s:s, s:[s], s:[s], s:[s], s:i}"                                /* Graph */
         " ],"
@@ -793,7 +793,8 @@ int dir_init(const char *dir, bool force, char *err, size_t errlen)
         "scopes", "Weather.Read", "app_roles", "Weather.Read.All", "secrets", api_secret,
         "access_token_version", 2,
         "name", "Chat SPA", "app_id", spa, "object_id", spa_oid, "redirect_uris",
-        "http://localhost:3003", "http://127.0.0.1:3003", "public_client", 1,
+        "http://localhost:3003", "http://127.0.0.1:3003", "http://localhost:3003/redirect.html",
+        "http://127.0.0.1:3003/redirect.html", "public_client", 1,
         "name", "agentid CLI", "app_id", cli, "object_id", cli_oid, "public_client", 1,
         "redirect_uris", "http://localhost",
         "name", "Microsoft Graph", "app_id", "00000003-0000-0000-c000-000000000000",
