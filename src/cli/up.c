@@ -550,6 +550,17 @@ int up_main(int argc, char **argv)
         printf("agentid up: created the issuer directory %s (tenant, keys, local CA, demo apps and user)\n", dir);
         fflush(stdout);
     }
+    /* The SPA must be allowed to receive codes at the chat port in use (msal-browser's
+     * redirect page), or sign-in fails with AADSTS50011. */
+    char *ru[5] = {xasprintf("http://localhost:%d", ports[4]), xasprintf("http://127.0.0.1:%d", ports[4]),
+                   xasprintf("http://localhost:%d/redirect.html", ports[4]),
+                   xasprintf("http://127.0.0.1:%d/redirect.html", ports[4]), NULL};
+    int added = dir_ensure_redirect_uris(dir, "Chat SPA", (const char *const *)ru, err, sizeof err);
+    for (int i = 0; i < 4; i++) free(ru[i]);
+    if (added < 0) {
+        fprintf(stderr, "agentid up: %s\n", err);
+        return 1;
+    }
     directory *d = dir_load(dir, err, sizeof err);
     if (!d) {
         fprintf(stderr, "agentid up: %s\n", err);

@@ -902,3 +902,34 @@ end:
     free(file);
     return rc;
 }
+
+int dir_ensure_redirect_uris(const char *dir, const char *app, const char *const *uris, char *err,
+                             size_t errlen)
+{
+    int rc = -1;
+    char *file = join(dir, DIR_FILE);
+    json_error_t je;
+    json_t *root = json_load_file(file, JSON_REJECT_DUPLICATES, &je), *a;
+    size_t i;
+    bool changed = false;
+    if (!root) {
+        seterr(err, errlen, "%s:%d:%d: %s", file, je.line, je.column, je.text);
+        goto end;
+    }
+    json_array_foreach(json_object_get(root, "applications"), i, a) {
+        const char *name = json_string_value(json_object_get(a, "name"));
+        if (!name || strcmp(name, app) != 0) continue;
+        json_t *list = json_object_get(a, "redirect_uris");
+        if (!json_is_array(list)) json_object_set_new(a, "redirect_uris", list = json_array());
+        for (const char *const *u = uris; *u; u++)
+            if (!in_list(list, *u, false)) {
+                json_array_append_new(list, json_string(*u));
+                changed = true;
+            }
+    }
+    rc = changed ? (save_root(dir, root, err, errlen) == 0 ? 1 : -1) : 0;
+end:
+    json_decref(root);
+    free(file);
+    return rc;
+}

@@ -118,4 +118,9 @@ int dir_init(const char *dir, bool force, char *err, size_t errlen);
  * drop every key but the active one from the JWKS. Writes the active kid into new_kid. */
 int dir_rotate_keys(const char *dir, bool retire_old, char new_kid[64], char *err, size_t errlen);
 
+/* Add redirect URIs to an app in DIR/directory.json if they are missing (`agentid up` on a
+ * non-default chat port). Returns 1 if the file changed, 0 if not, -1 with err. */
+int dir_ensure_redirect_uris(const char *dir, const char *app, const char *const *uris, char *err,
+                             size_t errlen);
+
 #endif

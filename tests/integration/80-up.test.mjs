@@ -107,6 +107,10 @@ test('every part comes up, in its own child process, and the banner says where',
   assert.ok(stdout.includes(`alice@agentid.local / ${d.alice.password}`), 'the demo sign-in');
   assert.ok(stdout.includes(`NODE_EXTRA_CA_CERTS=${join(dir, 'tls/ca.crt')}`), 'the CA hint');
   assert.doesNotMatch(stderr, /"level":"(warn|error)","component":"up"/, 'nothing went wrong during start-up');
+  // The SPA may receive sign-in codes on the chat port in use (msal-browser's redirect page).
+  const spa = JSON.parse(readFileSync(join(dir, 'directory.json'), 'utf8')).applications.find((a) => a.name === 'Chat SPA');
+  assert.ok(spa.redirect_uris.includes(`http://localhost:${ports.chat}/redirect.html`));
+  assert.ok(spa.redirect_uris.includes(`http://127.0.0.1:${ports.chat}/redirect.html`));
 });
 
 test('the sidecar gives an autonomous agent token, and calls the weather API with it', async () => {
