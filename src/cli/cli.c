@@ -7,6 +7,7 @@
 #include "issuer/directory.h"
 #include "issuer/server.h"
 #include "cli/up.h"
+#include "core/args.h"
 #include "demo/chat.h"
 #include "demo/weather.h"
 #include "sidecar/settings.h"
@@ -41,28 +42,6 @@ static const char USAGE[] =
     "Defaults: --dir " DEFAULT_ISSUER_DIR " (or $AGENTID_ISSUER_DIR), --listen " DEFAULT_ISSUER_LISTEN
     ".\nDocumentation: docs/issuer.md\n";
 
-static int usage_error(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "agentid: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nRun 'agentid help' for usage.\n");
-    return 2;
-}
-
-/* --name VALUE or --name=VALUE; advances *i. NULL if argv[*i] is not this flag. */
-static const char *flag_value(int argc, char **argv, int *i, const char *name, bool *bad)
-{
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n) != 0) return NULL;
-    if (argv[*i][n] == '=') return argv[*i] + n + 1;
-    if (argv[*i][n] != '\0') return NULL;
-    if (*i + 1 >= argc) {
-        *bad = true;
-        return NULL;
-    }
-    return argv[++*i];
-}
-
 static const char *default_dir(void)
 {
     const char *e = getenv("AGENTID_ISSUER_DIR");
@@ -96,15 +75,15 @@ static int cmd_issuer(int argc, char **argv)
     for (int i = sub ? 2 : 1; i < argc; i++) {
         bool bad = false;
         const char *v;
-        if ((v = flag_value(argc, argv, &i, "--dir", &bad))) o.dir = v;
-        else if (!sub && (v = flag_value(argc, argv, &i, "--listen", &bad))) o.listen = v;
-        else if (!sub && (v = flag_value(argc, argv, &i, "--public-url", &bad))) o.public_url = v;
+        if ((v = args_value(argc, argv, &i, "--dir", &bad))) o.dir = v;
+        else if (!sub && (v = args_value(argc, argv, &i, "--listen", &bad))) o.listen = v;
+        else if (!sub && (v = args_value(argc, argv, &i, "--public-url", &bad))) o.public_url = v;
         else if (!sub && !strcmp(argv[i], "--http")) o.http = true;
-        else if (!sub && (v = flag_value(argc, argv, &i, "--managed-identity-listen", &bad))) o.mi_listen = v;
+        else if (!sub && (v = args_value(argc, argv, &i, "--managed-identity-listen", &bad))) o.mi_listen = v;
         else if (sub && !strcmp(sub, "init") && !strcmp(argv[i], "--force")) force = true;
         else if (sub && !strcmp(sub, "rotate-keys") && !strcmp(argv[i], "--retire-old")) retire = true;
-        else return usage_error(bad ? "option %s needs a value" : "unknown option %s", argv[i]);
-        if (bad) return usage_error("option %s needs a value", argv[i]);
+        else return args_usage_error(NULL, bad ? "option %s needs a value" : "unknown option %s", argv[i]);
+        if (bad) return args_usage_error(NULL, "option %s needs a value", argv[i]);
     }
     char err[512];
     if (!sub) {
@@ -130,7 +109,7 @@ static int cmd_issuer(int argc, char **argv)
                kid);
         return 0;
     }
-    return usage_error("unknown issuer command '%s'", sub);
+    return args_usage_error(NULL, "unknown issuer command '%s'", sub);
 }
 
 static int cmd_sidecar(int argc, char **argv)
@@ -139,12 +118,12 @@ static int cmd_sidecar(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         bool bad = false;
         const char *v;
-        if ((v = flag_value(argc, argv, &i, "--config", &bad))) cfg = v;
-        else if ((v = flag_value(argc, argv, &i, "--listen", &bad))) listen = v;
+        if ((v = args_value(argc, argv, &i, "--config", &bad))) cfg = v;
+        else if ((v = args_value(argc, argv, &i, "--listen", &bad))) listen = v;
         else if (!strcmp(argv[i], "--list-settings")) {
             for (const char *const *k = SETTINGS_KEYS; *k; k++) puts(*k);
             return 0;
-        } else return usage_error(bad ? "option %s needs a value" : "unknown option %s", argv[i]);
+        } else return args_usage_error(NULL, bad ? "option %s needs a value" : "unknown option %s", argv[i]);
     }
     return sidecar_main(cfg, listen);
 }
@@ -165,5 +144,5 @@ int cli_main(int argc, char **argv)
     if (!strcmp(cmd, "weather-api")) return weather_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "chat-agent")) return chat_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "up")) return up_main(argc - 1, argv + 1);
-    return usage_error("unknown command '%s'", cmd);
+    return args_usage_error(NULL, "unknown command '%s'", cmd);
 }

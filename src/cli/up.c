@@ -12,6 +12,8 @@
  */
 #include "cli/up.h"
 
+#include "core/args.h"
+
 #include "core/http_client.h"
 #include "core/log.h"
 #include "core/util.h"
@@ -155,28 +157,6 @@ static void env_build(strv *out, const char *const *extra, const char *const *st
     for (char **e = environ; e && *e; e++)
         if (!env_matches(*e, names, strip_prefixes)) strv_add(out, xstrdup(*e));
     for (size_t i = 0; extra[i]; i++) strv_add(out, xstrdup(extra[i]));
-}
-
-static int usage_error(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "agentid up: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nRun 'agentid up --help' for usage.\n");
-    return 2;
-}
-
-/* --name VALUE or --name=VALUE; advances *i. NULL if argv[*i] is not this flag. */
-static const char *flag_value(int argc, char **argv, int *i, const char *name, bool *bad)
-{
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n) != 0) return NULL;
-    if (argv[*i][n] == '=') return argv[*i] + n + 1;
-    if (argv[*i][n] != '\0') return NULL;
-    if (*i + 1 >= argc) {
-        *bad = true;
-        return NULL;
-    }
-    return argv[++*i];
 }
 
 static bool parse_port(const char *s, int *out)
@@ -498,18 +478,18 @@ int up_main(int argc, char **argv)
             fputs(USAGE, stdout);
             return 0;
         }
-        if ((v = flag_value(argc, argv, &i, "--dir", &bad))) dir = v, matched = true;
-        else if ((v = flag_value(argc, argv, &i, "--llm", &bad))) llm_opt = v, matched = true;
-        else if ((v = flag_value(argc, argv, &i, "--model", &bad))) model = v, matched = true;
+        if ((v = args_value(argc, argv, &i, "--dir", &bad))) dir = v, matched = true;
+        else if ((v = args_value(argc, argv, &i, "--llm", &bad))) llm_opt = v, matched = true;
+        else if ((v = args_value(argc, argv, &i, "--model", &bad))) model = v, matched = true;
         for (int k = 0; !matched && !bad && k < 5; k++)
-            if ((v = flag_value(argc, argv, &i, port_flag[k], &bad))) {
-                if (!parse_port(v, &ports[k])) return usage_error("%s: not a port number (1-65535)", port_flag[k]);
+            if ((v = args_value(argc, argv, &i, port_flag[k], &bad))) {
+                if (!parse_port(v, &ports[k])) return args_usage_error("up", "%s: not a port number (1-65535)", port_flag[k]);
                 matched = true;
             }
-        if (bad) return usage_error("option %s needs a value", argv[i]);
-        if (!matched) return usage_error("unknown option %s", argv[i]);
+        if (bad) return args_usage_error("up", "option %s needs a value", argv[i]);
+        if (!matched) return args_usage_error("up", "unknown option %s", argv[i]);
     }
-    if (!*dir) return usage_error("%s--dir is empty", "");
+    if (!*dir) return args_usage_error("up", "%s--dir is empty", "");
     log_init("up", LOG_INFO);
 
     /* Every port free before anything starts (or is created). */

@@ -21,6 +21,8 @@
  */
 #include "demo/chat.h"
 
+#include "core/args.h"
+
 #include "core/form.h"
 #include "core/http_client.h"
 #include "core/http_server.h"
@@ -953,27 +955,6 @@ static const char USAGE[] =
     "  --max-steps N            LLM calls per question, default 5\n"
     "  --web-dir DIR            where @azure/msal-browser is (default: src/demo/web/node_modules)\n";
 
-static int usage(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "agentid chat-agent: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nRun 'agentid chat-agent --help' for usage.\n");
-    return 2;
-}
-
-static const char *flag(int argc, char **argv, int *i, const char *name, bool *bad)
-{
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n) != 0) return NULL;
-    if (argv[*i][n] == '=') return argv[*i] + n + 1;
-    if (argv[*i][n] != '\0') return NULL;
-    if (*i + 1 >= argc) {
-        *bad = true;
-        return NULL;
-    }
-    return argv[++*i];
-}
-
 static void app_free(chat_app *a)
 {
     free(a->sidecar);
@@ -1008,63 +989,63 @@ int chat_main(int argc, char **argv)
             fputs(USAGE, stdout);
             return 0;
         }
-        if ((v = flag(argc, argv, &i, "--listen", &bad))) a.listen = v;
-        else if ((v = flag(argc, argv, &i, "--sidecar", &bad))) sidecar = v;
-        else if ((v = flag(argc, argv, &i, "--api-name", &bad))) a.api = v;
-        else if ((v = flag(argc, argv, &i, "--weather-url", &bad))) weather = v;
-        else if ((v = flag(argc, argv, &i, "--agent-id", &bad))) a.agent = v;
-        else if ((v = flag(argc, argv, &i, "--tenant-id", &bad))) a.tenant = v;
-        else if ((v = flag(argc, argv, &i, "--authority", &bad))) authority = v;
-        else if ((v = flag(argc, argv, &i, "--spa-client-id", &bad))) a.spa = v;
-        else if ((v = flag(argc, argv, &i, "--blueprint-app-id", &bad))) a.blueprint = v;
-        else if ((v = flag(argc, argv, &i, "--llm", &bad))) llm = v;
-        else if ((v = flag(argc, argv, &i, "--model", &bad))) a.model = v;
-        else if ((v = flag(argc, argv, &i, "--max-steps", &bad))) steps = v;
-        else if ((v = flag(argc, argv, &i, "--web-dir", &bad))) a.web_dir = v;
-        else return usage(bad ? "option %s needs a value" : "unknown option %s", argv[i]);
+        if ((v = args_value(argc, argv, &i, "--listen", &bad))) a.listen = v;
+        else if ((v = args_value(argc, argv, &i, "--sidecar", &bad))) sidecar = v;
+        else if ((v = args_value(argc, argv, &i, "--api-name", &bad))) a.api = v;
+        else if ((v = args_value(argc, argv, &i, "--weather-url", &bad))) weather = v;
+        else if ((v = args_value(argc, argv, &i, "--agent-id", &bad))) a.agent = v;
+        else if ((v = args_value(argc, argv, &i, "--tenant-id", &bad))) a.tenant = v;
+        else if ((v = args_value(argc, argv, &i, "--authority", &bad))) authority = v;
+        else if ((v = args_value(argc, argv, &i, "--spa-client-id", &bad))) a.spa = v;
+        else if ((v = args_value(argc, argv, &i, "--blueprint-app-id", &bad))) a.blueprint = v;
+        else if ((v = args_value(argc, argv, &i, "--llm", &bad))) llm = v;
+        else if ((v = args_value(argc, argv, &i, "--model", &bad))) a.model = v;
+        else if ((v = args_value(argc, argv, &i, "--max-steps", &bad))) steps = v;
+        else if ((v = args_value(argc, argv, &i, "--web-dir", &bad))) a.web_dir = v;
+        else return args_usage_error("chat-agent", bad ? "option %s needs a value" : "unknown option %s", argv[i]);
     }
     int rc = 2;
     http_server *srv = NULL;
     char *llm_url = NULL;
     if (!a.agent) {
-        rc = usage("%s", "--agent-id (or AGENT_CLIENT_ID) is required: the agent identity's app id");
+        rc = args_usage_error("chat-agent", "%s", "--agent-id (or AGENT_CLIENT_ID) is required: the agent identity's app id");
         goto end;
     }
     if (!util_is_guid(a.agent)) {
-        rc = usage("--agent-id: '%s' is not a GUID", a.agent);
+        rc = args_usage_error("chat-agent", "--agent-id: '%s' is not a GUID", a.agent);
         goto end;
     }
     if (steps) {
         char *e;
         long n = strtol(steps, &e, 10);
         if (*e || n < 1 || n > 50) {
-            rc = usage("--max-steps: '%s' is not a number from 1 to 50", steps);
+            rc = args_usage_error("chat-agent", "--max-steps: '%s' is not a number from 1 to 50", steps);
             goto end;
         }
         a.max_steps = (int)n;
     }
     if (!*a.api || strpbrk(a.api, "/?#")) {
-        rc = usage("--api-name: '%s' is not a DownstreamApis name", a.api);
+        rc = args_usage_error("chat-agent", "--api-name: '%s' is not a DownstreamApis name", a.api);
         goto end;
     }
     /* Ollama's OLLAMA_HOST is often host:port without a scheme. */
     llm_url = strstr(llm, "://") ? xstrdup(llm) : xasprintf("http://%s", llm);
     if (!(a.sidecar = norm_url(sidecar))) {
-        rc = usage("--sidecar: '%s' is not an http(s) URL", sidecar);
+        rc = args_usage_error("chat-agent", "--sidecar: '%s' is not an http(s) URL", sidecar);
         goto end;
     }
     if (!(a.weather = norm_url(weather))) {
-        rc = usage("--weather-url: '%s' is not an http(s) URL", weather);
+        rc = args_usage_error("chat-agent", "--weather-url: '%s' is not an http(s) URL", weather);
         goto end;
     }
     if (!(a.llm = norm_url(llm_url))) {
-        rc = usage("--llm: '%s' is not an http(s) URL", llm);
+        rc = args_usage_error("chat-agent", "--llm: '%s' is not an http(s) URL", llm);
         goto end;
     }
     a.openai = util_str_ends_with(a.llm, "/v1");
     if (!authority && a.tenant) a.authority = xasprintf("https://127.0.0.1:8443/%s", a.tenant);
     else if (authority && !(a.authority = norm_url(authority))) {
-        rc = usage("--authority: '%s' is not an http(s) URL", authority);
+        rc = args_usage_error("chat-agent", "--authority: '%s' is not an http(s) URL", authority);
         goto end;
     }
     if (a.blueprint) a.scope = xasprintf("api://%s/access_as_user", a.blueprint);
@@ -1100,10 +1081,7 @@ int chat_main(int argc, char **argv)
                 "msal-browser not found (run `npm ci` in src/demo/web, or pass --web-dir): "
                 "sign-in for the on-behalf-of flow is off");
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    args_block_stop_signals(&set);
     char err[300];
     http_server_opts so = {.listen = a.listen, .thread_per_connection = true, .max_body = MAX_BODY,
                            .timeout_s = 300};
@@ -1117,9 +1095,7 @@ int chat_main(int argc, char **argv)
             "msal-browser %s",
             a.agent, (int)(colon - a.listen), a.listen, http_server_port(srv), a.sidecar, a.api, a.weather, a.llm,
             a.openai ? "openai" : "ollama", a.model, a.lib_dir ? a.lib_dir : "not found");
-    int sig;
-    sigwait(&set, &sig);
-    log_msg(LOG_INFO, "stopping", "shutting down");
+    args_wait_for_stop(&set);
     rc = 0;
 end:
     http_server_stop(srv);

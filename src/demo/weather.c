@@ -10,6 +10,8 @@
  */
 #include "demo/weather.h"
 
+#include "core/args.h"
+
 #include "core/http_server.h"
 #include "core/log.h"
 #include "core/util.h"
@@ -52,14 +54,6 @@ static const char *env(const char *name)
     return v && *v ? v : NULL;
 }
 
-static int usage(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "agentid weather-api: ");
-    fprintf(stderr, fmt, arg);
-    fputc('\n', stderr);
-    return 2;
-}
-
 /* "ADDR:PORT" with a port of 1-5 digits (0 picks one). */
 static bool listen_ok(const char *s)
 {
@@ -97,15 +91,15 @@ static int parse(weather *w, int argc, char **argv)
             n = strlen(FLAGS[f]);
             if (!strncmp(argv[i], FLAGS[f], n) && (!argv[i][n] || argv[i][n] == '=')) break;
         }
-        if (f == ARRAY_LEN(FLAGS)) return usage("unknown option %s (see --help)", argv[i]);
+        if (f == ARRAY_LEN(FLAGS)) return args_usage_error("weather-api", "unknown option %s (see --help)", argv[i]);
         const char *v = argv[i][n] == '=' ? argv[i] + n + 1 : i + 1 < argc ? argv[++i] : NULL;
-        if (!v || !*v) return usage("option %s needs a value", FLAGS[f]);
+        if (!v || !*v) return args_usage_error("weather-api", "option %s needs a value", FLAGS[f]);
         switch (f) {
         case 0: w->listen = v; break;
         case 1: w->authority = v; break;
         case 2:
             if (!flag_aud) w->n_aud = 0, flag_aud = true;   /* flags replace WEATHER_AUDIENCE */
-            if (w->n_aud == MAX_AUD) return usage("at most %s audiences", "16");
+            if (w->n_aud == MAX_AUD) return args_usage_error("weather-api", "at most %s audiences", "16");
             w->aud[w->n_aud++] = v;
             break;
         case 3: w->scope = v; break;
@@ -116,20 +110,20 @@ static int parse(weather *w, int argc, char **argv)
         w->aud_env = xstrdup(env("WEATHER_AUDIENCE"));
         char *save = NULL;
         for (char *a = strtok_r(w->aud_env, ", ", &save); a; a = strtok_r(NULL, ", ", &save)) {
-            if (w->n_aud == MAX_AUD) return usage("at most %s audiences", "16");
+            if (w->n_aud == MAX_AUD) return args_usage_error("weather-api", "at most %s audiences", "16");
             w->aud[w->n_aud++] = a;
         }
     }
     w->aud[w->n_aud] = NULL;
     if (!w->authority)
-        return usage("%s is required: the issuer's v2 authority, e.g. https://127.0.0.1:8443/<tenant>/v2.0",
+        return args_usage_error("weather-api", "%s is required: the issuer's v2 authority, e.g. https://127.0.0.1:8443/<tenant>/v2.0",
                      "--authority (or WEATHER_AUTHORITY)");
     if (!authority_ok(w->authority))
-        return usage("--authority %s: must be an https:// URL (http:// only on loopback)", w->authority);
+        return args_usage_error("weather-api", "--authority %s: must be an https:// URL (http:// only on loopback)", w->authority);
     if (!w->n_aud)
-        return usage("%s is required: the API's app id and/or its api:// URI",
+        return args_usage_error("weather-api", "%s is required: the API's app id and/or its api:// URI",
                      "--audience (or WEATHER_AUDIENCE)");
-    if (!listen_ok(w->listen)) return usage("--listen %s: expected ADDR:PORT", w->listen);
+    if (!listen_ok(w->listen)) return args_usage_error("weather-api", "--listen %s: expected ADDR:PORT", w->listen);
     return 0;
 }
 
@@ -465,10 +459,7 @@ int weather_main(int argc, char **argv)
     free(meta);
 
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    args_block_stop_signals(&set);
     /* Thread per connection: a handler may wait on the identity provider. */
     http_server_opts so = {.listen = w.listen, .thread_per_connection = true, .max_body = 64 * 1024};
     if (!(srv = http_server_start(&so, handle, &w, err, sizeof err))) {
@@ -477,9 +468,7 @@ int weather_main(int argc, char **argv)
     }
     log_msg(LOG_INFO, "listening", "weather API on http://%s, authority %s, %zu audiences, scope %s, role %s",
             w.listen, w.authority, w.n_aud, w.scope ? w.scope : "-", w.role ? w.role : "-");
-    int sig;
-    sigwait(&set, &sig);
-    log_msg(LOG_INFO, "stopping", "shutting down");
+    args_wait_for_stop(&set);
     rc = 0;
 end:
     http_server_stop(srv);

@@ -7,6 +7,7 @@
  */
 #include "sidecar/sidecar.h"
 
+#include "core/args.h"
 #include "core/config.h"
 #include "core/form.h"
 #include "core/http_client.h"
@@ -541,10 +542,7 @@ int sidecar_main(const char *config_file, const char *listen)
         goto end;
     }
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    args_block_stop_signals(&set);
     http_server_opts so = {.listen = sc.s->listen, .thread_per_connection = true, .max_body = 4 << 20};
     if (!(srv = http_server_start(&so, handle, &sc, err, sizeof err))) {
         fprintf(stderr, "agentid sidecar: %s: %s\n", sc.s->listen, err);
@@ -552,9 +550,7 @@ int sidecar_main(const char *config_file, const char *listen)
     }
     log_msg(LOG_INFO, "listening", "sidecar for client %s, tenant %s, on http://%s (%zu downstream APIs)",
             sc.s->client_id, sc.s->tenant_id, sc.s->listen, sc.s->n_apis);
-    int sig;
-    sigwait(&set, &sig);
-    log_msg(LOG_INFO, "stopping", "shutting down");
+    args_wait_for_stop(&set);
     rc = 0;
 end:
     http_server_stop(srv);
