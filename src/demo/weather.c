@@ -239,10 +239,9 @@ static int authenticate(weather *w, http_req *r, jwt *t, verdict *v)
         check(v, "signature", false, 503, "the identity provider's discovery document could not be fetched: %s", err);
         return -1;
     }
-    if (oidc_verify(w->idp, raw, t, err, sizeof err) != 0) {
-        /* jwks.c words "no key set at all" as "JWKS fetch failed: ..." / "JWKS not available":
-         * the provider is down, which is not the caller's fault. */
-        bool down = util_str_starts_with(err, "JWKS ");
+    int vrc = oidc_verify(w->idp, raw, t, err, sizeof err);
+    if (vrc != 0) {
+        bool down = vrc == JWKS_UNAVAILABLE;   /* the provider is down, not the caller's fault */
         check(v, "signature", false, down ? 503 : 401, "%s%s",
               down ? "the identity provider's keys could not be fetched: " : "", err);
         return -1;

@@ -268,7 +268,7 @@ int jwks_cache_verify(jwks_cache *c, const char *token, jwt *out, char *err, siz
         k = jwks_find(s, kid, x5t);
     }
 
-    int rc = -1;
+    int rc = s ? -1 : JWKS_UNAVAILABLE;
     if (!k)
         snprintf(err, errlen, "%s", s ? "no key in the JWKS matches the token's kid" : e);
     else

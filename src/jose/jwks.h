@@ -41,9 +41,12 @@ typedef struct {
 
 jwks_cache *jwks_cache_new(const jwks_cache_opts *o);
 void jwks_cache_free(jwks_cache *c);
+#define JWKS_UNAVAILABLE (-2)
+
 /* Decode token, find its key (refetching on an unknown kid, rate-limited), verify the
- * signature. 0 and a decoded *out (caller jwt_clear()s) or -1 with err. Claims are not
- * checked here: use jwt_check_claims(). */
+ * signature. 0 and a decoded *out (caller jwt_clear()s); -1 with err when the token is bad;
+ * JWKS_UNAVAILABLE with err when no key set could be had at all (the provider is down, not
+ * the caller's fault). Claims are not checked here: use jwt_check_claims(). */
 int jwks_cache_verify(jwks_cache *c, const char *token, jwt *out, char *err, size_t errlen);
 /* Counters for /metrics. */
 unsigned long jwks_cache_fetches(const jwks_cache *c);

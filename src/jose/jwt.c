@@ -159,6 +159,13 @@ jwk *jwk_from_json(const json_t *obj, char *err, size_t errlen)
     }
 
     BIGNUM *n = b64url_bn(obj, "n"), *e = b64url_bn(obj, "e");
+    /* RFC 8017 §3.1: n is a product of odd primes, e odd and at least 3. OpenSSL takes
+     * e = 0 or an even n as they come, and such a key could never verify anything. */
+    if (n && e && (!BN_is_odd(n) || !BN_is_odd(e) || BN_is_one(e))) {
+        BN_free(n);
+        BN_free(e);
+        n = e = NULL;
+    }
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
     OSSL_PARAM *params = NULL;
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);

@@ -107,7 +107,7 @@ const char *oidc_token_endpoint(oidc *o) { return o->token_endpoint; }
 
 int oidc_verify(oidc *o, const char *token, jwt *out, char *err, size_t errlen)
 {
-    if (oidc_ready(o, NULL, err, errlen) != 0) return -1;
+    if (oidc_ready(o, NULL, err, errlen) != 0) return JWKS_UNAVAILABLE;
     return jwks_cache_verify(o->keys, token, out, err, errlen);
 }
 

@@ -24,7 +24,8 @@ int oidc_ready(oidc *o, httpc_result *kind, char *err, size_t errlen);
 /* Valid after oidc_ready() returned 0. */
 const char *oidc_issuer(oidc *o);
 const char *oidc_token_endpoint(oidc *o);   /* NULL when the document has none */
-/* Decode and verify a token's signature with the provider's keys (see jwks_cache_verify). */
+/* Decode and verify a token's signature with the provider's keys: 0, -1 (bad token) or
+ * JWKS_UNAVAILABLE (discovery or keys could not be fetched), as jwks_cache_verify. */
 int oidc_verify(oidc *o, const char *token, jwt *out, char *err, size_t errlen);
 unsigned long oidc_jwks_fetches(oidc *o);
 

@@ -713,7 +713,9 @@ int tokens_verify_inbound(tokens *t, const char *token, jwt *out, bool *unreacha
         *unreachable = true;
         return -1;
     }
-    return oidc_verify(t->idp, token, out, err, errlen);
+    int rc = oidc_verify(t->idp, token, out, err, errlen);
+    if (rc == JWKS_UNAVAILABLE) *unreachable = true;
+    return rc == 0 ? 0 : -1;
 }
 
 const char *const *tokens_issuers(tokens *t)

@@ -1132,9 +1132,9 @@ static void test_cache_max_age_and_failures(void **state)
     /* No set at all and a 500: error, then no hammering. */
     c = jwks_cache_new(&(jwks_cache_opts){ .jwks_uri = f->uri, .min_refresh_s = 60 });
     err[0] = '\0';
-    assert_int_equal(cache_verify(c, f->k1, NULL, err, sizeof err), -1);
+    assert_int_equal(cache_verify(c, f->k1, NULL, err, sizeof err), JWKS_UNAVAILABLE);
     assert_non_null(strstr(err, "500"));
-    assert_int_equal(cache_verify(c, f->k1, NULL, err, sizeof err), -1);
+    assert_int_equal(cache_verify(c, f->k1, NULL, err, sizeof err), JWKS_UNAVAILABLE);
     assert_int_equal(jwks_cache_fetches(c), 1);
     jwks_cache_free(c);
 
@@ -1195,9 +1195,9 @@ static void test_cache_https_with_ca_file(void **state)
     assert_int_equal(rc, 0);
     jwks_cache_free(c);
 
-    /* Without our CA the provider is not trusted, so nothing verifies. */
+    /* Without our CA the provider is not trusted, so no key set is available at all. */
     c = jwks_cache_new(&(jwks_cache_opts){ .jwks_uri = uri });
-    assert_int_equal(cache_verify(c, f->k1, NULL, err, sizeof err), -1);
+    assert_int_equal(cache_verify(c, f->k1, NULL, err, sizeof err), JWKS_UNAVAILABLE);
     assert_int_equal(jwks_cache_fetches(c), 1);
     jwks_cache_free(c);
     /* Nor with another CA of the same name. (A new path: libcurl reuses connections and
