@@ -1145,7 +1145,7 @@ static void test_cache_max_age_and_failures(void **state)
     big[JWKS_MAX_BYTES + 63] = '\0';
     serve(&f->js, big, 200);
     c = jwks_cache_new(&(jwks_cache_opts){ .jwks_uri = f->uri });
-    assert_int_equal(cache_verify(c, f->k1, NULL, err, sizeof err), -1);
+    assert_int_equal(cache_verify(c, f->k1, NULL, err, sizeof err), JWKS_UNAVAILABLE);
     assert_int_equal(jwks_cache_fetches(c), 1);
     jwks_cache_free(c);
     serve(&f->js, jwks_doc(&f->k1, 1, false), 200);
@@ -1160,7 +1160,7 @@ static void test_cache_max_age_and_failures(void **state)
     http_server_stop(tmp);
     c = jwks_cache_new(&(jwks_cache_opts){ .jwks_uri = uri, .timeout_ms = 2000 });
     err[0] = '\0';
-    assert_int_equal(cache_verify(c, f->k1, NULL, err, sizeof err), -1);
+    assert_int_equal(cache_verify(c, f->k1, NULL, err, sizeof err), JWKS_UNAVAILABLE);
     assert_true(err[0] != '\0');
     assert_int_equal(jwks_cache_fetches(c), 1);
     jwks_cache_free(c);
@@ -1208,7 +1208,7 @@ static void test_cache_https_with_ca_file(void **state)
     assert_int_equal(write(fd, other_ca_cert, strlen(other_ca_cert)), (ssize_t)strlen(other_ca_cert));
     close(fd);
     c = jwks_cache_new(&(jwks_cache_opts){ .jwks_uri = uri, .ca_file = other_path });
-    assert_int_equal(cache_verify(c, f->k1, NULL, err, sizeof err), -1);
+    assert_int_equal(cache_verify(c, f->k1, NULL, err, sizeof err), JWKS_UNAVAILABLE);
     jwks_cache_free(c);
 
     unlink(ca_path);
