@@ -463,6 +463,16 @@ bool dir_is_tenant(const directory *d, const char *name)
     return false;
 }
 
+size_t dir_domain_count(const directory *d)
+{
+    return json_array_size(json_object_get(d->root, "domains"));
+}
+
+const char *dir_domain_at(const directory *d, size_t i)
+{
+    return json_string_value(json_array_get(json_object_get(d->root, "domains"), i));
+}
+
 int dir_token_lifetime(const directory *d)
 {
     json_int_t v = json_integer_value(json_object_get(d->root, "token_lifetime_seconds"));

@@ -65,6 +65,9 @@ const char *dir_tenant_id(const directory *d);
 /* True if name is the tenant id or one of its domain names (case-insensitive). */
 bool dir_is_tenant(const directory *d, const char *name);
 int dir_token_lifetime(const directory *d);
+/* The tenant's domain names (directory.json "domains"). */
+size_t dir_domain_count(const directory *d);
+const char *dir_domain_at(const directory *d, size_t i);
 /* From the file, or NULL (the server then derives it from the listen address). */
 const char *dir_public_url(const directory *d);
 

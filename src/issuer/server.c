@@ -20,11 +20,22 @@
 #include <sys/stat.h>
 
 /* What one load of the directory serves; the JSON documents are rendered once per load. */
+#define MAX_DISCOVERY 16
+
+typedef struct {
+    char *tenant;        /* the {tenant} path segment it answers for */
+    char *doc[2];        /* v2 and v1 openid-configuration */
+} discovery;
+
 typedef struct {
     atomic_int refs;
     directory *d;
     char *jwks;          /* {"keys":[...]} */
+    discovery disc[MAX_DISCOVERY];   /* tenant id, domains, common, organizations */
+    size_t n_disc;
 } state;
+
+static json_t *openid_configuration(const char *base, const directory *d, const char *tenant, bool v1);
 
 typedef struct {
     const issuer_opts *o;
@@ -42,8 +53,33 @@ static void state_unref(state *s)
     if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
         dir_unref(s->d);
         free(s->jwks);
+        for (size_t i = 0; i < s->n_disc; i++) {
+            free(s->disc[i].tenant);
+            free(s->disc[i].doc[0]);
+            free(s->disc[i].doc[1]);
+        }
         free(s);
     }
+}
+
+/* Discovery documents are the same for every request of a load: render them once. */
+static void add_discovery(state *s, const char *base, const char *tenant)
+{
+    if (s->n_disc == MAX_DISCOVERY) return;   /* more domains are rendered per request */
+    discovery *d = &s->disc[s->n_disc++];
+    d->tenant = xstrdup(tenant);
+    for (int v1 = 0; v1 < 2; v1++) {
+        json_t *o = openid_configuration(base, s->d, tenant, v1);
+        d->doc[v1] = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+    }
+}
+
+static const char *find_discovery(const state *s, const char *tenant, bool v1)
+{
+    for (size_t i = 0; i < s->n_disc; i++)
+        if (!strcmp(s->disc[i].tenant, tenant)) return s->disc[i].doc[v1];
+    return NULL;
 }
 
 static state *state_new(const issuer *is, directory *d)
@@ -62,6 +98,10 @@ static state *state_new(const issuer *is, directory *d)
     free(iss);
     s->jwks = json_dumps(j, JSON_COMPACT);
     json_decref(j);
+    add_discovery(s, is->base_url, dir_tenant_id(d));
+    add_discovery(s, is->base_url, "common");
+    add_discovery(s, is->base_url, "organizations");
+    for (size_t n = 0; n < dir_domain_count(d); n++) add_discovery(s, is->base_url, dir_domain_at(d, n));
     return s;
 }
 
@@ -114,12 +154,11 @@ static void reply_error(http_req *r, issuer *is, int status, const char *error, 
                                      http_req_header(r, "client-request-id"), msg));
 }
 
-static json_t *openid_configuration(const issuer *is, const directory *d, const char *tenant,
-                                    bool v1)
+static json_t *openid_configuration(const char *base, const directory *d, const char *tenant, bool v1)
 {
     bool multi = strcmp(tenant, "common") == 0 || strcmp(tenant, "organizations") == 0;
     const char *tid = multi ? "{tenantid}" : dir_tenant_id(d);
-    const char *b = is->base_url;
+    const char *b = base;
     char *iss = v1 ? xasprintf("%s/%s/", b, tid) : xasprintf("%s/%s/v2.0", b, tid);
     const char *ver = v1 ? "" : "/v2.0";
     char *tok = xasprintf("%s/%s/oauth2%s/token", b, tenant, ver);
@@ -268,7 +307,10 @@ static void handle(http_req *r, void *ctx)
                     "are signing into the correct cloud.", tenant);
     } else if (get && (!strcmp(rest, "/v2.0/.well-known/openid-configuration") ||
                        !strcmp(rest, "/.well-known/openid-configuration"))) {
-        http_reply_json(r, 200, openid_configuration(is, d, tenant, rest[1] == '.'));
+        bool v1 = rest[1] == '.';
+        const char *doc = find_discovery(s, tenant, v1);
+        if (doc) http_reply(r, 200, "application/json; charset=utf-8", doc, strlen(doc));
+        else http_reply_json(r, 200, openid_configuration(is->base_url, d, tenant, v1));
     } else if (get && (!strcmp(rest, "/discovery/v2.0/keys") || !strcmp(rest, "/discovery/keys"))) {
         http_reply(r, 200, "application/json; charset=utf-8", s->jwks, strlen(s->jwks));
     } else if (get && !strcmp(tenant, "common") && !strcmp(rest, "/discovery/instance")) {
