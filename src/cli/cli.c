@@ -10,6 +10,7 @@
 #include "core/args.h"
 #include "demo/chat.h"
 #include "demo/weather.h"
+#include "gateway/gateway.h"
 #include "sidecar/settings.h"
 #include "sidecar/sidecar.h"
 
@@ -34,6 +35,8 @@ static const char USAGE[] =
     "  sidecar [--config appsettings.json] [--listen ADDR:PORT] [--list-settings]\n"
     "                         the auth sidecar on 127.0.0.1:5000 (settings: AzureAd__*, DownstreamApis__*)\n"
     "  weather-api [options]  the demo API (see docs/demo.md)\n"
+    "  gateway --config FILE [--listen ADDR:PORT]\n"
+    "                         token-validating gateway for APIs, LLMs and MCP servers (docs/gateway.md)\n"
     "  chat-agent [options]   the demo chat agent with its web UI (see docs/demo.md)\n"
     "  up [options]           the whole local stack: issuer, sidecar, weather API, chat agent\n"
     "  version                print the version\n"
@@ -142,6 +145,7 @@ int cli_main(int argc, char **argv)
     if (!strcmp(cmd, "issuer")) return cmd_issuer(argc - 1, argv + 1);
     if (!strcmp(cmd, "sidecar")) return cmd_sidecar(argc - 1, argv + 1);
     if (!strcmp(cmd, "weather-api")) return weather_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "gateway")) return gateway_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "chat-agent")) return chat_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "up")) return up_main(argc - 1, argv + 1);
     return args_usage_error(NULL, "unknown command '%s'", cmd);

@@ -3,6 +3,13 @@
  * Each thread keeps one easy handle (pthread key, freed when the thread exits).
  * curl_easy_reset() between calls clears every option but keeps the handle's
  * connection, DNS and TLS-session caches, which is what gives us keep-alive.
+ *
+ * Streams use their own easy handle in a multi handle, driven from httpc_stream_read()
+ * (curl_multi_perform + curl_multi_poll): pull-style, with no extra thread. A multi handle
+ * keeps the connections its transfers used; closed streams put theirs back in a pool, and the
+ * next stream on any thread takes the most recently used, so upstream connections are kept
+ * alive across streams. (Not a curl share object: its connection cache is documented as not
+ * thread-safe, curl issue 4915.) One multi handle serves one stream at a time.
  */
 #include "core/http_client.h"
 #include "core/util.h"
@@ -20,8 +27,13 @@
 #define DEFAULT_MAX_RESPONSE (4u * 1024 * 1024)
 #define MAX_HEADER_BYTES     (64 * 1024)
 
+#define POOL_MAX             32   /* idle multi handles kept for streams */
+
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static pthread_key_t handle_key;
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static CURLM *pool[POOL_MAX];      /* idle, with their kept-alive connections; guarded by pool_mu */
+static size_t pool_n;
 
 static void free_handle(void *h) { curl_easy_cleanup(h); }
 
@@ -29,6 +41,22 @@ static void init_once(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     pthread_key_create(&handle_key, free_handle);
+}
+
+static CURLM *pool_take(void)
+{
+    pthread_mutex_lock(&pool_mu);
+    CURLM *m = pool_n ? pool[--pool_n] : NULL;
+    pthread_mutex_unlock(&pool_mu);
+    return m ? m : curl_multi_init();
+}
+
+static void pool_give(CURLM *m)
+{
+    pthread_mutex_lock(&pool_mu);
+    if (pool_n < POOL_MAX) pool[pool_n++] = m, m = NULL;
+    pthread_mutex_unlock(&pool_mu);
+    curl_multi_cleanup(m); /* the pool is full (NULL is fine) */
 }
 
 void httpc_global_init(void)
@@ -166,6 +194,46 @@ static void set_err(char *err, size_t errlen, const char *what, const char *url)
     snprintf(err, errlen, "%s (%s)", what, host);
 }
 
+/* The options a request and a stream share: URL, method, headers, body, timeouts, trust.
+ * timeout 0 = no bound on the whole exchange. copy_body: curl keeps its own copy of the body.
+ * Returns the header list, which must outlive the transfer (caller frees). */
+static struct curl_slist *setup(CURL *h, const httpc_request *req, long timeout, bool copy_body)
+{
+    /* "Expect:" (empty) stops curl from waiting for "100 Continue" before a body. */
+    struct curl_slist *hl = curl_slist_append(NULL, "Expect:");
+    for (const char *const *p = req->headers; p && *p; p++) {
+        struct curl_slist *t = curl_slist_append(hl, *p);
+        if (t) hl = t;
+    }
+
+    curl_easy_setopt(h, CURLOPT_URL, req->url);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L); /* no SIGALRM for DNS timeouts in threads */
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+                     timeout > 0 && timeout < MAX_CONNECT_MS ? timeout : MAX_CONNECT_MS);
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    if (req->ca_file) curl_easy_setopt(h, CURLOPT_CAINFO, req->ca_file);
+
+    const char *method = req->method;
+    if (req->body) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+        /* POSTFIELDS does not copy: for httpc_do req->body outlives the call, which is enough. */
+        curl_easy_setopt(h, copy_body ? CURLOPT_COPYPOSTFIELDS : CURLOPT_POSTFIELDS, req->body);
+    } else if (method && strcmp(method, "POST") == 0) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+    }
+    if (method && strcmp(method, "HEAD") == 0)
+        curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+    else if (method && strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+    else if (method && strcmp(method, "GET") == 0 && req->body)
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "GET"); /* a GET with a body, as asked */
+    return hl;
+}
+
 httpc_result httpc_do(const httpc_request *req, httpc_response *resp, char *err, size_t errlen)
 {
     if (err && errlen) err[0] = '\0';
@@ -182,45 +250,14 @@ httpc_result httpc_do(const httpc_request *req, httpc_response *resp, char *err,
         return HTTPC_ERROR;
     }
 
-    long timeout = req->timeout_ms > 0 ? req->timeout_ms : DEFAULT_TIMEOUT_MS;
     sink k = { .max = req->max_response ? req->max_response : DEFAULT_MAX_RESPONSE };
-
-    /* "Expect:" (empty) stops curl from waiting for "100 Continue" before a body. */
-    struct curl_slist *hl = curl_slist_append(NULL, "Expect:");
-    for (const char *const *p = req->headers; p && *p; p++) {
-        struct curl_slist *t = curl_slist_append(hl, *p);
-        if (t) hl = t;
-    }
-
-    curl_easy_setopt(h, CURLOPT_URL, req->url);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L); /* no SIGALRM for DNS timeouts in threads */
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, timeout < MAX_CONNECT_MS ? timeout : MAX_CONNECT_MS);
-    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    struct curl_slist *hl = setup(h, req, req->timeout_ms > 0 ? req->timeout_ms : DEFAULT_TIMEOUT_MS,
+                                  false);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &k);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &k);
-    if (req->ca_file) curl_easy_setopt(h, CURLOPT_CAINFO, req->ca_file);
-
-    const char *method = req->method;
-    if (req->body) {
-        /* POSTFIELDS does not copy: req->body outlives the call, which is enough. */
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body);
-    } else if (method && strcmp(method, "POST") == 0) {
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
-    }
-    k.head = method && strcmp(method, "HEAD") == 0;
-    if (k.head)
-        curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
-    else if (method && strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
-        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    else if (method && strcmp(method, "GET") == 0 && req->body)
-        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "GET"); /* a GET with a body, as asked */
+    k.head = req->method && strcmp(req->method, "HEAD") == 0;
 
     CURLcode rc = curl_easy_perform(h);
     /* The idle handle keeps pointers to hl and req->body; the curl_easy_reset()
@@ -275,4 +312,167 @@ char *httpc_response_header(const httpc_response *resp, const char *name)
         if (*line == '\n') line++;
     }
     return NULL;
+}
+
+/* ---- streaming ------------------------------------------------------------------------- */
+
+struct httpc_stream {
+    CURL *h;
+    CURLM *m;
+    struct curl_slist *hl;
+    char *url;                   /* for error messages (host only is shown) */
+    char *body;                  /* received, not yet read: body[off..len) */
+    size_t len, off, cap;
+    char *hdrs;                  /* the current header block */
+    size_t hlen, hcap;
+    long status;                 /* of the current block's status line */
+    bool headers_done;           /* the final (non-1xx) block is complete */
+    bool done;                   /* the transfer ended; rc says how */
+    bool too_large;              /* the header block passed MAX_HEADER_BYTES */
+    CURLcode rc;
+    const atomic_bool *cancel;
+};
+
+static size_t stream_on_body(char *data, size_t size, size_t nmemb, void *userp)
+{
+    httpc_stream *s = userp;
+    size_t n = size * nmemb;
+    s->headers_done = true;
+    if (s->off == s->len) s->off = s->len = 0; /* everything was read: start over */
+    buf_add(&s->body, &s->len, &s->cap, data, n);
+    return n;
+}
+
+static size_t stream_on_header(char *data, size_t size, size_t nmemb, void *userp)
+{
+    httpc_stream *s = userp;
+    size_t n = size * nmemb;
+    if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) { /* a new block: "HTTP/1.1 200 OK" */
+        const char *sp = memchr(data, ' ', n);
+        s->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+        s->hlen = 0;
+        if (s->hdrs) s->hdrs[0] = '\0';
+        return n;
+    }
+    if (n == 2 && memcmp(data, "\r\n", 2) == 0) { /* end of a block; 1xx ones are interim */
+        if (s->status >= 200) s->headers_done = true;
+        return n;
+    }
+    if (s->hlen + n > MAX_HEADER_BYTES) {
+        s->too_large = true;
+        return 0;
+    }
+    buf_add(&s->hdrs, &s->hlen, &s->hcap, data, n);
+    return n;
+}
+
+/* One step of the transfer: let curl work, note the end, and if want() is still false
+ * wait (at most a second) for the socket. */
+static void stream_step(httpc_stream *s, bool (*want)(const httpc_stream *s))
+{
+    int running = 0, left = 0;
+    CURLMcode mc = curl_multi_perform(s->m, &running);
+    CURLMsg *msg;
+    while ((msg = curl_multi_info_read(s->m, &left)))
+        if (msg->msg == CURLMSG_DONE && msg->easy_handle == s->h) {
+            s->done = true;
+            s->rc = msg->data.result;
+        }
+    if (mc != CURLM_OK && !s->done) {
+        s->done = true;
+        s->rc = CURLE_RECV_ERROR;
+    }
+    if (!s->done && s->cancel && atomic_load(s->cancel)) {
+        s->done = true;
+        s->rc = CURLE_ABORTED_BY_CALLBACK;
+    }
+    if (!s->done && !want(s)) curl_multi_poll(s->m, NULL, 0, 1000, NULL);
+}
+
+static bool want_headers(const httpc_stream *s) { return s->headers_done; }
+static bool want_body(const httpc_stream *s) { return s->off < s->len; }
+
+void httpc_stream_close(httpc_stream *s)
+{
+    if (!s) return;
+    /* An unfinished transfer's connection is closed here; a finished one's stays in the
+     * multi handle's cache, which goes back to the pool. */
+    if (s->m && s->h) curl_multi_remove_handle(s->m, s->h);
+    if (s->h) curl_easy_cleanup(s->h);
+    if (s->m) pool_give(s->m);
+    curl_slist_free_all(s->hl);
+    free(s->url);
+    free(s->body);
+    free(s->hdrs);
+    free(s);
+}
+
+httpc_result httpc_stream_error(const httpc_stream *s, char *err, size_t errlen)
+{
+    if (!s) return HTTPC_ERROR;
+    if (s->too_large) {
+        set_err(err, errlen, "response headers too large", s->url);
+        return HTTPC_TOO_LARGE;
+    }
+    if (s->rc == CURLE_OK) {
+        set_err(err, errlen, "no error", s->url);
+        return HTTPC_OK;
+    }
+    set_err(err, errlen, curl_easy_strerror(s->rc), s->url);
+    return map_error(s->rc);
+}
+
+httpc_result httpc_stream_open(const httpc_request *req, httpc_stream **out, char *err, size_t errlen)
+{
+    if (err && errlen) err[0] = '\0';
+    if (!out) return HTTPC_ERROR;
+    *out = NULL;
+    if (!req || !req->url) {
+        set_err(err, errlen, "no URL", NULL);
+        return HTTPC_ERROR;
+    }
+    pthread_once(&once, init_once);
+    httpc_stream *s = xcalloc(1, sizeof *s);
+    s->url = xstrdup(req->url);
+    s->cancel = req->cancel;
+    s->h = curl_easy_init();
+    s->m = pool_take();
+    if (!s->h || !s->m) {
+        set_err(err, errlen, "curl init failed", req->url);
+        httpc_stream_close(s);
+        return HTTPC_ERROR;
+    }
+    s->hl = setup(s->h, req, req->timeout_ms > 0 ? req->timeout_ms : 0, true);
+    curl_easy_setopt(s->h, CURLOPT_WRITEFUNCTION, stream_on_body);
+    curl_easy_setopt(s->h, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(s->h, CURLOPT_HEADERFUNCTION, stream_on_header);
+    curl_easy_setopt(s->h, CURLOPT_HEADERDATA, s);
+    curl_multi_add_handle(s->m, s->h);
+
+    while (!s->headers_done && !s->done) stream_step(s, want_headers);
+    if (!s->headers_done && (s->rc != CURLE_OK || s->too_large)) {
+        httpc_result r = httpc_stream_error(s, err, errlen);
+        httpc_stream_close(s);
+        return r;
+    }
+    if (!s->status) curl_easy_getinfo(s->h, CURLINFO_RESPONSE_CODE, &s->status);
+    if (!s->hdrs) s->hdrs = xstrdup("");
+    *out = s;
+    return HTTPC_OK;
+}
+
+long httpc_stream_status(const httpc_stream *s) { return s ? s->status : 0; }
+const char *httpc_stream_headers(const httpc_stream *s) { return s && s->hdrs ? s->hdrs : ""; }
+
+long httpc_stream_read(httpc_stream *s, char *buf, size_t max)
+{
+    if (!s || !buf || !max) return -1;
+    while (s->off == s->len && !s->done) stream_step(s, want_body);
+    if (s->off < s->len) {
+        size_t n = s->len - s->off < max ? s->len - s->off : max;
+        memcpy(buf, s->body + s->off, n);
+        s->off += n;
+        return (long)n;
+    }
+    return s->rc == CURLE_OK ? 0 : -1;
 }

@@ -8,11 +8,16 @@
  *  - Returns HTTPC_OK whenever an HTTP response arrived, whatever its status; the kind
  *    of transport failure otherwise, with a reason in err (never containing the body
  *    or headers, which may hold secrets).
+ *  - Streams (httpc_stream_*): the body is handed over piece by piece as it arrives instead of
+ *    being collected, for proxies. Stream connections are kept in a process-wide pool, so a
+ *    stream on any thread may reuse a kept-alive connection to the same host.
  *  - Only this module includes <curl/curl.h>.
  */
 #ifndef AGENTID_CORE_HTTP_CLIENT_H
 #define AGENTID_CORE_HTTP_CLIENT_H
 
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef enum {
@@ -32,6 +37,8 @@ typedef struct {
     long timeout_ms;                 /* whole request; 0 => 10000 */
     const char *ca_file;             /* extra trust anchor (PEM) for https; NULL => system */
     size_t max_response;             /* 0 => 4 MiB */
+    const atomic_bool *cancel;       /* streams: once true, a waiting open or read fails
+                                        within a second (for shutdown); may be NULL */
 } httpc_request;
 
 typedef struct {
@@ -50,5 +57,35 @@ httpc_result httpc_do(const httpc_request *req, httpc_response *resp, char *err,
 void httpc_response_free(httpc_response *resp);
 /* A response header value (case-insensitive), copied; NULL if absent. */
 char *httpc_response_header(const httpc_response *resp, const char *name);
+
+/* ---- streaming ----------------------------------------------------------------------------
+ * Usage
+ *     httpc_stream *st;
+ *     if (httpc_stream_open(&req, &st, err, sizeof err) != HTTPC_OK) ...   // no response
+ *     long status = httpc_stream_status(st);          // headers: httpc_stream_headers(st)
+ *     char buf[16384];
+ *     long n;
+ *     while ((n = httpc_stream_read(st, buf, sizeof buf)) > 0) send(buf, n);
+ *     if (n < 0) ... httpc_stream_error(st, err, sizeof err) says why (timeout, reset, ...)
+ *     httpc_stream_close(st);
+ *
+ * A stream belongs to one thread at a time. req->max_response does not apply (nothing is
+ * collected) and req->body is copied. req->timeout_ms bounds the whole exchange, body
+ * included; 0 means no bound (only the connection phase is bounded, by 5 s). */
+typedef struct httpc_stream httpc_stream;
+
+/* Send the request and wait for the final response's status and headers. HTTPC_OK and a
+ * stream to read and close; otherwise *out is NULL and err says why. */
+httpc_result httpc_stream_open(const httpc_request *req, httpc_stream **out, char *err, size_t errlen);
+long httpc_stream_status(const httpc_stream *s);
+/* The response header block, "Name: value\r\n"... (status line excluded). Borrowed. */
+const char *httpc_stream_headers(const httpc_stream *s);
+/* Wait for body bytes: up to max into buf and their count (> 0), 0 at the end of the body,
+ * -1 if the transfer failed. */
+long httpc_stream_read(httpc_stream *s, char *buf, size_t max);
+/* After a read returned -1: the kind of failure, with a reason in err. */
+httpc_result httpc_stream_error(const httpc_stream *s, char *err, size_t errlen);
+/* Abort the transfer if unfinished and free. NULL is fine. */
+void httpc_stream_close(httpc_stream *s);
 
 #endif

@@ -8,7 +8,14 @@
  *   Nth call  (*upload_data_size > 0): a piece of the body; append it (or discard it
  *             once over the cap, for chunked bodies whose size was not announced).
  *   last call (*upload_data_size == 0): run the handler once, queue what it made.
+ * MHD_OPTION_URI_LOG_CALLBACK runs before all of this, with the request target as sent: it
+ * allocates the http_req and keeps a copy of the raw target (MHD decodes its own).
  * MHD_OPTION_NOTIFY_COMPLETED frees the http_req whatever happened.
+ *
+ * Streamed replies (http_reply_stream) wrap the caller's callbacks in a `stream`, which MHD
+ * drives through MHD_create_response_from_callback after the handler returned. The stream can
+ * outlive the http_req (MHD drops its response reference last on some paths), so on_done hooks
+ * still pending when the http_req goes are handed to the stream and run after its done.
  */
 #include "core/http_server.h"
 #include "core/util.h"
@@ -46,6 +53,7 @@ struct http_server {
     size_t max_body;
     bool tls;
     unsigned port;
+    unsigned timeout_s;
     char *cert, *key; /* our copies, alive as long as the daemon */
 };
 
@@ -53,10 +61,29 @@ typedef struct {
     char *name, *value;
 } pending_header;
 
+typedef struct done_hook {
+    void (*fn)(void *ctx);
+    void *ctx;
+    struct done_hook *next;
+} done_hook;
+
+/* A streamed body: the caller's callbacks and what to run after them. */
+typedef struct {
+    http_stream_read read;
+    void (*done)(void *ctx);
+    void *ctx;
+    struct MHD_Connection *conn;
+    unsigned timeout_s;          /* the idle timeout to restore once the body is out */
+    bool ended;
+    struct http_req *req;        /* while it lives; NULL after it went */
+    done_hook *hooks;            /* handed over by a http_req that went first */
+} stream;
+
 struct http_req {
     http_server *srv;
     struct MHD_Connection *conn;
     const char *method, *path;   /* owned by MHD, alive for the request */
+    char *target;                /* raw request target, from the URI log callback */
     char peer[INET6_ADDRSTRLEN];
     bool loopback;
 
@@ -70,6 +97,8 @@ struct http_req {
     int status;
     pending_header *hdrs;        /* http_add_header calls made before the reply */
     size_t nhdrs;
+    stream *stream;              /* a streamed reply's state, while it lives */
+    done_hook *hooks;            /* http_req_on_done, in registration order */
 };
 
 /* ---- listen address ---------------------------------------------------------- */
@@ -162,13 +191,39 @@ static void free_pending(http_req *r)
     r->nhdrs = 0;
 }
 
+static void run_hooks(done_hook *h)
+{
+    while (h) {
+        done_hook *next = h->next;
+        h->fn(h->ctx);
+        free(h);
+        h = next;
+    }
+}
+
 static void req_free(http_req *r)
 {
     if (!r) return;
-    if (r->resp) MHD_destroy_response(r->resp);
+    if (r->resp) MHD_destroy_response(r->resp); /* may free r->stream (stream_free) */
+    if (r->stream) {   /* MHD still holds the streamed response: its end runs the hooks */
+        r->stream->req = NULL;
+        r->stream->hooks = r->hooks;
+    } else {
+        run_hooks(r->hooks);
+    }
     free_pending(r);
     free(r->body);
+    free(r->target);
     free(r);
+}
+
+/* The raw request target, before MHD splits and decodes it; becomes *req_cls. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    (void)cls, (void)c;
+    http_req *r = xcalloc(1, sizeof *r);
+    r->target = xstrdup(uri ? uri : "");
+    return r;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
@@ -219,8 +274,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     http_req *r = *req_cls;
     (void)version;
 
-    if (!r) { /* first call: headers only */
-        r = xcalloc(1, sizeof *r);
+    if (!r || !r->conn) { /* first call: headers only */
+        if (!r) r = xcalloc(1, sizeof *r); /* no URI log callback ran (should not happen) */
         r->srv = s;
         r->conn = c;
         r->method = method;
@@ -312,6 +367,7 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
     s->ctx = ctx;
     s->max_body = opts->max_body ? opts->max_body : DEFAULT_MAX_BODY;
     s->tls = tls;
+    s->timeout_s = opts->timeout_s ? opts->timeout_s : DEFAULT_TIMEOUT_S;
 
     /* No MHD_USE_ERROR_LOG: MHD's messages can quote the URL of a request. */
     unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD;
@@ -339,8 +395,8 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
     s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                            MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned)(opts->timeout_s ? opts->timeout_s : DEFAULT_TIMEOUT_S),
+                            MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
+                            MHD_OPTION_CONNECTION_TIMEOUT, s->timeout_s,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
                             MHD_OPTION_THREAD_POOL_SIZE, pool, /* 0 or 1: no pool */
                             MHD_OPTION_HTTPS_MEM_KEY, s->key,
@@ -433,6 +489,32 @@ const char *http_req_header(const http_req *r, const char *name)
     return name ? MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name) : NULL;
 }
 
+typedef struct {
+    void (*cb)(void *ctx, const char *name, const char *value);
+    void *ctx;
+} header_visit;
+
+static enum MHD_Result visit_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    header_visit *v = cls;
+    (void)kind;
+    v->cb(v->ctx, key, value ? value : "");
+    return MHD_YES;
+}
+
+void http_req_header_each(const http_req *r,
+                          void (*cb)(void *ctx, const char *name, const char *value), void *ctx)
+{
+    header_visit v = { cb, ctx };
+    if (cb) MHD_get_connection_values(r->conn, MHD_HEADER_KIND, visit_header, &v);
+}
+
+const char *http_req_target(const http_req *r)
+{
+    return r->target ? r->target : r->path;
+}
+
 const char *http_req_body(const http_req *r, size_t *len)
 {
     if (len) *len = r->body_len;
@@ -458,13 +540,9 @@ void http_add_header(http_req *r, const char *name, const char *value)
     r->nhdrs++;
 }
 
-void http_reply(http_req *r, int status, const char *content_type, const char *body, size_t len)
+/* Make resp the reply: content type, pending headers, status. */
+static void set_reply(http_req *r, struct MHD_Response *resp, int status, const char *content_type)
 {
-    if (!r || r->resp) return; /* exactly one reply: later ones are ignored */
-    if (!body) len = 0;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(
-        len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
-    if (!resp) return; /* out of memory: on_access answers 500 */
     if (content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     /* MHD refuses names/values with CR or LF, so a handler cannot split the response. */
     for (size_t i = 0; i < r->nhdrs; i++)
@@ -473,6 +551,84 @@ void http_reply(http_req *r, int status, const char *content_type, const char *b
     r->resp = resp;
     /* 1xx would leave the exchange unfinished and MHD rejects odd codes: keep it sane. */
     r->status = status >= 200 && status <= 599 ? status : 500;
+}
+
+void http_reply(http_req *r, int status, const char *content_type, const char *body, size_t len)
+{
+    if (!r || r->resp) return; /* exactly one reply: later ones are ignored */
+    if (!body) len = 0;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
+    if (!resp) return; /* out of memory: on_access answers 500 */
+    set_reply(r, resp, status, content_type);
+}
+
+/* The stream is finished with: the body ended or failed, or the client went away. While it
+ * is being sent the idle timeout is off (a reader may wait long for its next piece, e.g. an
+ * LLM's next token); it comes back for the rest of a kept-alive connection. */
+static void stream_end(stream *st)
+{
+    if (st->ended) return;
+    st->ended = true;
+    MHD_set_connection_option(st->conn, MHD_CONNECTION_OPTION_TIMEOUT, st->timeout_s);
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    stream *st = cls;
+    (void)pos;
+    if (st->ended) return MHD_CONTENT_READER_END_OF_STREAM;
+    long n = st->read(st->ctx, buf, max);
+    if (n > 0) return (ssize_t)(n < (long)max ? n : (long)max);
+    stream_end(st);
+    return n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static void stream_free(void *cls)
+{
+    stream *st = cls;
+    if (st->done) st->done(st->ctx);
+    if (st->req) st->req->stream = NULL; /* the http_req runs its own hooks */
+    run_hooks(st->hooks);
+    free(st);
+}
+
+/* MHD calls the reader with a buffer of at most this much (one chunk on the wire). */
+#define STREAM_BLOCK (16 * 1024)
+
+void http_reply_stream(http_req *r, int status, const char *content_type, http_stream_read read,
+                       void *ctx, void (*done)(void *ctx))
+{
+    if (!r || r->resp || !read) { /* ignored reply: still release what it owns */
+        if (done) done(ctx);
+        return;
+    }
+    stream *st = xcalloc(1, sizeof *st);
+    st->read = read;
+    st->done = done;
+    st->ctx = ctx;
+    st->conn = r->conn;
+    st->timeout_s = r->srv->timeout_s;
+    st->req = r;
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, st, stream_free);
+    if (!resp) { /* out of memory: on_access answers 500 */
+        stream_free(st);
+        return;
+    }
+    r->stream = st;
+    MHD_set_connection_option(r->conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
+    set_reply(r, resp, status, content_type);
+}
+
+void http_req_on_done(http_req *r, void (*fn)(void *ctx), void *ctx)
+{
+    if (!r || !fn) return;
+    done_hook *h = xcalloc(1, sizeof *h), **p = &r->hooks;
+    h->fn = fn;
+    h->ctx = ctx;
+    while (*p) p = &(*p)->next;
+    *p = h;
 }
 
 void http_reply_text(http_req *r, int status, const char *text)

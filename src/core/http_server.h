@@ -18,6 +18,10 @@
  *    returns. Reply bodies are copied.
  *  - Request bodies larger than opts.max_body are refused with 413 before the handler
  *    runs; header and URL size are bounded by libmicrohttpd (8 KiB per request, default).
+ *  - Streaming (http_reply_stream): the body comes from a read callback that runs on the
+ *    server thread after the handler returned, until it reports the end. It may block only
+ *    when the server runs thread_per_connection (each connection has its own thread); the
+ *    idle timeout is suspended while a stream is being sent.
  *  - Only this module includes <microhttpd.h>.
  */
 #ifndef AGENTID_CORE_HTTP_SERVER_H
@@ -60,6 +64,11 @@ void http_req_query_each(const http_req *r,
                          void (*cb)(void *ctx, const char *name, const char *value), void *ctx);
 /* A request header, case-insensitive name; NULL if absent. */
 const char *http_req_header(const http_req *r, const char *name);
+/* Visit every request header in the order received (repeated names are visited once each). */
+void http_req_header_each(const http_req *r,
+                          void (*cb)(void *ctx, const char *name, const char *value), void *ctx);
+/* The request target exactly as sent: path and query, not %-decoded ("/a%20b?x=1"). */
+const char *http_req_target(const http_req *r);
 /* The raw body (NUL-terminated; may be empty, never NULL). */
 const char *http_req_body(const http_req *r, size_t *len);
 /* Peer address as text ("127.0.0.1", "::1"). */
@@ -74,6 +83,18 @@ void http_reply_text(http_req *r, int status, const char *text);
 /* Serialises obj compactly; takes ownership of the reference (steals it). */
 void http_reply_json(http_req *r, int status, json_t *obj);
 void http_reply_json_type(http_req *r, int status, const char *content_type, json_t *obj);
+/* A streamed reply: status, headers, then a body produced piece by piece, sent with chunked
+ * transfer encoding as the pieces come. read(ctx, buf, max) copies up to max bytes into buf
+ * and returns how many (> 0), 0 at the end of the body, or -1 to abort (the connection is
+ * closed, so the client sees an incomplete answer). done(ctx) runs exactly once when the
+ * response is finished with, sent or not (also when the client went away, or if this reply
+ * is ignored because another came first); done may be NULL. */
+typedef long (*http_stream_read)(void *ctx, char *buf, size_t max);
+void http_reply_stream(http_req *r, int status, const char *content_type, http_stream_read read,
+                       void *ctx, void (*done)(void *ctx));
+/* Run fn(ctx) once the request is over (answer sent, or connection lost), on the server
+ * thread, after any stream's done callback. For state that must outlive the handler. */
+void http_req_on_done(http_req *r, void (*fn)(void *ctx), void *ctx);
 /* True once a reply was made. */
 bool http_replied(const http_req *r);
 /* The status of the reply, 0 before it. */

@@ -1,0 +1,163 @@
+/* gateway/config — `agentid gateway`'s YAML configuration, shaped like agentgateway's local
+ * file (shared docs agentgateway-mcp.md §5): binds → listeners → routes, each route with
+ * matches, one backend and its policies. docs/gateway.md is the reference.
+ *
+ * Usage
+ *     char err[512];
+ *     gw_config *c = gw_config_load("gateway.yaml", NULL, err, sizeof err);
+ *     if (!c) die("%s", err);            // "gateway.yaml:12: jwtAuth: issuer is required"
+ *     ... gw_config_ref(c) per request, gw_config_unref(c) when done ...
+ *     gw_config_unref(c);
+ *
+ * Contract
+ *  - gw_config_load() parses and checks the whole file, compiles every CEL rule, loads JWKS
+ *    files and builds the MCP multiplexers: a config that loads is complete. On failure it
+ *    returns NULL with "FILE:LINE: reason" in err (FILE:LINE:COL for a CEL rule).
+ *  - A config is reference-counted and immutable once loaded, except the run-time state it
+ *    carries (rate-limit buckets, JWKS caches, MCP multiplexers), which is thread-safe. A
+ *    reload builds a new config, and that state starts afresh with it — except each MCP
+ *    multiplexer, which the new config takes over from `prev` when the route's name, bind,
+ *    backend, mcpAuthorization and timeout are unchanged, so MCP sessions survive a reload.
+ *  - The prefix is gw_config_ / gw_ (config_ is core/config.h's).
+ */
+#ifndef AGENTID_GATEWAY_CONFIG_H
+#define AGENTID_GATEWAY_CONFIG_H
+
+#include "gateway/cel.h"
+#include "gateway/mcp.h"
+#include "jose/jwks.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define GW_MAX_CONFIG_BYTES (1024 * 1024)
+
+typedef enum { GW_PATH_PREFIX, GW_PATH_EXACT } gw_path_kind;
+
+typedef struct {
+    char *name;                  /* header name (compared case-insensitively) */
+    char *value;                 /* exact value */
+} gw_header_match;
+
+typedef struct {
+    gw_path_kind path_kind;
+    char *path;                  /* "/" when the match names none */
+    char *method;                /* NULL: any */
+    gw_header_match *headers;
+    size_t n_headers;
+} gw_match;
+
+/* jwtAuth. agentid defaults to strict (agentgateway: optional). */
+typedef enum { GW_JWT_STRICT, GW_JWT_OPTIONAL, GW_JWT_PERMISSIVE } gw_jwt_mode;
+
+typedef struct {
+    gw_jwt_mode mode;
+    char *issuer;
+    char **audiences;            /* NULL-terminated; NULL: aud is not checked */
+    char *jwks_url;              /* exactly one of jwks_cache (jwks.url) ... */
+    jwks_cache *jwks_cache;
+    jwks *jwks_keys;             /* ... and jwks_keys (jwks.file) */
+    bool require_kid;
+} gw_jwt;
+
+/* RFC 9728 document extras (route key resourceMetadata). */
+typedef struct {
+    char *resource;              /* its scheme://authority replaces the request's */
+    char **scopes_supported;     /* NULL-terminated, may be NULL */
+} gw_resource_metadata;
+
+typedef struct {
+    char **allow_origins;        /* NULL-terminated; "*" allowed */
+    char *allow_headers;         /* joined with ", "; NULL: none */
+    char *allow_methods;
+    char *expose_headers;
+    bool allow_credentials;
+    long max_age_s;              /* < 0: not sent */
+} gw_cors;
+
+/* localRateLimit entry: a token bucket shared by every caller of the route. */
+typedef struct {
+    long max_tokens, tokens_per_fill;
+    int64_t fill_ms;
+    pthread_mutex_t mu;
+    long tokens;                 /* guarded by mu */
+    int64_t last_fill_ms;        /* monotonic; guarded by mu */
+} gw_ratelimit;
+
+typedef enum { GW_BACKEND_HOST, GW_BACKEND_AI, GW_BACKEND_MCP } gw_backend_kind;
+typedef enum { GW_AI_OPENAI, GW_AI_OLLAMA } gw_ai_provider;
+
+typedef struct {
+    gw_backend_kind kind;
+    char *base_url;              /* HOST, AI: "http(s)://host:port[/path]", no trailing '/' */
+    /* AI */
+    char *ai_name;
+    gw_ai_provider provider;
+    char *model;                 /* NULL: the client's model stays */
+    char *chat_path;             /* the provider's chat path, e.g. "/v1/chat/completions" */
+    /* MCP */
+    mcp_target *targets;         /* what the mux was built from; strings owned here */
+    size_t n_targets;
+    struct gw_mcp *mcp;
+} gw_backend;
+
+/* A route's MCP multiplexer with the rule set it borrows, shared by successive configs. */
+typedef struct gw_mcp {
+    atomic_int refs;
+    char *fingerprint;           /* the settings it was built from, canonically */
+    cel_rules *authz;            /* mcpAuthorization; NULL: none */
+    mcp_mux *mux;
+} gw_mcp;
+
+typedef struct {
+    char *header;                /* claimsToHeaders: header name ... */
+    char *claim;                 /* ... and the claim (dots reach into objects: "a.b") */
+} gw_claim_header;
+
+typedef struct {
+    char *name;
+    int line;                    /* where it starts in the file, for logs */
+    gw_match *matches;
+    size_t n_matches;
+    gw_backend backend;
+    gw_jwt *jwt;                 /* NULL: no jwtAuth */
+    gw_resource_metadata meta;
+    cel_rules *authz;            /* authorization; NULL: none */
+    cel_rules *mcp_authz;        /* mcpAuthorization while parsing; then owned by backend.mcp */
+    gw_cors *cors;               /* NULL: no CORS headers, OPTIONS goes to the backend */
+    gw_ratelimit *limits;
+    size_t n_limits;
+    long timeout_ms;             /* timeout.requestTimeout; 0: none */
+    bool passthrough;            /* backendAuth.passthrough: forward the validated token */
+    char *backend_key;           /* backendAuth.key: "Authorization: Bearer KEY" upstream */
+    gw_claim_header *claim_headers;
+    size_t n_claim_headers;
+} gw_route;
+
+typedef struct {
+    char *address;               /* numeric; "127.0.0.1" by default */
+    unsigned port;
+    gw_route *routes;            /* every listener's routes, in file order */
+    size_t n_routes;
+} gw_bind;
+
+typedef struct {
+    atomic_int refs;
+    char *path;
+    bool allow_non_loopback;     /* config.allowNonLoopback */
+    gw_bind *binds;
+    size_t n_binds;
+} gw_config;
+
+/* prev: the running config (NULL at start-up), whose unchanged MCP multiplexers are reused. */
+gw_config *gw_config_load(const char *path, const gw_config *prev, char *err, size_t errlen);
+gw_config *gw_config_ref(gw_config *c);
+void gw_config_unref(gw_config *c);
+
+/* "30s", "1m30s", "250ms", "2h" → milliseconds; -1 if not a duration. */
+int64_t gw_duration_ms(const char *s);
+
+#endif

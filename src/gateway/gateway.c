@@ -1,0 +1,950 @@
+/* gateway — see gateway.h.
+ *
+ * One http_server per bind, one thread per connection (handlers block on upstreams and JWKS
+ * fetches, and streamed answers block on the upstream between pieces). Every request takes a
+ * reference to the configuration current when it arrived and drops it once its answer is out
+ * (http_req_on_done), so a reload never changes or frees what a request in flight uses.
+ *
+ * Per request, in this order (each step may answer and stop):
+ *   /healthz; /.well-known/oauth-protected-resource{path} (RFC 9728)
+ *   route selection — exact path > longest prefix > method > header matches > file order
+ *   CORS preflight, then the CORS headers every answer of the route carries
+ *   localRateLimit (429), jwtAuth (401/503), authorization (403)
+ *   backend: mcp → mcp_mux_handle; host/url/ai → proxy() with a streamed answer
+ */
+#include "gateway/gateway.h"
+
+#include "core/args.h"
+#include "core/http_client.h"
+#include "core/http_server.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "gateway/config.h"
+#include "jose/jwt.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define SKEW_S        60                 /* exp / nbf leeway, as agentgateway's jsonwebtoken */
+#define MAX_BODY      (8 * 1024 * 1024)  /* request bodies are buffered: this is the cap */
+#define IDLE_S        60                 /* keep-alive idle timeout of client connections */
+#define PRM_PREFIX    "/.well-known/oauth-protected-resource"
+#define MAX_UP_HDRS   128                /* request headers forwarded upstream */
+
+static const char USAGE[] =
+    "usage: agentid gateway --config FILE [--listen ADDR:PORT]\n"
+    "  --config FILE       the YAML configuration (docs/gateway.md)\n"
+    "  --listen ADDR:PORT  serve the configuration's only bind here instead\n"
+    "  The file is reloaded on SIGHUP and when it changes. SSL_CERT_FILE names an extra CA\n"
+    "  for https upstreams and JWKS URLs.\n";
+
+typedef struct gateway gateway;
+
+typedef struct {
+    gateway *gw;
+    size_t bind;                 /* index into the configuration's binds */
+    char listen[80];
+    http_server *srv;
+} server;
+
+struct gateway {
+    const char *path;
+    const char *listen_override;
+    pthread_mutex_t mu;          /* guards cur and mtime */
+    gw_config *cur;
+    struct timespec mtime;
+    server *servers;
+    size_t n_servers;
+    atomic_bool stopping;        /* cancels streams waiting on upstreams */
+    const char *ca_file;         /* SSL_CERT_FILE */
+};
+
+/* ---- configuration: load, swap, reload ------------------------------------------------------- */
+
+static gw_config *acquire(gateway *gw)
+{
+    pthread_mutex_lock(&gw->mu);
+    gw_config *c = gw_config_ref(gw->cur);
+    pthread_mutex_unlock(&gw->mu);
+    return c;
+}
+
+static void release(void *c) { gw_config_unref(c); }
+
+static bool is_loopback(const char *addr)
+{
+    return util_str_starts_with(addr, "127.") || !strcmp(addr, "::1");
+}
+
+static void warn_exposed(const gw_config *c, const gateway *gw)
+{
+    for (size_t i = 0; i < c->n_binds; i++)
+        if (!is_loopback(c->binds[i].address) && !(gw->listen_override && i == 0))
+            log_msg(LOG_WARN, "non_loopback", "bind %s port %u is reachable from other machines "
+                    "(config.allowNonLoopback)", c->binds[i].address, c->binds[i].port);
+}
+
+/* Parse the file again and swap it in if it loads and fits the running servers. */
+static void reload(gateway *gw, const char *why)
+{
+    char err[512];
+    struct stat st;
+    bool have_st = stat(gw->path, &st) == 0;
+    gw_config *prev = acquire(gw);
+    gw_config *c = gw_config_load(gw->path, prev, err, sizeof err);
+    gw_config_unref(prev);
+    pthread_mutex_lock(&gw->mu);
+    if (have_st) gw->mtime = st.st_mtim;
+    if (c && c->n_binds != gw->n_servers) {
+        snprintf(err, sizeof err, "%s: the new file has %zu binds, the running gateway %zu (binds "
+                 "change only on restart)", gw->path, c->n_binds, gw->n_servers);
+        gw_config_unref(c);
+        c = NULL;
+    }
+    gw_config *old = c ? gw->cur : NULL;
+    if (c) gw->cur = c;
+    pthread_mutex_unlock(&gw->mu);
+    if (!c) {
+        log_msg(LOG_ERROR, "config_invalid", "keeping the previous configuration: %s", err);
+        return;
+    }
+    for (size_t i = 0; i < c->n_binds; i++) {
+        const server *s = &gw->servers[i];
+        char want[80];
+        snprintf(want, sizeof want, strchr(c->binds[i].address, ':') ? "[%s]:%u" : "%s:%u",
+                 c->binds[i].address, c->binds[i].port);
+        if (!gw->listen_override && strcmp(want, s->listen))
+            log_msg(LOG_WARN, "bind_changed", "bind %zu is now %s in the file but stays %s until a restart",
+                    i, want, s->listen);
+    }
+    warn_exposed(c, gw);
+    size_t routes = 0;
+    for (size_t i = 0; i < c->n_binds; i++) routes += c->binds[i].n_routes;
+    log_msg(LOG_INFO, "config_loaded", "%s (%s): %zu routes", gw->path, why, routes);
+    gw_config_unref(old); /* requests still using it hold their own references */
+}
+
+static void maybe_reload(gateway *gw)
+{
+    struct stat st;
+    if (stat(gw->path, &st) != 0) return;
+    pthread_mutex_lock(&gw->mu);
+    bool changed = st.st_mtim.tv_sec != gw->mtime.tv_sec || st.st_mtim.tv_nsec != gw->mtime.tv_nsec;
+    pthread_mutex_unlock(&gw->mu);
+    if (changed) reload(gw, "file changed");
+}
+
+/* ---- small helpers -------------------------------------------------------------------------- */
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Copy s for a quoted-string (RFC 7230 §3.2.6): no quotes, backslashes or control bytes. */
+static void quoted_safe(char *out, size_t outlen, const char *s)
+{
+    size_t k = 0;
+    for (; s && *s && k + 1 < outlen; s++)
+        if (*s != '"' && *s != '\\' && (unsigned char)*s >= 0x20 && *s != 0x7f) out[k++] = *s;
+    out[k] = '\0';
+}
+
+/* "scheme://authority" of this request as the client sees it: the route's configured
+ * resource if any, else the Host header (only well-formed host[:port] names). */
+static void request_base(http_req *r, const gw_route *rt, const server *sv, char *out, size_t outlen)
+{
+    if (rt && rt->meta.resource) {
+        const char *p = strstr(rt->meta.resource, "://") + 3;
+        snprintf(out, outlen, "%.*s", (int)(p - rt->meta.resource + strcspn(p, "/?#")), rt->meta.resource);
+        return;
+    }
+    const char *host = http_req_header(r, "Host");
+    static const char HOST_CHARS[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]";
+    if (!host || !*host || strlen(host) > 255 || host[strspn(host, HOST_CHARS)]) host = sv->listen;
+    snprintf(out, outlen, "%s://%s", http_req_is_tls(r) ? "https" : "http", host);
+}
+
+/* ---- routing -------------------------------------------------------------------------------- */
+
+/* Origin-form (RFC 7230 §5.3.1) without "." or ".." segments once decoded (RFC 3986 §5.2.4):
+ * routes match the path as sent, so "/api/../admin" would pass /api's policies and reach
+ * whatever the upstream makes of it. Backslashes count as separators, as some servers treat them. */
+static bool path_ok(const char *path, const char *target)
+{
+    if (path[0] != '/' || target[0] != '/') return false;
+    for (const char *t = target; *t; t++) /* forwarded as sent: visible ASCII only (RFC 3986 §2) */
+        if ((unsigned char)*t <= 0x20 || (unsigned char)*t >= 0x7f) return false;
+    for (const char *p = path; *p;) {
+        p += strspn(p, "/\\");
+        size_t n = strcspn(p, "/\\");
+        if ((n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.')) return false;
+        p += n;
+    }
+    return true;
+}
+
+/* Gateway API path-prefix semantics: "/llm" matches /llm, /llm/ and /llm/x, not /llmx. */
+static bool prefix_match(const char *prefix, const char *path)
+{
+    size_t n = strlen(prefix);
+    if (n && prefix[n - 1] == '/') {
+        if (!strncmp(path, prefix, n)) return true;
+        return n > 1 && strlen(path) == n - 1 && !strncmp(path, prefix, n - 1);
+    }
+    return !strncmp(path, prefix, n) && (path[n] == '\0' || path[n] == '/');
+}
+
+/* How specifically m matches; -1 for no match. With r NULL only the path counts. */
+static long match_score(const gw_match *m, const char *path, http_req *r)
+{
+    long score;
+    if (m->path_kind == GW_PATH_EXACT) {
+        if (strcmp(m->path, path)) return -1;
+        score = 1L << 40;
+    } else {
+        if (!prefix_match(m->path, path)) return -1;
+        score = (long)strlen(m->path) << 20;
+    }
+    if (!r) return score;
+    if (m->method) {
+        if (strcmp(m->method, http_req_method(r))) return -1;
+        score += 1L << 16;
+    }
+    for (size_t i = 0; i < m->n_headers; i++) {
+        const char *v = http_req_header(r, m->headers[i].name);
+        if (!v || strcmp(v, m->headers[i].value)) return -1;
+        score++;
+    }
+    return score;
+}
+
+/* The best route for path (and r's method and headers when r is given); *matched gets the
+ * match that chose it. With need_jwt only routes with jwtAuth count. */
+static gw_route *route_for(const gw_bind *b, const char *path, http_req *r, bool need_jwt,
+                           const gw_match **matched)
+{
+    gw_route *best = NULL;
+    long best_score = -1;
+    for (size_t i = 0; i < b->n_routes; i++) {
+        gw_route *rt = &b->routes[i];
+        if (need_jwt && !rt->jwt) continue;
+        for (size_t k = 0; k < rt->n_matches; k++) {
+            long s = match_score(&rt->matches[k], path, r);
+            if (s > best_score) {
+                best_score = s;
+                best = rt;
+                if (matched) *matched = &rt->matches[k];
+            }
+        }
+    }
+    return best;
+}
+
+/* ---- CORS --------------------------------------------------------------------------------- */
+
+static bool origin_allowed(const gw_cors *c, const char *origin, bool *wildcard)
+{
+    *wildcard = false;
+    for (char **o = c->allow_origins; o && *o; o++) {
+        if (!strcmp(*o, "*")) *wildcard = true;
+        if (!strcmp(*o, "*") || !strcasecmp(*o, origin)) return true;
+    }
+    return false;
+}
+
+/* The CORS headers for an allowed origin. Returns true if the request was a preflight, which
+ * is then answered here (Fetch standard §3.2.2 "CORS-preflight request"). */
+static bool cors(http_req *r, const gw_cors *c)
+{
+    const char *origin = http_req_header(r, "Origin");
+    bool wildcard, allowed = c && origin && origin_allowed(c, origin, &wildcard);
+    bool preflight = c && origin && !strcmp(http_req_method(r), "OPTIONS") &&
+                     http_req_header(r, "Access-Control-Request-Method");
+    if (allowed) {
+        /* "*" cannot go with credentials: then the origin is echoed instead. */
+        http_add_header(r, "Access-Control-Allow-Origin", wildcard && !c->allow_credentials ? "*" : origin);
+        if (c->allow_credentials) http_add_header(r, "Access-Control-Allow-Credentials", "true");
+        http_add_header(r, "Vary", "Origin");
+        if (!preflight && c->expose_headers) http_add_header(r, "Access-Control-Expose-Headers", c->expose_headers);
+    }
+    if (!preflight) return false;
+    if (allowed) {
+        if (c->allow_methods) http_add_header(r, "Access-Control-Allow-Methods", c->allow_methods);
+        if (c->allow_headers) http_add_header(r, "Access-Control-Allow-Headers", c->allow_headers);
+        if (c->max_age_s >= 0) {
+            char v[32];
+            snprintf(v, sizeof v, "%ld", c->max_age_s);
+            http_add_header(r, "Access-Control-Max-Age", v);
+        }
+    }
+    http_reply(r, 200, NULL, "", 0); /* a refused origin gets no CORS headers: the browser stops */
+    return true;
+}
+
+/* ---- local rate limit ------------------------------------------------------------------------ */
+
+/* Take one token from every bucket; the x-ratelimit-* headers describe the tightest one. */
+static bool rate_limit(http_req *r, gw_route *rt)
+{
+    bool ok = true;
+    long limit = 0, remaining = LONG_MAX, reset_s = 0;
+    for (size_t i = 0; i < rt->n_limits; i++) {
+        gw_ratelimit *b = &rt->limits[i];
+        int64_t now = mono_ms();
+        pthread_mutex_lock(&b->mu);
+        if (b->last_fill_ms < 0) b->last_fill_ms = now;
+        int64_t fills = (now - b->last_fill_ms) / b->fill_ms;
+        if (fills > 0) {
+            int64_t t = b->tokens + fills * b->tokens_per_fill;
+            b->tokens = t > b->max_tokens ? b->max_tokens : (long)t;
+            b->last_fill_ms += fills * b->fill_ms;
+        }
+        bool got = b->tokens > 0;
+        if (got) b->tokens--;
+        long left = b->tokens, reset = (long)((b->last_fill_ms + b->fill_ms - now + 999) / 1000);
+        pthread_mutex_unlock(&b->mu);
+        ok = ok && got;
+        if (left < remaining) remaining = left, limit = b->max_tokens, reset_s = reset;
+    }
+    if (!rt->n_limits) return true;
+    char v[32];
+    snprintf(v, sizeof v, "%ld", limit);
+    http_add_header(r, "x-ratelimit-limit", v);
+    snprintf(v, sizeof v, "%ld", remaining);
+    http_add_header(r, "x-ratelimit-remaining", v);
+    snprintf(v, sizeof v, "%ld", reset_s);
+    http_add_header(r, "x-ratelimit-reset", v);
+    if (!ok) http_reply_text(r, 429, "rate limit exceeded");
+    return ok;
+}
+
+/* ---- jwtAuth ------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *check;           /* failed_check: missing, malformed, signature, expired, ... */
+    char reason[300];
+    int status;                  /* 401, or 503 when the keys could not be fetched */
+} verdict;
+
+static void failed(verdict *v, int status, const char *check, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void failed(verdict *v, int status, const char *check, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(v->reason, sizeof v->reason, fmt, ap);
+    va_end(ap);
+    log_redact(v->reason);
+    v->check = check;
+    v->status = status;
+}
+
+static char *claim_text(const jwt *t, const char *name)
+{
+    const json_t *c = json_object_get(t->claims, name);
+    if (!c) return xstrdup("(none)");
+    if (json_is_string(c)) return xstrdup(json_string_value(c));
+    char *s = json_dumps(c, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *out = xstrdup(s ? s : "?");
+    free(s);
+    return out;
+}
+
+/* Signature with the route's keys, then the claims. 0 with *t filled, or -1 with *v. */
+static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v)
+{
+    char err[256];
+    if (jwt_decode(token, t, err, sizeof err) != 0) {
+        failed(v, 401, "malformed", "%s", err);
+        return -1;
+    }
+    const char *kid = jwt_kid(t), *x5t = json_string_value(json_object_get(t->header, "x5t"));
+    if (j->require_kid && !kid) {
+        failed(v, 401, "malformed", "token header has no kid");
+        goto bad;
+    }
+    if (j->jwks_keys) {
+        const jwk *k = kid || x5t ? jwks_find(j->jwks_keys, kid, x5t) : NULL;
+        if (!k) {
+            failed(v, 401, "signature", "no key in the JWKS matches the token's %s", kid ? "kid" : "x5t");
+            goto bad;
+        }
+        if (jwt_verify(t, k, err, sizeof err) != 0) {
+            failed(v, 401, "signature", "%s", err);
+            goto bad;
+        }
+    } else {
+        jwt_clear(t);
+        if (jwks_cache_verify(j->jwks_cache, token, t, err, sizeof err) != 0) {
+            /* jwks.c words "no key set at all" as "JWKS ...": the provider is down. */
+            bool down = util_str_starts_with(err, "JWKS ");
+            failed(v, down ? 503 : 401, "signature", "%s%s", down ? "the keys could not be fetched: " : "", err);
+            return -1;
+        }
+    }
+
+    const char *issuers[] = {j->issuer, NULL};
+    jwt_expect ex = {.issuers = issuers, .audiences = (const char *const *)j->audiences, .skew_s = SKEW_S,
+                     .require_exp = true};
+    jwt_check c = jwt_check_claims(t, &ex, err, sizeof err);
+    if (c == JWT_CHECK_OK) return 0;
+    int64_t now = util_now(), exp = 0, nbf = 0;
+    char *have = claim_text(t, c == JWT_CHECK_AUDIENCE ? "aud" : "iss");
+    if (c == JWT_CHECK_EXPIRED && jwt_claim_int(t, "exp", &exp))
+        failed(v, 401, "expired", "expired %lld s ago (%d s of clock skew allowed)", (long long)(now - exp), SKEW_S);
+    else if (c == JWT_CHECK_NOT_YET_VALID && jwt_claim_int(t, "nbf", &nbf))
+        failed(v, 401, "not_yet_valid", "not valid for another %lld s (nbf)", (long long)(nbf - now));
+    else if (c == JWT_CHECK_ISSUER)
+        failed(v, 401, "issuer", "iss %s is not %s", have, j->issuer);
+    else if (c == JWT_CHECK_AUDIENCE)
+        failed(v, 401, "audience", "aud %s is not an accepted audience", have);
+    else
+        failed(v, 401, c == JWT_CHECK_MISSING_EXP ? "malformed" : jwt_check_name(c), "%s", err);
+    free(have);
+bad:
+    jwt_clear(t);
+    return -1;
+}
+
+/* 401 (or 503) for a failed jwtAuth: RFC 6750 §3 challenge, RFC 9728 §5.1 resource_metadata on
+ * MCP routes, and a JSON body naming the failed check. */
+static void reject(http_req *r, const server *sv, const gw_route *rt, const verdict *v)
+{
+    char desc[400], h[1400], meta[800] = "";
+    char line[360];
+    snprintf(line, sizeof line, "%s: %s", v->check, v->reason);
+    quoted_safe(desc, sizeof desc, line);
+    if (rt->backend.kind == GW_BACKEND_MCP) {
+        char base[300], path[360];
+        request_base(r, rt, sv, base, sizeof base);
+        const char *target = http_req_target(r);
+        snprintf(line, sizeof line, "%.*s", (int)strcspn(target, "?"), target);
+        quoted_safe(path, sizeof path, line);
+        snprintf(meta, sizeof meta, "resource_metadata=\"%s%s%s\"", base, PRM_PREFIX, path);
+    }
+    if (v->status == 401) {
+        if (!strcmp(v->check, "missing")) /* §3.1: no error code when no token was sent */
+            snprintf(h, sizeof h, "Bearer%s%s", *meta ? " " : "", meta);
+        else
+            snprintf(h, sizeof h, "Bearer error=\"invalid_token\", error_description=\"%s\"%s%s", desc,
+                     *meta ? ", " : "", meta);
+        http_add_header(r, "WWW-Authenticate", h);
+    }
+    http_reply_json(r, v->status,
+                    json_pack("{s:s, s:s, s:s}", "error", v->status == 401 ? "invalid_token" : "temporarily_unavailable",
+                              "failed_check", v->check, "error_description", desc));
+}
+
+/* The bearer token of the request, or NULL (another scheme counts as none). */
+static const char *bearer(http_req *r)
+{
+    const char *a = http_req_header(r, "Authorization");
+    if (!a || strncasecmp(a, "Bearer ", 7)) return NULL;
+    a += 7 + strspn(a + 7, " ");
+    return *a ? a : NULL;
+}
+
+/* ---- the CEL activation -------------------------------------------------------------------- */
+
+static void add_header_json(void *ctx, const char *name, const char *value)
+{
+    char low[128];
+    size_t n = strlen(name);
+    if (n >= sizeof low) return;
+    for (size_t i = 0; i <= n; i++) low[i] = (char)tolower((unsigned char)name[i]);
+    if (!strcmp(low, "authorization")) return; /* rules see claims, never the raw token */
+    json_t *obj = ctx, *have = json_object_get(obj, low);
+    if (have) { /* repeated header: one comma-separated value (RFC 7230 §3.2.2) */
+        char *joined = xasprintf("%s,%s", json_string_value(have), value);
+        json_object_set_new(obj, low, json_string(joined));
+        free(joined);
+    } else {
+        json_object_set_new(obj, low, json_string(value));
+    }
+}
+
+/* {"method","path","headers":{lower-case name: value}} */
+static json_t *request_json(http_req *r)
+{
+    json_t *h = json_object();
+    http_req_header_each(r, add_header_json, h);
+    return json_pack("{s:s, s:s, s:o}", "method", http_req_method(r), "path", http_req_path(r), "headers", h);
+}
+
+/* ---- proxying ----------------------------------------------------------------------------- */
+
+typedef struct {
+    httpc_stream *st;
+    char route[64];
+} pstream;
+
+static long proxy_read(void *ctx, char *buf, size_t max)
+{
+    pstream *p = ctx;
+    long n = httpc_stream_read(p->st, buf, max);
+    if (n < 0) {
+        char err[256];
+        httpc_stream_error(p->st, err, sizeof err);
+        log_msg(LOG_WARN, "upstream_stream_failed", "route %s: %s", p->route, err);
+    }
+    return n;
+}
+
+static void proxy_done(void *ctx)
+{
+    pstream *p = ctx;
+    httpc_stream_close(p->st);
+    free(p);
+}
+
+/* RFC 7230 §6.1 hop-by-hop headers, plus those the proxy sets itself. */
+static bool hop_by_hop(const char *name, const char *connection)
+{
+    static const char *const HOP[] = {"Connection", "Keep-Alive", "TE", "Trailer", "Transfer-Encoding",
+                                      "Upgrade", "Proxy-Connection", "Proxy-Authorization",
+                                      "Proxy-Authenticate"};
+    for (size_t i = 0; i < ARRAY_LEN(HOP); i++)
+        if (!strcasecmp(name, HOP[i])) return true;
+    if (!strncasecmp(name, "Proxy-", 6)) return true;
+    /* Headers the Connection header names are hop-by-hop too. */
+    size_t n = strlen(name);
+    for (const char *p = connection; p && *p;) {
+        p += strspn(p, " ,\t");
+        size_t k = strcspn(p, " ,\t");
+        if (k == n && !strncasecmp(p, name, n)) return true;
+        p += k;
+    }
+    return false;
+}
+
+typedef struct {
+    char *lines[MAX_UP_HDRS + 16];
+    size_t n;
+    const gw_route *rt;
+    const char *connection;
+    bool strip_auth, has_accept, has_ctype;
+} up_headers;
+
+static void up_add(up_headers *u, char *line)
+{
+    if (u->n < ARRAY_LEN(u->lines) - 1) u->lines[u->n++] = line;
+    else free(line);
+}
+
+/* curl: "Name:" would remove a header, "Name;" sends it empty. */
+static void up_set(up_headers *u, const char *name, const char *value)
+{
+    up_add(u, *value ? xasprintf("%s: %s", name, value) : xasprintf("%s;", name));
+}
+
+static void copy_header(void *ctx, const char *name, const char *value)
+{
+    static const char *const OWN[] = {"Host", "Content-Length", "Expect", "X-Forwarded-For",
+                                      "X-Forwarded-Proto", "X-Forwarded-Host", "traceparent", "tracestate"};
+    up_headers *u = ctx;
+    if (u->n >= MAX_UP_HDRS || hop_by_hop(name, u->connection)) return;
+    for (size_t i = 0; i < ARRAY_LEN(OWN); i++)
+        if (!strcasecmp(name, OWN[i])) return;
+    if (!strcasecmp(name, "Authorization") && u->strip_auth) return;
+    /* A client must not be able to pose as a claim the gateway forwards. */
+    for (size_t i = 0; i < u->rt->n_claim_headers; i++)
+        if (!strcasecmp(name, u->rt->claim_headers[i].header)) return;
+    if (!strcasecmp(name, "Accept")) u->has_accept = true;
+    if (!strcasecmp(name, "Content-Type")) u->has_ctype = true;
+    up_set(u, name, value);
+}
+
+/* W3C Trace Context §3.2: version 00, 32 hex trace-id, 16 hex parent-id, 2 hex flags. */
+static bool traceparent_ok(const char *s)
+{
+    static const char HEX[] = "0123456789abcdef";
+    if (!s || strlen(s) != 55 || strncmp(s, "00-", 3) || s[35] != '-' || s[52] != '-') return false;
+    for (size_t i = 3; i < 55; i++)
+        if (i != 35 && i != 52 && !strchr(HEX, s[i])) return false;
+    return strspn(s + 3, "0") < 32 && strspn(s + 36, "0") < 16;
+}
+
+static void new_traceparent(char out[56])
+{
+    unsigned char b[24];
+    util_random(b, sizeof b);
+    char *p = out + sprintf(out, "00-");
+    for (size_t i = 0; i < 24; i++) {
+        p += sprintf(p, "%02x", b[i]);
+        if (i == 15) *p++ = '-';
+    }
+    sprintf(p, "-01");
+}
+
+/* A validated claim as a header value: strings as they are, other JSON compactly; claims that
+ * would not make a clean header line are skipped. */
+static char *claim_header_value(const json_t *claims, const char *path)
+{
+    const json_t *v = claims;
+    char *copy = xstrdup(path), *save = NULL;
+    for (char *seg = strtok_r(copy, ".", &save); seg && v; seg = strtok_r(NULL, ".", &save))
+        v = json_object_get(v, seg);
+    free(copy);
+    if (!v || json_is_null(v)) return NULL;
+    char *s = json_is_string(v) ? xstrdup(json_string_value(v)) : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    for (const char *p = s; p && *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            free(s);
+            return NULL;
+        }
+    return s;
+}
+
+/* The upstream URL: host/url backends keep the request target; ai backends send chat requests
+ * (the route prefix itself, or .../chat/completions under it) to the provider's chat path and
+ * any other path under the prefix as it is ("/llm/v1/models" → "/v1/models"). */
+static char *upstream_url(const gw_route *rt, const gw_match *m, http_req *r)
+{
+    const char *target = http_req_target(r), *query = strchr(target, '?');
+    if (rt->backend.kind != GW_BACKEND_AI) return xasprintf("%s%s", rt->backend.base_url, target);
+    /* What follows the prefix, taken from the target as sent (still %-encoded): skip as many
+     * segments as the prefix has. */
+    const char *rest = target + strcspn(target, "?"), *end = rest;
+    if (m->path_kind == GW_PATH_PREFIX) {
+        size_t segs = 0, n = strlen(m->path);
+        for (size_t i = 0; i < n; i++) segs += m->path[i] == '/' && i + 1 < n;
+        rest = target;
+        for (size_t i = 0; i < segs && rest < end; i++) {
+            const char *next = memchr(rest + 1, '/', (size_t)(end - rest - 1));
+            rest = next ? next : end;
+        }
+    }
+    size_t rlen = (size_t)(end - rest);
+    bool chat = rlen == 0 || (rlen == 1 && *rest == '/') ||
+                (rlen >= 17 && !strncmp(end - 17, "/chat/completions", 17));
+    return chat ? xasprintf("%s%s%s", rt->backend.base_url, rt->backend.chat_path, query ? query : "")
+                : xasprintf("%s%.*s%s", rt->backend.base_url, (int)rlen, rest, query ? query : "");
+}
+
+/* The request body, with the configured model for an ai backend (JSON objects only). */
+static char *upstream_body(const gw_route *rt, http_req *r, size_t *len)
+{
+    const char *body = http_req_body(r, len);
+    if (rt->backend.kind == GW_BACKEND_AI && rt->backend.model && *len) {
+        json_t *j = json_loadb(body, *len, 0, NULL);
+        if (json_is_object(j)) {
+            json_object_set_new(j, "model", json_string(rt->backend.model));
+            char *s = json_dumps(j, JSON_COMPACT);
+            json_decref(j);
+            if (s) {
+                *len = strlen(s);
+                return s;
+            }
+        }
+        json_decref(j);
+    }
+    return *len || !strcmp(http_req_method(r), "POST") ? xstrndup(body, *len) : NULL;
+}
+
+static void proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r, const jwt *t, bool strip_auth)
+{
+    up_headers u = {.rt = rt, .connection = http_req_header(r, "Connection"), .strip_auth = strip_auth || rt->backend_key};
+    http_req_header_each(r, copy_header, &u);
+
+    /* Who asked, as de-facto standard proxies say it (RFC 7239 §5 names the same three). */
+    const char *xff = http_req_header(r, "X-Forwarded-For"), *host = http_req_header(r, "Host");
+    up_add(&u, xff ? xasprintf("X-Forwarded-For: %s, %s", xff, http_req_peer(r))
+                   : xasprintf("X-Forwarded-For: %s", http_req_peer(r)));
+    up_add(&u, xasprintf("X-Forwarded-Proto: %s", http_req_is_tls(r) ? "https" : "http"));
+    if (host) up_add(&u, xasprintf("X-Forwarded-Host: %s", host));
+    const char *tp = http_req_header(r, "traceparent");
+    char gen[56];
+    if (traceparent_ok(tp)) {
+        up_add(&u, xasprintf("traceparent: %s", tp));
+        const char *ts = http_req_header(r, "tracestate");
+        if (ts) up_add(&u, xasprintf("tracestate: %s", ts));
+    } else {
+        new_traceparent(gen);
+        up_add(&u, xasprintf("traceparent: %s", gen));
+    }
+    for (size_t i = 0; t && i < rt->n_claim_headers; i++) {
+        char *v = claim_header_value(t->claims, rt->claim_headers[i].claim);
+        if (v) up_set(&u, rt->claim_headers[i].header, v);
+        free(v);
+    }
+    if (rt->backend_key) up_add(&u, xasprintf("Authorization: Bearer %s", rt->backend_key));
+    /* Without these curl would add "Accept: any" and a form Content-Type to a body. */
+    if (!u.has_accept) up_add(&u, xstrdup("Accept:"));
+    if (!u.has_ctype) up_add(&u, xstrdup("Content-Type:"));
+    u.lines[u.n] = NULL;
+
+    size_t len = 0;
+    char *body = upstream_body(rt, r, &len), *url = upstream_url(rt, m, r), err[300];
+    httpc_request req = {.method = http_req_method(r), .url = url, .headers = (const char *const *)u.lines,
+                         .body = body, .body_len = len, .timeout_ms = rt->timeout_ms,
+                         .ca_file = sv->gw->ca_file, .cancel = &sv->gw->stopping};
+    httpc_stream *st = NULL;
+    httpc_result res = httpc_stream_open(&req, &st, err, sizeof err);
+    free(body);
+    free(url);
+    for (size_t i = 0; i < u.n; i++) free(u.lines[i]);
+    if (res != HTTPC_OK) {
+        log_msg(LOG_WARN, "upstream_failed", "route %s: %s", rt->name, err);
+        if (res == HTTPC_TIMEOUT) http_reply_text(r, 504, "upstream request timeout");
+        else http_reply_text(r, 502, "upstream connect error");
+        return;
+    }
+
+    /* The answer's headers, minus hop-by-hop ones and what the server sets itself. */
+    const char *hdrs = httpc_stream_headers(st);
+    char *conn = NULL, *ctype = NULL;
+    {
+        httpc_response tmp = {.headers = (char *)hdrs};
+        conn = httpc_response_header(&tmp, "Connection");
+        ctype = httpc_response_header(&tmp, "Content-Type");
+    }
+    for (const char *line = hdrs; *line;) {
+        size_t llen = strcspn(line, "\r\n");
+        const char *colon = memchr(line, ':', llen);
+        if (colon && colon > line) {
+            char name[128];
+            size_t nlen = (size_t)(colon - line);
+            if (nlen < sizeof name) {
+                memcpy(name, line, nlen);
+                name[nlen] = '\0';
+                const char *v = colon + 1, *ve = line + llen;
+                while (v < ve && (*v == ' ' || *v == '\t')) v++;
+                bool skip = hop_by_hop(name, conn) || !strcasecmp(name, "Content-Length") ||
+                            !strcasecmp(name, "Content-Type") ||
+                            (rt->cors && !strncasecmp(name, "Access-Control-", 15));
+                if (!skip) {
+                    char *val = xstrndup(v, (size_t)(ve - v));
+                    http_add_header(r, name, val);
+                    free(val);
+                }
+            }
+        }
+        line += llen;
+        line += strspn(line, "\r\n");
+    }
+    free(conn);
+    long status = httpc_stream_status(st);
+    bool no_body = !strcmp(http_req_method(r), "HEAD") || status == 204 || status == 304;
+    if (no_body) {
+        httpc_stream_close(st);
+        http_reply(r, (int)status, ctype, "", 0);
+    } else {
+        pstream *p = xcalloc(1, sizeof *p);
+        p->st = st;
+        snprintf(p->route, sizeof p->route, "%s", rt->name);
+        http_reply_stream(r, (int)status, ctype, proxy_read, p, proxy_done);
+    }
+    free(ctype);
+}
+
+/* ---- RFC 9728 protected-resource metadata --------------------------------------------------- */
+
+static void serve_prm(server *sv, const gw_bind *b, http_req *r, const char *rest)
+{
+    const char *path = *rest ? rest : "/";
+    gw_route *rt = route_for(b, path, NULL, true, NULL);
+    http_add_header(r, "Access-Control-Allow-Origin", "*");
+    http_add_header(r, "Access-Control-Allow-Methods", "GET, OPTIONS");
+    if (!strcmp(http_req_method(r), "OPTIONS")) {
+        http_reply(r, 200, NULL, "", 0);
+        return;
+    }
+    if (!rt) {
+        http_reply_json(r, 404, json_pack("{s:s, s:s}", "error", "not_found", "error_description",
+                                          "no route with jwtAuth at this path"));
+        return;
+    }
+    if (strcmp(http_req_method(r), "GET") && strcmp(http_req_method(r), "HEAD")) {
+        http_add_header(r, "Allow", "GET, OPTIONS");
+        http_reply_text(r, 405, "method not allowed");
+        return;
+    }
+    char base[300];
+    request_base(r, rt, sv, base, sizeof base);
+    char *resource = xasprintf("%s%s", base, rest);
+    json_t *doc = json_pack("{s:s, s:[s], s:[s]}", "resource", resource, "authorization_servers",
+                            rt->jwt->issuer, "bearer_methods_supported", "header");
+    free(resource);
+    if (rt->meta.scopes_supported) {
+        json_t *sc = json_array();
+        for (char **s = rt->meta.scopes_supported; *s; s++) json_array_append_new(sc, json_string(*s));
+        json_object_set_new(doc, "scopes_supported", sc);
+    }
+    http_add_header(r, "Cache-Control", "no-cache");
+    http_reply_json(r, 200, doc);
+}
+
+/* ---- one request ------------------------------------------------------------------------- */
+
+static void serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r)
+{
+    if (cors(r, rt->cors)) return;
+    if (!rate_limit(r, rt)) return;
+
+    jwt t = {0};
+    bool validated = false;
+    const char *token = bearer(r);
+    if (rt->jwt) {
+        verdict v = {0};
+        if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
+        else if (validate(rt->jwt, token, &t, &v) == 0) validated = true;
+        /* optional lets a request without a token through; permissive any request. */
+        bool pass = rt->jwt->mode == GW_JWT_PERMISSIVE || (rt->jwt->mode == GW_JWT_OPTIONAL && !token);
+        if (!validated && !pass) {
+            reject(r, sv, rt, &v);
+            return;
+        }
+        if (!validated && token)
+            log_msg(LOG_INFO, "token_ignored", "route %s (%s): %s: %s", rt->name,
+                    rt->jwt->mode == GW_JWT_PERMISSIVE ? "permissive" : "optional", v.check, v.reason);
+    }
+
+    json_t *req = request_json(r);
+    if (rt->authz) {
+        json_t *act = json_pack("{s:O, s:{s:s}}", "request", req, "source", "address", http_req_peer(r));
+        if (validated) json_object_set(act, "jwt", t.claims);
+        bool allowed = cel_rules_decide(rt->authz, act);
+        json_decref(act);
+        if (!allowed) {
+            http_reply_text(r, 403, "authorization failed");
+            goto end;
+        }
+    }
+    if (rt->backend.kind == GW_BACKEND_MCP)
+        mcp_mux_handle(rt->backend.mcp->mux, r, validated ? t.claims : NULL, validated ? token : NULL, req);
+    else
+        proxy(sv, rt, m, r, validated ? &t : NULL, validated && !rt->passthrough);
+end:
+    json_decref(req);
+    jwt_clear(&t);
+}
+
+static void handle(http_req *r, void *ctx)
+{
+    server *sv = ctx;
+    int64_t t0 = mono_ms();
+    const char *path = http_req_path(r), *method = http_req_method(r);
+    gw_config *c = acquire(sv->gw);
+    http_req_on_done(r, release, c); /* kept until the answer is out: streams use the config */
+    const gw_bind *b = &c->binds[sv->bind];
+
+    if (!path_ok(path, http_req_target(r))) {
+        http_reply_text(r, 400, "bad request path");
+    } else if (!strcmp(path, "/healthz")) {
+        http_reply_text(r, 200, "Healthy");
+    } else if (util_str_starts_with(path, PRM_PREFIX) && (!path[strlen(PRM_PREFIX)] || path[strlen(PRM_PREFIX)] == '/')) {
+        serve_prm(sv, b, r, path + strlen(PRM_PREFIX));
+    } else {
+        const gw_match *m = NULL;
+        gw_route *rt = route_for(b, path, r, false, &m);
+        if (!rt) http_reply_text(r, 404, "route not found");
+        else serve_route(sv, rt, m, r);
+    }
+    const char *tp = http_req_header(r, "traceparent");
+    char trace[33] = "";
+    if (traceparent_ok(tp)) snprintf(trace, sizeof trace, "%.32s", tp + 3);
+    log_request(method, path, http_reply_status(r), (double)(mono_ms() - t0), *trace ? trace : NULL);
+}
+
+/* ---- main ------------------------------------------------------------------------------- */
+
+int gateway_main(int argc, char **argv)
+{
+    gateway gw = {0};
+    int rc = 1;
+    char err[512];
+    gw_config *c = NULL;
+
+    for (int i = 1; i < argc; i++) {
+        bool missing = false;
+        const char *v;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(USAGE, stdout);
+            return 0;
+        }
+        if ((v = args_value(argc, argv, &i, "--config", &missing))) gw.path = v;
+        else if ((v = args_value(argc, argv, &i, "--listen", &missing))) gw.listen_override = v;
+        else return args_usage_error("gateway", missing ? "option %s needs a value" : "unknown option %s", argv[i]);
+    }
+    if (!gw.path) return args_usage_error("gateway", "%s is required", "--config FILE");
+
+    /* Block the signals before any thread exists (loading the configuration may start some,
+     * MCP's among them), so that every thread inherits the mask and only the main thread,
+     * in sigtimedwait below, ever takes them. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    log_init("gateway", LOG_INFO);
+    httpc_global_init();
+    const char *ca = getenv("SSL_CERT_FILE");
+    gw.ca_file = ca && *ca ? ca : NULL;
+    atomic_init(&gw.stopping, false);
+    pthread_mutex_init(&gw.mu, NULL);
+
+    struct stat st;
+    if (stat(gw.path, &st) == 0) gw.mtime = st.st_mtim;
+    if (!(c = gw_config_load(gw.path, NULL, err, sizeof err))) {
+        fprintf(stderr, "agentid gateway: %s\n", err);
+        goto end;
+    }
+    if (gw.listen_override && c->n_binds != 1) {
+        fprintf(stderr, "agentid gateway: --listen replaces the only bind, but %s has %zu\n", gw.path, c->n_binds);
+        rc = 2;
+        goto end;
+    }
+    gw.cur = c;
+    warn_exposed(c, &gw);
+
+    gw.servers = xcalloc(c->n_binds, sizeof *gw.servers);
+    for (size_t i = 0; i < c->n_binds; i++) {
+        server *s = &gw.servers[i];
+        s->gw = &gw;
+        s->bind = i;
+        if (gw.listen_override) snprintf(s->listen, sizeof s->listen, "%s", gw.listen_override);
+        else snprintf(s->listen, sizeof s->listen, strchr(c->binds[i].address, ':') ? "[%s]:%u" : "%s:%u",
+                      c->binds[i].address, c->binds[i].port);
+        http_server_opts so = {.listen = s->listen, .thread_per_connection = true, .max_body = MAX_BODY,
+                               .timeout_s = IDLE_S};
+        if (!(s->srv = http_server_start(&so, handle, s, err, sizeof err))) {
+            fprintf(stderr, "agentid gateway: %s\n", err);
+            goto end;
+        }
+        gw.n_servers++;
+        log_msg(LOG_INFO, "listening", "gateway on http://%s: %zu routes from %s", s->listen,
+                c->binds[i].n_routes, gw.path);
+    }
+
+    for (;;) {
+        struct timespec one = {.tv_sec = 1};
+        int sig = sigtimedwait(&set, NULL, &one);
+        if (sig == SIGHUP) reload(&gw, "SIGHUP");
+        else if (sig < 0) maybe_reload(&gw); /* the once-a-second look at the file */
+        else break;
+    }
+    log_msg(LOG_INFO, "stopping", "shutting down");
+    rc = 0;
+end:
+    atomic_store(&gw.stopping, true);
+    for (size_t i = 0; i < gw.n_servers; i++) http_server_stop(gw.servers[i].srv);
+    free(gw.servers);
+    gw_config_unref(gw.cur ? gw.cur : c);
+    pthread_mutex_destroy(&gw.mu);
+    return rc;
+}

@@ -1,0 +1,244 @@
+// `agentid gateway` as an MCP multiplexer, driven by the official MCP SDK client
+// (StreamableHTTPClientTransport) with a real token from `agentid issuer`, in front of two
+// upstream MCP servers written with the same SDK: a Streamable HTTP server (http1: echo, add,
+// whoami; it records every request's headers) and a stdio server the gateway spawns (local:
+// get-time, secret-tool, session_pid, env).
+//
+// Checked: initialize through the gateway; tools/list merged with "<target>_<tool>" names;
+// calls reaching both targets; a tool denied by mcpAuthorization hidden from the list and
+// refused on call (HTTP 400, JSON-RPC -32602 "Unknown tool: <name>"); two clients' sessions
+// kept apart (different Mcp-Session-Id, different stdio children, each still working after
+// the other's DELETE); the caller's token never reaching an upstream; 401 without a token.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BIN, demo, freePort, initDirectory, request, startIssuer } from '../integration/harness.mjs';
+import { ok, token } from '../integration/tokens.mjs';
+
+const HERE = import.meta.dirname;
+const STDIO_SERVER = join(HERE, 'mcp-servers/stdio-server.mjs');
+const SDK = join(HERE, 'node_modules/@modelcontextprotocol/sdk/package.json');
+
+let dir, iss, up, gw, tmp, tok, Client, StreamableHTTPClientTransport, startHttpMcpServer;
+const clients = [];
+
+/** Start `agentid gateway --config FILE --listen 127.0.0.1:PORT`; resolves once it answers HTTP. */
+async function startGateway(config, port) {
+  const proc = spawn(BIN, ['gateway', '--config', config, '--listen', `127.0.0.1:${port}`],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout.on('data', (b) => { out += b; });
+  proc.stderr.on('data', (b) => { out += b; });
+  const exited = new Promise((res) => proc.on('exit', (code, sig) => res(code ?? sig)));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 10000;
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`agentid gateway exited: ${out}`);
+    try {
+      await request(`${url}/healthz`, { timeout: 500 });   // any HTTP answer: it is up
+      break;
+    } catch { /* not yet */ }
+    if (Date.now() > deadline) { proc.kill('SIGKILL'); throw new Error(`gateway not up in 10s: ${out}`); }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return {
+    url, proc, logs: () => out,
+    async stop() {
+      if (proc.exitCode === null) proc.kill('SIGTERM');
+      const t = setTimeout(() => proc.kill('SIGKILL'), 10000);
+      const code = await exited;
+      clearTimeout(t);
+      return code;
+    },
+  };
+}
+
+/** A connected SDK client with the caller's token on every request. */
+async function connect(name) {
+  const transport = new StreamableHTTPClientTransport(new URL(`${gw.url}/mcp`), {
+    requestInit: { headers: { Authorization: `Bearer ${tok}` } },
+  });
+  const client = new Client({ name, version: '1.0.0' });
+  await client.connect(transport);
+  clients.push(client);
+  return { client, transport };
+}
+
+const text = (r) => r.content.find((c) => c.type === 'text')?.text;
+
+/** A raw JSON-RPC POST to the gateway's MCP endpoint. */
+function post(body, { sid, auth = tok } = {}) {
+  return request(`${gw.url}/mcp`, {
+    method: 'POST',
+    body: JSON.stringify(body),
+    headers: {
+      'Content-Type': 'application/json', Accept: 'application/json, text/event-stream',
+      ...(auth ? { Authorization: `Bearer ${auth}` } : {}),
+      ...(sid ? { 'Mcp-Session-Id': sid } : {}),
+    },
+  });
+}
+
+before(async () => {
+  if (!existsSync(SDK))
+    throw new Error('tests/clients: @modelcontextprotocol/sdk is not installed; run `npm ci` in tests/clients');
+  ({ Client } = await import('@modelcontextprotocol/sdk/client/index.js'));
+  ({ StreamableHTTPClientTransport } = await import('@modelcontextprotocol/sdk/client/streamableHttp.js'));
+  ({ startHttpMcpServer } = await import('./mcp-servers/http-server.mjs'));
+
+  dir = initDirectory();
+  iss = await startIssuer(dir);
+  const d = demo(dir.json());
+  // The caller: the blueprint's app token for the Weather API (any valid token of the issuer).
+  const t = ok(await token(iss, dir.ca, {
+    grant_type: 'client_credentials', client_id: d.blueprint.app_id, client_secret: d.blueprint.secrets[0],
+    scope: `${d.api.identifier_uris[0]}/.default`,
+  }));
+  tok = t.access_token;
+  const disco = await request(`${iss.authority}/v2.0/.well-known/openid-configuration`, { ca: dir.ca });
+  const jwks = await request(disco.json.jwks_uri, { ca: dir.ca });
+  assert.equal(jwks.status, 200);
+
+  up = await startHttpMcpServer();
+  tmp = mkdtempSync(join(tmpdir(), 'agentid-gw-mcp-'));
+  writeFileSync(join(tmp, 'jwks.json'), jwks.text);
+  const port = await freePort();
+  const q = JSON.stringify;   // JSON strings are valid YAML scalars
+  writeFileSync(join(tmp, 'gateway.yaml'), `
+binds:
+- port: ${port}
+  listeners:
+  - name: main
+    routes:
+    - name: mcp
+      matches:
+      - path: {exact: /mcp}
+      backends:
+      - mcp:
+          targets:
+          - name: http1
+            mcp: {url: ${q(up.url)}}
+          - name: local
+            stdio:
+              cmd: ${q(process.execPath)}
+              args: [${q(STDIO_SERVER)}]
+              env: {GREETING: "hello from the gateway config"}
+      policies:
+        jwtAuth:
+          mode: strict
+          issuer: ${q(t.claims.iss)}
+          audiences: [${q(t.claims.aud)}]
+          jwks: {file: jwks.json}
+        mcpAuthorization:
+          rules:
+          - deny: "mcp.tool.name == 'secret-tool'"
+          - require: ${q(`jwt.iss == '${t.claims.iss}'`)}
+`);
+  gw = await startGateway(join(tmp, 'gateway.yaml'), port);
+});
+
+after(async () => {
+  for (const c of clients) await c.close().catch(() => {});
+  if (gw) assert.equal(await gw.stop(), 0, `clean exit (no leaks under ASan):\n${gw.logs().slice(-3000)}`);
+  await up?.close();
+  if (iss) assert.equal(await iss.stop(), 0);
+  dir?.cleanup();
+  if (tmp) rmSync(tmp, { recursive: true, force: true });
+});
+
+test('initialize, merged tools/list with prefixes, the denied tool hidden', async () => {
+  const { client, transport } = await connect('one');
+  assert.ok(transport.sessionId, 'the gateway gave an Mcp-Session-Id');
+  assert.equal(client.getServerVersion().name, 'agentid-gateway');
+  assert.ok(client.getServerCapabilities().tools);
+  const { tools } = await client.listTools();
+  const names = tools.map((t) => t.name).sort();
+  assert.deepEqual(names, ['http1_add', 'http1_echo', 'http1_whoami', 'local_env', 'local_get-time',
+    'local_session_pid']);
+  const echo = tools.find((t) => t.name === 'http1_echo');
+  assert.equal(echo.description, 'Echoes the text back');
+  assert.deepEqual(echo.inputSchema.required, ['text']);
+});
+
+test('calls reach both targets, answered with the caller\'s ids', async () => {
+  const { client } = await connect('calls');
+  assert.equal(text(await client.callTool({ name: 'http1_echo', arguments: { text: 'héllo' } })), 'héllo');
+  const sum = await client.callTool({ name: 'http1_add', arguments: { a: 2, b: 40 } });
+  assert.equal(text(sum), '42');
+  assert.deepEqual(sum.structuredContent, { sum: 42 });
+  assert.match(text(await client.callTool({ name: 'local_get-time', arguments: {} })), /^\d{4}-\d{2}-\d{2}T/);
+  // the target's env reached the child; "local_session_pid" splits on the first "_"
+  assert.equal(text(await client.callTool({ name: 'local_env', arguments: { name: 'GREETING' } })),
+    'hello from the gateway config');
+  assert.match(text(await client.callTool({ name: 'local_session_pid', arguments: {} })), /^\d+$/);
+  assert.ok(await client.ping());
+});
+
+test('a denied tool is refused like an unknown one: 400, -32602 "Unknown tool"', async () => {
+  const { client, transport } = await connect('denied');
+  await assert.rejects(client.callTool({ name: 'local_secret-tool', arguments: {} }),
+    (e) => /Unknown tool: local_secret-tool/.test(e.message) && /-32602/.test(e.message));
+  for (const name of ['local_secret-tool', 'nosuch_echo']) {
+    const r = await post({ jsonrpc: '2.0', id: 'x1', method: 'tools/call', params: { name, arguments: {} } },
+      { sid: transport.sessionId });
+    assert.equal(r.status, 400, r.text);
+    assert.deepEqual(r.json, { jsonrpc: '2.0', id: 'x1', error: { code: -32602, message: `Unknown tool: ${name}` } });
+  }
+});
+
+test('two clients: separate sessions and children; each works after the other ends', async () => {
+  const a = await connect('a');
+  const b = await connect('b');
+  assert.notEqual(a.transport.sessionId, b.transport.sessionId);
+  const pidA = text(await a.client.callTool({ name: 'local_session_pid', arguments: {} }));
+  const pidB = text(await b.client.callTool({ name: 'local_session_pid', arguments: {} }));
+  assert.notEqual(pidA, pidB, 'one stdio child per client session');
+  const upA = JSON.parse(text(await a.client.callTool({ name: 'http1_whoami', arguments: {} }))).sessionId;
+  const upB = JSON.parse(text(await b.client.callTool({ name: 'http1_whoami', arguments: {} }))).sessionId;
+  assert.notEqual(upA, upB, 'one upstream HTTP session per client session');
+
+  const oldA = a.transport.sessionId;
+  await a.transport.terminateSession();              // DELETE
+  assert.ok(up.deleted.includes(upA), 'the upstream session ended with it');
+  const gone = await post({ jsonrpc: '2.0', id: 1, method: 'tools/list' }, { sid: oldA });
+  assert.equal(gone.status, 404);
+  await waitGone(Number(pidA));
+
+  assert.equal(text(await b.client.callTool({ name: 'http1_echo', arguments: { text: 'still here' } })), 'still here');
+  assert.equal(text(await b.client.callTool({ name: 'local_session_pid', arguments: {} })), pidB);
+  await b.transport.terminateSession();
+  await waitGone(Number(pidB));
+});
+
+test('the caller\'s token never reaches an upstream', async () => {
+  const { client } = await connect('token');
+  const who = JSON.parse(text(await client.callTool({ name: 'http1_whoami', arguments: {} })));
+  assert.equal(who.authorization, null);
+  assert.ok(up.seen.length > 0);
+  for (const s of up.seen) {
+    assert.equal(s.authorization, null, JSON.stringify(s));
+  }
+  // initialize, notifications/initialized, then requests with the upstream's own session
+  assert.ok(up.seen.some((s) => s.rpc === 'initialize' && s.sessionId === null));
+  assert.ok(up.seen.some((s) => s.rpc === 'notifications/initialized' && s.sessionId));
+  assert.ok(up.seen.some((s) => s.rpc === 'tools/call' && s.sessionId && s.protocolVersion));
+  assert.ok(!gw.logs().includes(tok), 'no token in the gateway log');
+});
+
+test('no token: 401 before any MCP', async () => {
+  const r = await post({ jsonrpc: '2.0', id: 1, method: 'initialize',
+    params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } },
+  { auth: null });
+  assert.equal(r.status, 401);
+});
+
+async function waitGone(pid) {
+  for (let i = 0; i < 300; i++) {
+    try { process.kill(pid, 0); } catch { return; }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.fail(`stdio child ${pid} still running`);
+}
