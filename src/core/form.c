@@ -64,7 +64,8 @@ form *form_parse(const char *body, size_t len)
                 f->n++;
             }
         }
-        p = stop + 1;
+        if (!amp) break;
+        p = amp + 1;   /* not stop + 1: past the end + 1 is undefined pointer arithmetic */
     }
     return f;
 bad:
