@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=(build-essential pkg-config libssl-dev libmicrohttpd-dev libcurl4-openssl-dev
-      libjansson-dev libcjose-dev libyaml-dev libhiredis-dev openssl curl ca-certificates
+      libjansson-dev libyaml-dev openssl curl ca-certificates
       nodejs npm)
 if [ "${1:-build}" = check ]; then
   want+=(libcmocka-dev clang libclang-rt-14-dev chromium libnss3-tools)
