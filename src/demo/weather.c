@@ -158,18 +158,6 @@ static void check(verdict *v, const char *name, bool ok, int status, const char 
     }
 }
 
-/* A claim as text for a detail: the string itself, or compact JSON (an aud array). */
-static char *claim_text(const jwt *t, const char *name)
-{
-    const json_t *c = json_object_get(t->claims, name);
-    if (!c) return xstrdup("(none)");
-    if (json_is_string(c)) return xstrdup(json_string_value(c));
-    char *s = json_dumps(c, JSON_COMPACT | JSON_ENCODE_ANY);
-    char *out = xstrdup(s ? s : "?");
-    free(s);
-    return out;
-}
-
 /* jwt_check_claims tests lifetime, then audience, then issuer. To name the first failure in
  * this API's order, the issuer and audience stages ask it about one thing each, with an
  * unbounded skew so that lifetime cannot answer first; the lifetime stage uses the real skew.
@@ -250,7 +238,7 @@ static int authenticate(weather *w, http_req *r, jwt *t, verdict *v)
     check(v, "signature", true, 0, "%s, %s %s", jwt_alg(t), kid ? "kid" : "x5t", kid ? kid : x5t ? x5t : "?");
 
     const char *issuers[] = {oidc_issuer(w->idp), NULL};
-    char *iss = claim_text(t, "iss"), *aud = claim_text(t, "aud");
+    char *iss = jwt_claim_text(t, "iss"), *aud = jwt_claim_text(t, "aud");
     int rc = -1;
     jwt_check c = claims_stage(t, issuers, NULL, err, sizeof err);
     if (c == JWT_CHECK_ISSUER) {
@@ -279,7 +267,7 @@ static int authenticate(weather *w, http_req *r, jwt *t, verdict *v)
     else if (w->role && has_role(roles, w->role))
         check(v, "scope_or_role", true, 0, "role %s", w->role);
     else {
-        char *have = claim_text(t, "roles");
+        char *have = jwt_claim_text(t, "roles");
         check(v, "scope_or_role", false, 403, "needs %s%s%s%s%s; the token has scp %s and roles %s",
               w->scope ? "scp " : "", w->scope ? w->scope : "", w->scope && w->role ? " or " : "",
               w->role ? "role " : "", w->role ? w->role : "", scp ? scp : "(none)", have);

@@ -352,17 +352,6 @@ static void failed(verdict *v, int status, const char *check, const char *fmt, .
     v->status = status;
 }
 
-static char *claim_text(const jwt *t, const char *name)
-{
-    const json_t *c = json_object_get(t->claims, name);
-    if (!c) return xstrdup("(none)");
-    if (json_is_string(c)) return xstrdup(json_string_value(c));
-    char *s = json_dumps(c, JSON_COMPACT | JSON_ENCODE_ANY);
-    char *out = xstrdup(s ? s : "?");
-    free(s);
-    return out;
-}
-
 /* Signature with the route's keys, then the claims. 0 with *t filled, or -1 with *v. */
 static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v)
 {
@@ -402,7 +391,7 @@ static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v)
     jwt_check c = jwt_check_claims(t, &ex, err, sizeof err);
     if (c == JWT_CHECK_OK) return 0;
     int64_t now = util_now(), exp = 0, nbf = 0;
-    char *have = claim_text(t, c == JWT_CHECK_AUDIENCE ? "aud" : "iss");
+    char *have = jwt_claim_text(t, c == JWT_CHECK_AUDIENCE ? "aud" : "iss");
     if (c == JWT_CHECK_EXPIRED && jwt_claim_int(t, "exp", &exp))
         failed(v, 401, "expired", "expired %lld s ago (%d s of clock skew allowed)", (long long)(now - exp), SKEW_S);
     else if (c == JWT_CHECK_NOT_YET_VALID && jwt_claim_int(t, "nbf", &nbf))

@@ -576,3 +576,14 @@ const char *jwt_check_name(jwt_check c)
     }
     return "unknown";
 }
+
+char *jwt_claim_text(const jwt *t, const char *name)
+{
+    const json_t *c = json_object_get(t->claims, name);
+    if (!c) return xstrdup("(none)");
+    if (json_is_string(c)) return xstrdup(json_string_value(c));
+    char *s = json_dumps(c, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *out = xstrdup(s ? s : "?");
+    free(s);
+    return out;
+}

@@ -67,6 +67,9 @@ const char *jwt_kid(const jwt *t);
 /* Claim helpers: NULL / 0 when absent or of another type. */
 const char *jwt_claim_str(const jwt *t, const char *name);
 bool jwt_claim_int(const jwt *t, const char *name, int64_t *out);
+/* A claim as text for a message: the string itself, compact JSON otherwise (an aud array),
+ * "(none)" when absent. Caller frees. */
+char *jwt_claim_text(const jwt *t, const char *name);
 
 /* Claim checks shared by the sidecar, the gateway and the demo API. */
 typedef struct {
