@@ -28,11 +28,12 @@ int args_usage_error(const char *cmd, const char *fmt, const char *arg)
     return 2;
 }
 
-void args_block_stop_signals(sigset_t *set)
+void args_block_stop_signals(sigset_t *set, bool with_hup)
 {
     sigemptyset(set);
     sigaddset(set, SIGINT);
     sigaddset(set, SIGTERM);
+    if (with_hup) sigaddset(set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, set, NULL);
 }
 

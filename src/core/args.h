@@ -25,9 +25,10 @@ const char *args_value(int argc, char **argv, int *i, const char *name, bool *mi
  * returns 2, the exit status of a usage error. */
 int args_usage_error(const char *cmd, const char *fmt, const char *arg);
 
-/* Servers: block SIGINT and SIGTERM in this thread (call before starting threads, which
- * inherit the mask), then args_wait_for_stop() returns when one arrives. */
-void args_block_stop_signals(sigset_t *set);
+/* Servers: block SIGINT and SIGTERM (and SIGHUP, for servers that reload on it) in this
+ * thread — call before starting threads, which inherit the mask — and fill *set with them;
+ * args_wait_for_stop() returns when SIGINT or SIGTERM arrives. */
+void args_block_stop_signals(sigset_t *set, bool with_hup);
 void args_wait_for_stop(const sigset_t *set);
 
 #endif

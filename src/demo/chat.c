@@ -1081,7 +1081,7 @@ int chat_main(int argc, char **argv)
                 "msal-browser not found (run `npm ci` in src/demo/web, or pass --web-dir): "
                 "sign-in for the on-behalf-of flow is off");
     sigset_t set;
-    args_block_stop_signals(&set);
+    args_block_stop_signals(&set, false);
     char err[300];
     http_server_opts so = {.listen = a.listen, .thread_per_connection = true, .max_body = MAX_BODY,
                            .timeout_s = 300};

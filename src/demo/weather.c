@@ -446,7 +446,7 @@ int weather_main(int argc, char **argv)
     free(meta);
 
     sigset_t set;
-    args_block_stop_signals(&set);
+    args_block_stop_signals(&set, false);
     /* Thread per connection: a handler may wait on the identity provider. */
     http_server_opts so = {.listen = w.listen, .thread_per_connection = true, .max_body = 64 * 1024};
     if (!(srv = http_server_start(&so, handle, &w, err, sizeof err))) {

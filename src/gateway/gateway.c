@@ -874,11 +874,7 @@ int gateway_main(int argc, char **argv)
      * MCP's among them), so that every thread inherits the mask and only the main thread,
      * in sigtimedwait below, ever takes them. */
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    args_block_stop_signals(&set, true);
 
     log_init("gateway", LOG_INFO);
     httpc_global_init();

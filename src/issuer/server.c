@@ -1,6 +1,7 @@
 /* server — see server.h. */
 #include "issuer/server.h"
 
+#include "core/args.h"
 #include "core/form.h"
 #include "core/http_server.h"
 #include "core/log.h"
@@ -424,11 +425,7 @@ int issuer_run(const issuer_opts *o)
 
     /* Block the signals in every thread; the main thread waits for them below. */
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    args_block_stop_signals(&set, true);
 
     http_server_opts so = {.listen = o->listen, .tls_cert_pem = cert, .tls_key_pem = key,
                            .max_body = 256 * 1024};

@@ -542,7 +542,7 @@ int sidecar_main(const char *config_file, const char *listen)
         goto end;
     }
     sigset_t set;
-    args_block_stop_signals(&set);
+    args_block_stop_signals(&set, false);
     http_server_opts so = {.listen = sc.s->listen, .thread_per_connection = true, .max_body = 4 << 20};
     if (!(srv = http_server_start(&so, handle, &sc, err, sizeof err))) {
         fprintf(stderr, "agentid sidecar: %s: %s\n", sc.s->listen, err);
