@@ -69,10 +69,11 @@ export function demo(d) {
  * Start a long-running agentid subcommand and wait until GET /healthz answers.
  * Returns { url, port, proc, logs(), stop() }; stop() sends SIGTERM and resolves to the
  * exit code, which tests assert is 0 (under ASan a leak makes it non-zero).
+ * listen: false starts it without --listen (it must find `port` in its own settings).
  */
-export async function start(args, { tls = false, ca, env = {}, port } = {}) {
+export async function start(args, { tls = false, ca, env = {}, port, listen = true } = {}) {
   port ??= await freePort();
-  const full = [...args, '--listen', `127.0.0.1:${port}`];
+  const full = listen ? [...args, '--listen', `127.0.0.1:${port}`] : args;
   const proc = spawn(BIN, full, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout.on('data', (b) => { out += b; });

@@ -1,12 +1,11 @@
 // Helpers for the sidecar tests: a recording downstream API, the sidecar's environment for an
 // issuer directory, starting the sidecar the way containers do (ASPNETCORE_URLS, no --listen),
 // user tokens from the issuer, and reading /metrics. Only node built-ins.
-import { spawn } from 'node:child_process';
 import { createPublicKey, verify as cryptoVerify } from 'node:crypto';
 import http from 'node:http';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
-import { BIN, request, postForm, decodeJwt } from './harness.mjs';
+import { start, request, postForm, decodeJwt } from './harness.mjs';
 
 /**
  * A tiny downstream API on 127.0.0.1 that records every request it gets (method, path, query,
@@ -86,34 +85,8 @@ export function downstreamApis(apis) {
  * from ASPNETCORE_URLS in env), and wait for http://127.0.0.1:port/healthz.
  * Returns { url, port, proc, logs(), stop() } like harness start().
  */
-export async function startSidecarPlain(env, port) {
-  const proc = spawn(BIN, ['sidecar'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  proc.stdout.on('data', (b) => { out += b; });
-  proc.stderr.on('data', (b) => { out += b; });
-  const exited = new Promise((ok) => proc.on('exit', (code, sig) => ok(code ?? sig)));
-  const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 10000;
-  for (;;) {
-    if (proc.exitCode !== null) throw new Error(`sidecar exited: ${out}`);
-    try {
-      const r = await request(`${url}/healthz`, { timeout: 500 });
-      if (r.status === 200) break;
-    } catch { /* not up yet */ }
-    if (Date.now() > deadline) { proc.kill('SIGKILL'); throw new Error(`not healthy in 10s: ${out}`); }
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return {
-    url, port, proc,
-    logs: () => out,
-    async stop() {
-      if (proc.exitCode === null) proc.kill('SIGTERM');
-      const t = setTimeout(() => proc.kill('SIGKILL'), 10000);
-      const code = await exited;
-      clearTimeout(t);
-      return code;
-    },
-  };
+export function startSidecarPlain(env, port) {
+  return start(['sidecar'], { env, port, listen: false });
 }
 
 /** A user token (ROPC from the public "agentid CLI" app) for the blueprint's access_as_user. */
