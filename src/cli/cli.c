@@ -7,6 +7,8 @@
 #include "issuer/directory.h"
 #include "issuer/server.h"
 #include "cli/up.h"
+#include "cli/decode.h"
+#include "agent/agent.h"
 #include "core/args.h"
 #include "demo/chat.h"
 #include "demo/weather.h"
@@ -39,6 +41,10 @@ static const char USAGE[] =
     "                         token-validating gateway for APIs, LLMs and MCP servers (docs/gateway.md)\n"
     "  chat-agent [options]   the demo chat agent with its web UI (see docs/demo.md)\n"
     "  up [options]           the whole local stack: issuer, sidecar, weather API, chat agent\n"
+    "  agent run|ask|show-tokens|logout [options]\n"
+    "                         the terminal AI agent of seed 003 (docs/agent-cli.md)\n"
+    "  decode [TOKEN] [--verify]\n"
+    "                         a JWT's header and claims; --verify checks it with its issuer\n"
     "  version                print the version\n"
     "  help                   this text\n"
     "\n"
@@ -148,5 +154,7 @@ int cli_main(int argc, char **argv)
     if (!strcmp(cmd, "gateway")) return gateway_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "chat-agent")) return chat_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "up")) return up_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "agent")) return agent_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "decode")) return decode_main(argc - 1, argv + 1);
     return args_usage_error(NULL, "unknown command '%s'", cmd);
 }
