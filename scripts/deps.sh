@@ -3,7 +3,8 @@
 #   scripts/deps.sh build   - compilers and -dev libraries, and the chat UI's npm packages
 #                             (src/demo/web: msal-browser, served by agentid chat-agent)
 #   scripts/deps.sh check   - plus test tools, the npm packages of tests/clients, and Debian's
-#                             chromium with certutil (libnss3-tools) for the browser tests
+#                             chromium with certutil (libnss3-tools) for the browser tests,
+#                             tmux for driving the agent CLI through a terminal
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,7 @@ want=(build-essential pkg-config libssl-dev libmicrohttpd-dev libcurl4-openssl-d
       libjansson-dev libyaml-dev openssl curl ca-certificates
       nodejs npm)
 if [ "${1:-build}" = check ]; then
-  want+=(libcmocka-dev clang libclang-rt-14-dev chromium libnss3-tools)
+  want+=(libcmocka-dev clang libclang-rt-14-dev chromium libnss3-tools tmux)
 fi
 
 missing=()

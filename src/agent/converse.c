@@ -38,6 +38,9 @@ static void build_tools(mcpc **servers, size_t n, FILE *trace, json_t **defs, js
             if (trace) fprintf(trace, "  ! %s\n", err);
             continue;
         }
+        if (!json_array_size(tools) && trace)
+            fprintf(trace, "  ! %s offers no tools to this caller: its authorization rules may hide them\n",
+                    mcpc_name(servers[i]));
         size_t k;
         json_t *t;
         json_array_foreach(tools, k, t) {
