@@ -139,7 +139,7 @@ static char *session_user(authz *az, http_req *r, char **sid)
 
 /* ---- pages ------------------------------------------------------------------------------- */
 
-static char *html_escape(const char *s)
+char *authz_html_escape(const char *s)
 {
     size_t n = 1;
     for (const char *p = s; *p; p++) n += 6;
@@ -177,16 +177,31 @@ static const char PAGE_HEAD[] =
     "margin-bottom:8px}.foot{margin-top:20px;font-size:12px;color:#8a919c}"
     "</style></head><body><main class=\"card\">";
 
-static void error_page(http_req *r, int status, const char *title, const char *msg)
+void authz_page(http_req *r, int status, const char *body_html)
 {
-    char *t = html_escape(title), *m = html_escape(msg);
-    char *body = xasprintf("%s<div class=\"brand\">agentid</div><h1>%s</h1><p class=\"app\">%s</p>"
-                           "</main></body></html>", PAGE_HEAD, t, m);
+    char *page = xasprintf("%s<div class=\"brand\">agentid</div>%s<div class=\"foot\">Local identity "
+                           "provider &middot; agentid issuer</div></main></body></html>",
+                           PAGE_HEAD, body_html);
     http_add_header(r, "Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
-    http_reply(r, status, "text/html; charset=utf-8", body, strlen(body));
+    http_add_header(r, "X-Frame-Options", "DENY");
+    http_add_header(r, "Cache-Control", "no-store");
+    http_reply(r, status, "text/html; charset=utf-8", page, strlen(page));
+    free(page);
+}
+
+void authz_message_page(http_req *r, int status, const char *title, const char *msg)
+{
+    char *t = authz_html_escape(title), *m = authz_html_escape(msg);
+    char *body = xasprintf("<h1>%s</h1><p class=\"app\">%s</p>", t, m);
+    authz_page(r, status, body);
     free(body);
     free(t);
     free(m);
+}
+
+static void error_page(http_req *r, int status, const char *title, const char *msg)
+{
+    authz_message_page(r, status, title, msg);
 }
 
 typedef struct {
@@ -210,41 +225,46 @@ static const char *get(const params *p, const char *name)
     return NULL;
 }
 
-static void sign_in_page(http_req *r, const params *q, const dir_app *client, const char *error,
-                         const char *login)
+void authz_sign_in_page(http_req *r, const char *app_name, const char *const *hidden,
+                        const char *error, const char *login, const char *extra_html)
 {
-    size_t cap = 8192;
-    char *hidden = xcalloc(1, cap);
-    size_t len = 0;
-    for (size_t i = 0; i < q->n; i++) {
-        char *n = html_escape(q->name[i]), *v = html_escape(q->value[i]);
-        int w = snprintf(hidden + len, cap - len, "<input type=\"hidden\" name=\"%s\" value=\"%s\">", n, v);
-        if (w > 0 && (size_t)w < cap - len) len += (size_t)w;
+    char *fields = xstrdup("");
+    for (const char *const *p = hidden; p && *p; p += 2) {
+        char *n = authz_html_escape(p[0]), *v = authz_html_escape(p[1]);
+        char *more = xasprintf("%s<input type=\"hidden\" name=\"%s\" value=\"%s\">", fields, n, v);
+        free(fields);
+        fields = more;
         free(n);
         free(v);
     }
-    char *app = html_escape(client->name), *lg = html_escape(login ? login : "");
-    char *err = error ? html_escape(error) : NULL;
+    char *app = authz_html_escape(app_name), *lg = authz_html_escape(login ? login : "");
+    char *err = error ? authz_html_escape(error) : NULL;
     char *body = xasprintf(
-        "%s<div class=\"brand\">agentid</div><h1>Sign in</h1><p class=\"app\">to continue to %s</p>"
+        "<h1>Sign in</h1><p class=\"app\">to continue to %s</p>"
         "%s%s%s<form method=\"post\" autocomplete=\"on\">%s"
         "<label for=\"login\">Email or username</label>"
         "<input id=\"login\" name=\"login\" type=\"text\" value=\"%s\" autofocus required>"
         "<label for=\"passwd\">Password</label>"
         "<input id=\"passwd\" name=\"passwd\" type=\"password\" required>"
-        "<button id=\"submit\" type=\"submit\">Sign in</button></form>"
-        "<div class=\"foot\">Local identity provider &middot; agentid issuer</div></main></body></html>",
-        PAGE_HEAD, app, err ? "<div class=\"err\" role=\"alert\">" : "", err ? err : "",
-        err ? "</div>" : "", hidden, lg);
-    http_add_header(r, "Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
-    http_add_header(r, "X-Frame-Options", "DENY");
-    http_add_header(r, "Cache-Control", "no-store");
-    http_reply(r, 200, "text/html; charset=utf-8", body, strlen(body));
+        "<button id=\"submit\" type=\"submit\">Sign in</button>%s</form>",
+        app, err ? "<div class=\"err\" role=\"alert\">" : "", err ? err : "", err ? "</div>" : "",
+        fields, lg, extra_html ? extra_html : "");
+    authz_page(r, 200, body);
     free(body);
-    free(hidden);
+    free(fields);
     free(app);
     free(lg);
     free(err);
+}
+
+static void sign_in_page(http_req *r, const params *q, const dir_app *client, const char *error,
+                         const char *login)
+{
+    const char *kv[2 * 32 + 1];
+    size_t k = 0;
+    for (size_t i = 0; i < q->n; i++) kv[k++] = q->name[i], kv[k++] = q->value[i];
+    kv[k] = NULL;
+    authz_sign_in_page(r, client->name, kv, error, login, NULL);
 }
 
 /* Send the browser back to the client: code or error in the fragment or the query. */

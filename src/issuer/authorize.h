@@ -37,4 +37,18 @@ typedef struct {
 bool authz_redeem(authz *az, const char *code, authz_code *out);
 void authz_code_clear(authz_code *c);
 
+/* The pages the issuer shows a person, also used by device.c: plain HTML in the issuer's style,
+ * with a CSP that allows no script, X-Frame-Options DENY and Cache-Control no-store. */
+/* A page around body_html, which is used as is. */
+void authz_page(http_req *r, int status, const char *body_html);
+/* A title and a message (escaped here). */
+void authz_message_page(http_req *r, int status, const char *title, const char *msg);
+/* The sign-in form (#login, #passwd, #submit), posting to the page's own URL. hidden: name,
+ * value, ..., NULL (escaped here); error and login may be NULL; extra_html (as is, may be NULL)
+ * goes inside the form after the submit button. */
+void authz_sign_in_page(http_req *r, const char *app_name, const char *const *hidden,
+                        const char *error, const char *login, const char *extra_html);
+/* &, <, >, " and ' as character references. Caller frees. */
+char *authz_html_escape(const char *s);
+
 #endif

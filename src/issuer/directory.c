@@ -479,6 +479,18 @@ int dir_token_lifetime(const directory *d)
     return v >= 300 && v <= 86400 ? (int)v : 3600;
 }
 
+int dir_device_code_interval(const directory *d)
+{
+    json_int_t v = json_integer_value(json_object_get(d->root, "device_code_interval_seconds"));
+    return v >= 1 && v <= 60 ? (int)v : 5;
+}
+
+int dir_device_code_lifetime(const directory *d)
+{
+    json_int_t v = json_integer_value(json_object_get(d->root, "device_code_lifetime_seconds"));
+    return v >= 1 && v <= 3600 ? (int)v : 900;
+}
+
 const char *dir_public_url(const directory *d)
 {
     return json_string_value(json_object_get(d->root, "public_url"));

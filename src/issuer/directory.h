@@ -65,6 +65,10 @@ const char *dir_tenant_id(const directory *d);
 /* True if name is the tenant id or one of its domain names (case-insensitive). */
 bool dir_is_tenant(const directory *d, const char *name);
 int dir_token_lifetime(const directory *d);
+/* Device code flow: "device_code_interval_seconds" (1-60, default 5) and
+ * "device_code_lifetime_seconds" (1-3600, default 900); out-of-range values use the default. */
+int dir_device_code_interval(const directory *d);
+int dir_device_code_lifetime(const directory *d);
 /* The tenant's domain names (directory.json "domains"). */
 size_t dir_domain_count(const directory *d);
 const char *dir_domain_at(const directory *d, size_t i);

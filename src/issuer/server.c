@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "issuer/authorize.h"
+#include "issuer/device.h"
 #include "issuer/directory.h"
 #include "issuer/token.h"
 
@@ -47,6 +48,7 @@ typedef struct {
     struct timespec mtime;
     atomic_llong last_check;
     authz *az;           /* sign-in sessions and authorization codes */
+    device_store *dev;   /* device code flows */
 } issuer;
 
 static void state_unref(state *s)
@@ -248,9 +250,12 @@ static void token(http_req *r, issuer *is, const directory *d, const char *tenan
         .client_request_id = http_req_header(r, "client-request-id"),
         .v1_endpoint = v1,
         .az = is->az,
+        .dev = is->dev,
     };
     json_t *out = NULL;
-    int status = token_endpoint(&tr, &out);
+    int status = util_str_ends_with(http_req_path(r), "/devicecode")
+                     ? token_device_authorization(&tr, &out)
+                     : token_endpoint(&tr, &out);
     form_free(f);
     http_add_header(r, "Cache-Control", "no-store, no-cache");
     http_add_header(r, "Pragma", "no-cache");
@@ -294,10 +299,14 @@ static void handle(http_req *r, void *ctx)
                           strcmp(tenant, "organizations") == 0);
     bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
 
-    if (!rest) {
+    if (!strcmp(path, "/devicelogin") || (known && !strcmp(rest, "/oauth2/deviceauth"))) {
+        device_page(is->dev, r, d);   /* the device code flow's verification page */
+    } else if (!rest) {
         http_reply_json(r, 404, json_pack("{s:s}", "error", "not_found"));
     } else if (!strcmp(rest, "/oauth2/v2.0/token") || !strcmp(rest, "/oauth2/token")) {
         token(r, is, d, tenant, strcmp(rest, "/oauth2/token") == 0);
+    } else if (!strcmp(rest, "/oauth2/v2.0/devicecode") || !strcmp(rest, "/oauth2/devicecode")) {
+        token(r, is, d, tenant, strcmp(rest, "/oauth2/devicecode") == 0);
     } else if (!strcmp(rest, "/oauth2/v2.0/authorize") || !strcmp(rest, "/oauth2/authorize")) {
         authz_handle(is->az, r, d, is->base_url, tenant);
     } else if (!strcmp(rest, "/oauth2/v2.0/logout") || !strcmp(rest, "/oauth2/logout")) {
@@ -402,6 +411,7 @@ int issuer_run(const issuer_opts *o)
     http_server *srv = NULL, *mi = NULL;
     pthread_mutex_init(&is.mu, NULL);
     is.az = authz_new();
+    is.dev = device_store_new();
     is.dir_file = xasprintf("%s/%s", o->dir, DIR_FILE);
     directory *d = dir_load(o->dir, err, sizeof err);
     if (!d) {
@@ -467,6 +477,7 @@ end:
     if (is.cur) state_unref(is.cur);
     else dir_unref(d);
     authz_free(is.az);
+    device_store_free(is.dev);
     free(is.base_url);
     free(is.dir_file);
     free(cert);

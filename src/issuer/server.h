@@ -4,6 +4,8 @@
  *   GET  /{tenant}/.well-known/openid-configuration        (v1 metadata)
  *   GET  /{tenant}/discovery/v2.0/keys, /{tenant}/discovery/keys
  *   POST /{tenant}/oauth2/v2.0/token
+ *   POST /{tenant}/oauth2/v2.0/devicecode                  (device code flow, device.h)
+ *   GET, POST /devicelogin                                 (its verification page)
  *   GET  /common/discovery/instance                        (instance discovery)
  *   GET  /healthz
  *

@@ -38,6 +38,7 @@
 #define P_RESOURCE          "resource"
 #define JWT_BEARER          "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #define GRANT_JWT_BEARER    "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#define GRANT_DEVICE_CODE   "urn:ietf:params:oauth:grant-type:device_code"
 
 #define ASSERTION_SKEW_S 300   /* Entra allows five minutes (docs/README, issuer decision 4) */
 #define REFRESH_LIFETIME_S (90 * 24 * 3600)
@@ -930,6 +931,53 @@ static json_t *grant_refresh(tctx *c, oerr *e)
     return out;
 }
 
+/* RFC 8628 §3.4-3.5 with Entra's errors (entra-docs v2-oauth2-device-code.md): the client polls
+ * until the person signs in on the page; then the same user token as the authorization code. */
+static json_t *grant_device_code(tctx *c, oerr *e)
+{
+    if (!authenticate(c, true, e)) return NULL;
+    const char *code = param(c, "device_code");
+    if (!code) return missing(e, "device_code"), NULL;
+    char *user = NULL, *scope = NULL;
+    json_t *out = NULL, *scp = NULL;
+    const dir_user *u = NULL;
+    device_state st = c->r->dev ? device_poll(c->r->dev, code, c->client->app_id, &user, &scope)
+                                : DEVICE_UNKNOWN;
+    if (st == DEVICE_PENDING) {
+        fail(e, 400, "authorization_pending", 70016,
+             "OAuth 2.0 device flow error. Authorization is pending. Continue polling.");
+    } else if (st == DEVICE_SLOW_DOWN) {
+        fail(e, 400, "slow_down", 70016,
+             "OAuth 2.0 device flow error. Authorization is pending, and the client polled again "
+             "sooner than the interval. Poll less often.");
+    } else if (st == DEVICE_DECLINED) {
+        fail(e, 400, "authorization_declined", 65004,
+             "UserDeclinedConsent - The user declined to sign in to the application on the device.");
+    } else if (st == DEVICE_EXPIRED) {
+        fail(e, 400, "expired_token", 70020,
+             "The provided value for the input parameter 'device_code' is not valid. This device "
+             "code has expired.");
+    } else if (st == DEVICE_WRONG_CLIENT) {
+        fail(e, 400, "invalid_grant", 70000,
+             "The provided value for the input parameter 'device_code' is not valid: it was issued "
+             "to another client.");
+    } else if (st != DEVICE_APPROVED) {
+        fail(e, 400, "invalid_grant", 70000,
+             "The provided value for the input parameter 'device_code' is not valid: it was not "
+             "issued by this issuer, or it was already redeemed.");
+    } else if (!(u = dir_user_find(c->d, user))) {
+        fail(e, 400, "invalid_grant", 50034, "The user account does not exist in the directory.");
+    } else {
+        const char *asked = param(c, P_SCOPE);
+        if (parse_scope(c, asked ? asked : scope, false, e) && consented_scopes(c, &scp, e))
+            out = mint_user(c, u, scp, u->agent_identity != NULL, e);
+    }
+    json_decref(scp);
+    free(user);
+    free(scope);
+    return out;
+}
+
 /* ---- the endpoint ----------------------------------------------------------------------- */
 
 char *token_issuer_v2(const char *base_url, const directory *d)
@@ -1021,6 +1069,8 @@ int token_endpoint(const token_req *r, json_t **out)
         ok = grant_password(&c, &e);
     } else if (!strcmp(gt, "refresh_token")) {
         ok = grant_refresh(&c, &e);
+    } else if (!strcmp(gt, GRANT_DEVICE_CODE) || !strcmp(gt, "device_code")) {
+        ok = grant_device_code(&c, &e);   /* msal-js sends the short form */
     } else {
         fail(&e, 400, "unsupported_grant_type", 70003,
              "The app requested an unsupported grant type '%s'.", gt);
@@ -1039,6 +1089,53 @@ int token_endpoint(const token_req *r, json_t **out)
         log_msg(LOG_INFO, "token_refused", "grant=%s client=%s AADSTS%d", gt ? gt : "-",
                 c.client ? c.client->app_id : (param(&c, P_CLIENT_ID) ? "unknown" : "-"), e.code);
     }
+    json_decref(c.scopes);
+    free(c.resource_name);
+    free(c.iss_v2);
+    free(c.iss_v1);
+    return status;
+}
+
+int token_device_authorization(const token_req *r, json_t **out)
+{
+    tctx c = {.r = r, .d = r->dir, .now = util_now()};
+    oerr e = {0};
+    json_t *scp = NULL;
+    char user_code[DEVICE_USER_CODE_LEN + 1], *device_code = NULL;
+    c.iss_v2 = token_issuer_v2(r->base_url, r->dir);
+    c.iss_v1 = token_issuer_v1(r->base_url, r->dir);
+    c.corr = r->client_request_id ? r->client_request_id : form_get(r->body, "client-request-id");
+    const char *scope = param(&c, P_SCOPE);
+    int lifetime = dir_device_code_lifetime(r->dir), interval = dir_device_code_interval(r->dir);
+    /* The page has no consent step, so a scope nobody consented to fails here, before anyone
+     * signs in, and the grant checks again. */
+    if (authenticate(&c, true, &e) && parse_scope(&c, scope, false, &e) &&
+        consented_scopes(&c, &scp, &e) &&
+        !(r->dev && device_start(r->dev, c.client->app_id, scope, lifetime, interval, user_code,
+                                 &device_code)))
+        fail(&e, 503, "temporarily_unavailable", 90033,
+             "Too many device code sign-ins are pending. Try again later.");
+    int status = 200;
+    if (device_code) {
+        char *uri = xasprintf("%s/devicelogin", r->base_url);
+        char *msg = xasprintf("To sign in, use a web browser to open the page %s and enter the code "
+                              "%s to authenticate.", uri, user_code);
+        *out = json_pack("{s:s, s:s, s:s, s:i, s:i, s:s}", "user_code", user_code, "device_code",
+                         device_code, "verification_uri", uri, "expires_in", lifetime, "interval",
+                         interval, "message", msg);
+        log_msg(LOG_INFO, "device_code_issued", "client=%s user_code=%s resource=%s",
+                c.client->app_id, user_code, c.resource->app_id);
+        free(uri);
+        free(msg);
+        free(device_code);
+    } else {
+        status = e.status ? e.status : 500;
+        *out = token_error_json(r->base_url, e.error ? e.error : "server_error", e.code, e.suberror,
+                                c.corr, e.msg);
+        log_msg(LOG_INFO, "device_code_refused", "client=%s AADSTS%d",
+                c.client ? c.client->app_id : (param(&c, P_CLIENT_ID) ? "unknown" : "-"), e.code);
+    }
+    json_decref(scp);
     json_decref(c.scopes);
     free(c.resource_name);
     free(c.iss_v2);

@@ -1,8 +1,8 @@
 /* token — the issuer's OAuth 2.0 token endpoint: client authentication, grants, minting.
  *
  * Grants: client_credentials (with fmi_path for Agent ID), urn:ietf:params:oauth:grant-type:
- * jwt-bearer (on-behalf-of), user_fic (agent users), authorization_code (PKCE), password and
- * refresh_token.
+ * jwt-bearer (on-behalf-of), user_fic (agent users), authorization_code (PKCE), password,
+ * refresh_token, and urn:ietf:params:oauth:grant-type:device_code (device.h).
  * docs/issuer.md describes each and every difference from Entra.
  *
  * Contract
@@ -18,6 +18,7 @@
 
 #include "core/form.h"
 #include "issuer/authorize.h"
+#include "issuer/device.h"
 #include "issuer/directory.h"
 
 #include <jansson.h>
@@ -32,10 +33,17 @@ typedef struct {
     const char *client_request_id; /* header client-request-id, if any */
     bool v1_endpoint;              /* /oauth2/token (resource=) rather than /oauth2/v2.0/token */
     authz *az;                     /* authorization codes, for grant_type=authorization_code */
+    device_store *dev;             /* device codes, for /devicecode and the device_code grant */
 } token_req;
 
 /* Handle one token request. Returns the HTTP status; *out gets the JSON body (new ref). */
 int token_endpoint(const token_req *r, json_t **out);
+
+/* POST /{tenant}/oauth2/v2.0/devicecode (client_id, scope): authenticates the client as the token
+ * endpoint does (a public client needs no secret), checks scope and consent, and starts a flow
+ * in r->dev. The body is Entra's (user_code, device_code, verification_uri {base}/devicelogin,
+ * expires_in, interval, message) or an Entra error. Returns the HTTP status. */
+int token_device_authorization(const token_req *r, json_t **out);
 
 /* The managed-identity endpoint (IMDS, App Service): an app token for the managed identity mi
  * on resource, in IMDS's shape (all values strings). Returns the HTTP status. */
