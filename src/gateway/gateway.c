@@ -20,6 +20,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "gateway/config.h"
+#include "gateway/tokcache.h"
 #include "jose/jwt.h"
 
 #include <ctype.h>
@@ -40,6 +41,7 @@
 #define IDLE_S        60                 /* keep-alive idle timeout of client connections */
 #define PRM_PREFIX    "/.well-known/oauth-protected-resource"
 #define MAX_UP_HDRS   128                /* request headers forwarded upstream */
+#define VERIFIED_SLOTS 1024              /* tokens remembered as verified (tokcache.h) */
 
 static const char USAGE[] =
     "usage: agentid gateway --config FILE [--listen ADDR:PORT]\n"
@@ -60,8 +62,10 @@ typedef struct {
 struct gateway {
     const char *path;
     const char *listen_override;
-    pthread_mutex_t mu;          /* guards cur and mtime */
+    pthread_mutex_t mu;          /* guards cur, gen and mtime */
     gw_config *cur;
+    uint64_t gen;                /* counts configurations swapped in: cached verdicts name it */
+    tokcache *verified;          /* tokens that passed jwtAuth, by configuration and route */
     struct timespec mtime;
     server *servers;
     size_t n_servers;
@@ -71,10 +75,12 @@ struct gateway {
 
 /* ---- configuration: load, swap, reload ------------------------------------------------------- */
 
-static gw_config *acquire(gateway *gw)
+/* The current configuration (a new reference) and, if gen is not NULL, its generation. */
+static gw_config *acquire(gateway *gw, uint64_t *gen)
 {
     pthread_mutex_lock(&gw->mu);
     gw_config *c = gw_config_ref(gw->cur);
+    if (gen) *gen = gw->gen;
     pthread_mutex_unlock(&gw->mu);
     return c;
 }
@@ -100,7 +106,7 @@ static void reload(gateway *gw, const char *why)
     char err[512];
     struct stat st;
     bool have_st = stat(gw->path, &st) == 0;
-    gw_config *prev = acquire(gw);
+    gw_config *prev = acquire(gw, NULL);
     gw_config *c = gw_config_load(gw->path, prev, err, sizeof err);
     gw_config_unref(prev);
     pthread_mutex_lock(&gw->mu);
@@ -112,7 +118,7 @@ static void reload(gateway *gw, const char *why)
         c = NULL;
     }
     gw_config *old = c ? gw->cur : NULL;
-    if (c) gw->cur = c;
+    if (c) gw->cur = c, gw->gen++;
     pthread_mutex_unlock(&gw->mu);
     if (!c) {
         log_msg(LOG_ERROR, "config_invalid", "keeping the previous configuration: %s", err);
@@ -406,6 +412,38 @@ static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v)
 bad:
     jwt_clear(t);
     return -1;
+}
+
+/* Does the route look at the claims after jwtAuth (authorization rules, claimsToHeaders, MCP)? */
+static bool uses_claims(const gw_route *rt)
+{
+    return rt->authz || rt->n_claim_headers || rt->backend.kind == GW_BACKEND_MCP;
+}
+
+/* validate(), unless this token already passed this route's jwtAuth under this configuration
+ * (scope) and its cache entry still holds (tokcache.h): then *t has the claims if the route
+ * uses them, and nothing else. A token that passes in full is remembered until its exp plus
+ * the allowed skew, at most TOKCACHE_MAX_TTL_S; refusals are not remembered. */
+static int check_token(gateway *gw, uint64_t scope, const gw_route *rt, const char *token, jwt *t, verdict *v)
+{
+    bool need = uses_claims(rt);
+    char *claims = NULL;
+    int64_t now = util_now(), exp;
+    if (tokcache_get(gw->verified, scope, token, now, need ? &claims : NULL)) {
+        if (!need) return 0;
+        t->claims = claims ? json_loads(claims, 0, NULL) : NULL;
+        free(claims);
+        if (json_is_object(t->claims)) return 0;
+        jwt_clear(t); /* not expected: check in full below */
+    }
+    if (validate(rt->jwt, token, t, v) != 0) return -1;
+    if (jwt_claim_int(t, "exp", &exp)) { /* always there: jwtAuth requires exp */
+        int64_t until = exp + SKEW_S < now + TOKCACHE_MAX_TTL_S ? exp + SKEW_S : now + TOKCACHE_MAX_TTL_S;
+        char *text = need ? json_dumps(t->claims, JSON_COMPACT) : NULL;
+        if (!need || text) tokcache_put(gw->verified, scope, token, text, until);
+        free(text);
+    }
+    return 0;
 }
 
 /* 401 (or 503) for a failed jwtAuth: RFC 6750 §3 challenge, RFC 9728 §5.1 resource_metadata on
@@ -778,7 +816,8 @@ static void serve_prm(server *sv, const gw_bind *b, http_req *r, const char *res
 
 /* ---- one request ------------------------------------------------------------------------- */
 
-static void serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r)
+/* scope: names the configuration and the route, for the cache of verified tokens. */
+static void serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r, uint64_t scope)
 {
     if (cors(r, rt->cors)) return;
     if (!rate_limit(r, rt)) return;
@@ -789,7 +828,7 @@ static void serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r
     if (rt->jwt) {
         verdict v = {0};
         if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
-        else if (validate(rt->jwt, token, &t, &v) == 0) validated = true;
+        else if (check_token(sv->gw, scope, rt, token, &t, &v) == 0) validated = true;
         /* optional lets a request without a token through; permissive any request. */
         bool pass = rt->jwt->mode == GW_JWT_PERMISSIVE || (rt->jwt->mode == GW_JWT_OPTIONAL && !token);
         if (!validated && !pass) {
@@ -801,7 +840,8 @@ static void serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r
                     rt->jwt->mode == GW_JWT_PERMISSIVE ? "permissive" : "optional", v.check, v.reason);
     }
 
-    json_t *req = request_json(r);
+    /* The request as JSON only where it is looked at: rules and MCP. */
+    json_t *req = rt->authz || rt->backend.kind == GW_BACKEND_MCP ? request_json(r) : NULL;
     if (rt->authz) {
         json_t *act = json_pack("{s:O, s:{s:s}}", "request", req, "source", "address", http_req_peer(r));
         if (validated) json_object_set(act, "jwt", t.claims);
@@ -826,7 +866,8 @@ static void handle(http_req *r, void *ctx)
     server *sv = ctx;
     int64_t t0 = mono_ms();
     const char *path = http_req_path(r), *method = http_req_method(r);
-    gw_config *c = acquire(sv->gw);
+    uint64_t gen;
+    gw_config *c = acquire(sv->gw, &gen);
     http_req_on_done(r, release, c); /* kept until the answer is out: streams use the config */
     const gw_bind *b = &c->binds[sv->bind];
 
@@ -840,7 +881,7 @@ static void handle(http_req *r, void *ctx)
         const gw_match *m = NULL;
         gw_route *rt = route_for(b, path, r, false, &m);
         if (!rt) http_reply_text(r, 404, "route not found");
-        else serve_route(sv, rt, m, r);
+        else serve_route(sv, rt, m, r, gen << 32 | (uint64_t)sv->bind << 16 | (uint64_t)(rt - b->routes));
     }
     const char *tp = http_req_header(r, "traceparent");
     char trace[33] = "";
@@ -882,6 +923,7 @@ int gateway_main(int argc, char **argv)
     gw.ca_file = ca && *ca ? ca : NULL;
     atomic_init(&gw.stopping, false);
     pthread_mutex_init(&gw.mu, NULL);
+    gw.verified = tokcache_new(VERIFIED_SLOTS);
 
     struct stat st;
     if (stat(gw.path, &st) == 0) gw.mtime = st.st_mtim;
@@ -931,5 +973,6 @@ end:
     free(gw.servers);
     gw_config_unref(gw.cur ? gw.cur : c);
     pthread_mutex_destroy(&gw.mu);
+    tokcache_free(gw.verified);
     return rc;
 }
