@@ -464,22 +464,19 @@ static int show_tokens(agent *a, bool raw, bool as_json)
         held *h = &a->tokens[i];
         inspect_token(h->token, true, a->cfg.ca_file, &ti[i]);
         const jwt *t = &ti[i].t;
-        char *aud = jwt_claim_text(t, "aud"), when[32], at[32] = "-";
+        char *aud = jwt_claim_text(t, "aud"), when[32] = "-";
         const char *app = jwt_claim_str(t, "appid") ? jwt_claim_str(t, "appid") : jwt_claim_str(t, "azp");
         int64_t exp = 0;
-        if (jwt_claim_int(t, "exp", &exp)) {
-            util_fmt_time(exp, at);
-            snprintf(at + strlen(at), sizeof at - strlen(at), " (%s)", inspect_when(exp, when));
-        }
+        if (jwt_claim_int(t, "exp", &exp)) inspect_when(exp, when);
         bad += !ti[i].valid;
         cells[i][C_TOKEN] = xstrdup(h->label);
-        cells[i][C_AUD] = cell(aud, 40);
-        cells[i][C_SUB] = cell(jwt_claim_str(t, "sub"), 40);
+        cells[i][C_AUD] = cell(aud, 36);
+        cells[i][C_SUB] = cell(jwt_claim_str(t, "sub"), 24);
         cells[i][C_APP] = cell(app, 36);
         cells[i][C_IDTYP] = cell(jwt_claim_str(t, "idtyp"), 8);
         cells[i][C_FCT] = cell(jwt_claim_str(t, "xms_act_fct"), 12);
         cells[i][C_PAR] = cell(jwt_claim_str(t, "xms_par_app_azp"), 36);
-        cells[i][C_EXP] = xstrdup(at);
+        cells[i][C_EXP] = xstrdup(when);
         cells[i][C_STATUS] = xstrdup(ti[i].valid ? OK : BAD);
         for (int c = 0; c < N_COLS; c++) w[c] = cols(cells[i][c]) > w[c] ? cols(cells[i][c]) : w[c];
         json_t *o = json_pack("{s:s, s:s, s:o, s:O?, s:s?, s:O?, s:O?, s:O?, s:O?, s:b, s:s}", "token", h->kind, "label",
@@ -553,7 +550,8 @@ static void banner(agent *a)
 static int menu(agent *a)
 {
     banner(a);
-    for (;;) {
+    for (bool first = true;; first = false) {
+        if (!first) putchar('\n');
         printf("1. Prompt agent\n2. List MCP tools\n3. Add MCP tool server\n4. Remove MCP tool server\n"
                "5. Clear conversation history\n6. Exit\n");
         char *choice = read_line("Select an option [1/2/3/4/5/6]: ");
