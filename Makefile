@@ -70,7 +70,7 @@ check:
 up:
 	@scripts/deps.sh build
 	$(MAKE) --no-print-directory all
-	$(BUILD)/agentid up
+	$(BUILD)/agentid up $(if $(PROFILE),--profile $(PROFILE))
 
 fuzz:
 	$(MAKE) --no-print-directory -f tests/fuzz/Makefile

@@ -11,6 +11,7 @@
 #include "agent/agent.h"
 #include "core/args.h"
 #include "demo/chat.h"
+#include "demo/mcp_demo.h"
 #include "demo/weather.h"
 #include "gateway/gateway.h"
 #include "sidecar/settings.h"
@@ -41,6 +42,9 @@ static const char USAGE[] =
     "                         token-validating gateway for APIs, LLMs and MCP servers (docs/gateway.md)\n"
     "  chat-agent [options]   the demo chat agent with its web UI (see docs/demo.md)\n"
     "  up [options]           the whole local stack: issuer, sidecar, weather API, chat agent\n"
+    "                         (--profile gateway: seed 003's sidecar, gateway and MCP servers)\n"
+    "  mcp-demo --kind weather|clock [--listen ADDR:PORT]\n"
+    "                         a demo MCP server (Streamable HTTP at /mcp) for the gateway\n"
     "  agent run|ask|show-tokens|logout [options]\n"
     "                         the terminal AI agent of seed 003 (docs/agent-cli.md)\n"
     "  decode [TOKEN] [--verify]\n"
@@ -154,6 +158,7 @@ int cli_main(int argc, char **argv)
     if (!strcmp(cmd, "gateway")) return gateway_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "chat-agent")) return chat_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "up")) return up_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "mcp-demo")) return mcp_demo_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "agent")) return agent_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "decode")) return decode_main(argc - 1, argv + 1);
     return args_usage_error(NULL, "unknown command '%s'", cmd);

@@ -323,7 +323,7 @@ static void reject(weather *w, http_req *r, verdict *v)
 
 /* 1..64 characters: ASCII letters, space, '-', '.', and the Latin letters U+00C0..U+024F
  * (São Paulo, Zürich), with at least one letter. */
-static bool city_ok(const char *s)
+bool weather_city_ok(const char *s)
 {
     size_t chars = 0;
     bool letter = false;
@@ -340,7 +340,7 @@ static bool city_ok(const char *s)
 }
 
 /* Synthetic, deterministic: FNV-1a of the lower-cased name picks every number. */
-static json_t *forecast(const char *city)
+json_t *weather_forecast(const char *city)
 {
     static const char *const COND[] = {"Sunny", "Partly cloudy", "Cloudy", "Rain", "Showers",
                                        "Thunderstorms", "Fog", "Windy", "Snow"};
@@ -386,14 +386,14 @@ static void get_weather(weather *w, http_req *r, const char *city)
     http_add_header(r, "Cache-Control", "no-store");
     if (authenticate(w, r, &t, &v) != 0) {
         reject(w, r, &v);
-    } else if (!city || !city_ok(city)) {
+    } else if (!city || !weather_city_ok(city)) {
         reply_error(r, 400, "invalid_request", "city must be 1-%d letters, spaces, '-' or '.': "
                     "GET /weather?city=Seattle or /weather/Seattle", CITY_MAX);
     } else {
         char at[40];
         util_fmt_time_iso(util_now(), at);
         http_reply_json(r, 200, json_pack("{s:s, s:o, s:s, s:o, s:O}", "city", city, "forecast",
-                                          forecast(city), "generated_at", at, "caller", caller(&t),
+                                          weather_forecast(city), "generated_at", at, "caller", caller(&t),
                                           "validation", v.checks));
     }
     json_decref(v.checks);

@@ -769,6 +769,57 @@ end:
     return rc;
 }
 
+/* Seed 003's resource apps (the LLM and the MCP server, v1 tokens: gateway rules read appid)
+ * and the agent identity's consent to each, added where missing by name. True if root changed. */
+static bool add_gateway_apps(json_t *root)
+{
+    json_t *apps = json_object_get(root, "applications"), *consents = json_object_get(root, "consents");
+    if (!json_is_array(apps)) json_object_set_new(root, "applications", apps = json_array());
+    if (!json_is_array(consents)) json_object_set_new(root, "consents", consents = json_array());
+    bool changed = false, have_llm = false, have_mcp = false;
+    size_t i;
+    json_t *a;
+    json_array_foreach(apps, i, a) {
+        const char *name = json_string_value(json_object_get(a, "name"));
+        if (name && !strcmp(name, DIR_LLM_APP)) have_llm = true;
+        if (name && !strcmp(name, DIR_MCP_APP)) have_mcp = true;
+    }
+    char id[37], oid[37];
+    if (!have_llm) {
+        util_guid(id);
+        util_guid(oid);
+        json_array_append_new(apps, json_pack("{s:s, s:s, s:s, s:[s], s:[s], s:i}", "name", DIR_LLM_APP,
+                                              "app_id", id, "object_id", oid, "identifier_uris",
+                                              DIR_LLM_URI, "scopes", DIR_LLM_SCOPE, "access_token_version", 1));
+        changed = true;
+    }
+    if (!have_mcp) {
+        util_guid(id);
+        util_guid(oid);
+        char *uri = xasprintf("api://%s", id);
+        json_array_append_new(apps, json_pack("{s:s, s:s, s:s, s:[s], s:[s], s:i}", "name", DIR_MCP_APP,
+                                              "app_id", id, "object_id", oid, "identifier_uris", uri,
+                                              "scopes", DIR_MCP_SCOPE, "access_token_version", 1));
+        free(uri);
+        changed = true;
+    }
+    static const char *const want[][2] = {{DIR_LLM_APP, DIR_LLM_SCOPE}, {DIR_MCP_APP, DIR_MCP_SCOPE}};
+    for (size_t k = 0; k < ARRAY_LEN(want); k++) {
+        bool found = false;
+        json_array_foreach(consents, i, a) {
+            const char *c = json_string_value(json_object_get(a, "client"));
+            const char *r = json_string_value(json_object_get(a, "resource"));
+            if (c && r && !strcmp(c, "Weather Agent") && !strcmp(r, want[k][0])) found = true;
+        }
+        if (!found) {
+            json_array_append_new(consents, json_pack("{s:s, s:s, s:[s]}", "client", "Weather Agent",
+                                                      "resource", want[k][0], "scopes", want[k][1]));
+            changed = true;
+        }
+    }
+    return changed;
+}
+
 int dir_init(const char *dir, bool force, char *err, size_t errlen)
 {
     int rc = -1;
@@ -844,6 +895,7 @@ int dir_init(const char *dir, bool force, char *err, size_t errlen)
         seterr(err, errlen, "internal error building " DIR_FILE);
         goto end;
     }
+    add_gateway_apps(root);
     /* The "higher environment" of seed 004: a managed identity on the agent's host, trusted by
      * the blueprint through a federated credential, so no secret is needed at all. The issuer
      * URL assumes the default listen address; edit it if the issuer runs elsewhere. */
@@ -953,5 +1005,51 @@ int dir_ensure_redirect_uris(const char *dir, const char *app, const char *const
 end:
     json_decref(root);
     free(file);
+    return rc;
+}
+
+int dir_ensure_gateway_apps(const char *dir, const char *issuer_base, char *err, size_t errlen)
+{
+    int rc = -1;
+    char *file = join(dir, DIR_FILE), *fic_issuer = NULL;
+    json_error_t je;
+    json_t *root = json_load_file(file, JSON_REJECT_DUPLICATES, &je), *a, *bp = NULL, *host = NULL;
+    size_t i;
+    if (!root) {
+        seterr(err, errlen, "%s:%d:%d: %s", file, je.line, je.column, je.text);
+        goto end;
+    }
+    bool changed = add_gateway_apps(root);
+    json_array_foreach(json_object_get(root, "applications"), i, a) {
+        const char *name = json_string_value(json_object_get(a, "name"));
+        const char *type = json_string_value(json_object_get(a, "type"));
+        if (name && type && !strcmp(name, "Weather Agent Blueprint") && !strcmp(type, "agent_blueprint")) bp = a;
+        if (name && type && !strcmp(name, "Weather Agent Host") && !strcmp(type, "managed_identity")) host = a;
+    }
+    const char *sub = json_string_value(json_object_get(host, "object_id"));
+    const char *tid = json_string_value(json_object_get(root, "tenant_id"));
+    if (issuer_base && tid) fic_issuer = xasprintf("%s/%s/v2.0", issuer_base, tid);
+    if (fic_issuer && bp && sub) {
+        json_t *fics = json_object_get(bp, "federated_credentials"), *f;
+        if (!json_is_array(fics)) json_object_set_new(bp, "federated_credentials", fics = json_array());
+        bool found = false;
+        json_array_foreach(fics, i, f) {
+            const char *fi = json_string_value(json_object_get(f, "issuer"));
+            const char *fs = json_string_value(json_object_get(f, "subject"));
+            if (fi && fs && !strcmp(fi, fic_issuer) && !strcmp(fs, sub)) found = true;
+        }
+        if (!found) {
+            char *name = xasprintf("agent-host-managed-identity-%zu", json_array_size(fics) + 1);
+            json_array_append_new(fics, json_pack("{s:s, s:s, s:s, s:[s]}", "name", name, "issuer", fic_issuer,
+                                                  "subject", sub, "audiences", DIR_TOKEN_EXCHANGE_URI));
+            free(name);
+            changed = true;
+        }
+    }
+    rc = changed ? (save_root(dir, root, err, errlen) == 0 ? 1 : -1) : 0;
+end:
+    json_decref(root);
+    free(file);
+    free(fic_issuer);
     return rc;
 }

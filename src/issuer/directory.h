@@ -130,4 +130,20 @@ int dir_rotate_keys(const char *dir, bool retire_old, char new_kid[64], char *er
 int dir_ensure_redirect_uris(const char *dir, const char *app, const char *const *uris, char *err,
                              size_t errlen);
 
+/* Seed 003's resource apps, by name: the LLM (identifier https://cognitiveservices.azure.com,
+ * scope user_impersonation) and the MCP server (api://<its app id>, scope Tools.Call), both
+ * with v1 tokens; dir_init creates them with the agent identity's consent to each. */
+#define DIR_LLM_APP   "Azure OpenAI (local)"
+#define DIR_LLM_URI   "https://cognitiveservices.azure.com"
+#define DIR_LLM_SCOPE "user_impersonation"
+#define DIR_MCP_APP   "MCP Server"
+#define DIR_MCP_SCOPE "Tools.Call"
+
+/* `agentid up --profile gateway` on a directory an older init made: add the apps and consents
+ * above if missing and, with issuer_base ("https://127.0.0.1:PORT", the issuer in use), a
+ * federated credential of the blueprint trusting the "Weather Agent Host" managed identity's
+ * tokens from {issuer_base}/{tenant}/v2.0 if none does. Other content is kept. Returns 1 if the
+ * file changed, 0 if not, -1 with err. */
+int dir_ensure_gateway_apps(const char *dir, const char *issuer_base, char *err, size_t errlen);
+
 #endif
