@@ -411,6 +411,60 @@ test('SIGINT stops every part and up exits 0; all ports are closed afterwards', 
   assert.doesNotMatch(stderr, /ERROR: \w+Sanitizer|runtime error:/);
 });
 
+test('--mcp NAME=URL replaces the demo servers; with no LLM given /llm points at Ollama and the banner says how to change it', async () => {
+  const own = await start(['mcp-demo', '--kind', 'clock']);
+  const state = join(root, 'second');
+  const [issuer, mi, sidecar, gateway] = await distinctPorts(4);
+  const env = { ...process.env };
+  delete env.OLLAMA_HOST;
+  delete env.AGENTID_ISSUER_DIR;
+  const proc = spawn(BIN, ['up', '--profile', 'gateway', '--dir', join(state, 'issuer'), '--issuer-port', String(issuer),
+    '--mi-port', String(mi), '--sidecar-port', String(sidecar), '--gateway-port', String(gateway),
+    '--mcp', `tools=${own.url}/mcp`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  proc.stdout.on('data', (b) => { out += b; });
+  proc.stderr.on('data', (b) => { err += b; });
+  const done = new Promise((ok) => proc.on('exit', (code, sig) => ok(code ?? sig)));
+  try {
+    const deadline = Date.now() + START_MS;
+    while (!out.includes('stack is running') && proc.exitCode === null && Date.now() < deadline) await sleep(50);
+    assert.ok(out.includes('stack is running'), `${out}\n${err}`);
+    assert.match(out, /created the issuer directory/);
+    assert.deepEqual(children(proc.pid).map((c) => c.cmd[1]).sort(), ['gateway', 'issuer', 'sidecar']);
+    assert.ok(out.includes(`${own.url}/mcp  (MCP target 'tools')`));
+    assert.match(out, /-> http:\/\/127\.0\.0\.1:11434 \(Ollama's default\)/);
+    assert.match(out, /--llm http:\/\/host:port/);
+    const a = JSON.parse(readFileSync(join(state, 'agent.json'), 'utf8'));
+    assert.equal(a.model, null);
+    assert.equal(a.gateway_url, `http://127.0.0.1:${gateway}`);
+    const yaml = readFileSync(join(state, 'gateway-stack', 'gateway.yaml'), 'utf8');
+    assert.ok(yaml.includes('hostOverride: "http://127.0.0.1:11434"'));
+    assert.ok(yaml.includes('provider: {openAI: {}}'), 'no model: the request\'s own');
+
+    // Through this stack: one target, so the tools keep their own names.
+    const dd = demo(JSON.parse(readFileSync(join(state, 'issuer', 'directory.json'), 'utf8')));
+    const tok = await postForm(`https://127.0.0.1:${issuer}/${dd.tenant}/oauth2/v2.0/token`, {
+      grant_type: 'password', client_id: dd.cli.app_id, username: 'alice@agentid.local', password: dd.alice.password,
+      scope: `api://${dd.blueprint.app_id}/access_as_user`,
+    }, { ca: readFileSync(join(state, 'issuer', 'tls/ca.crt')) });
+    assert.equal(tok.status, 200, tok.text);
+    const h = await request(local(sidecar, `/AuthorizationHeader/mcp?AgentIdentity=${dd.agent.app_id}`),
+      { headers: { Authorization: `Bearer ${tok.json.access_token}` } });
+    assert.equal(h.status, 200, h.text);
+    const token = h.json.authorizationHeader;
+    const init = await mcp(local(gateway, '/mcp'), INIT, { token });
+    assert.equal(init.status, 200, init.text);
+    const session = init.headers['mcp-session-id'];
+    await mcp(local(gateway, '/mcp'), { jsonrpc: '2.0', method: 'notifications/initialized' }, { token, session });
+    const list = await mcp(local(gateway, '/mcp'), { jsonrpc: '2.0', id: 2, method: 'tools/list' }, { token, session });
+    assert.deepEqual(list.json.result.tools.map((t) => t.name).sort(), ['echo', 'get_time']);
+  } finally {
+    if (proc.exitCode === null) proc.kill('SIGINT');
+    assert.equal(await Promise.race([done, sleep(20000).then(() => 'still running')]), 0, err);
+    assert.equal(await own.stop(), 0);
+  }
+});
+
 test('no secret and no token in the output', () => {
   const j = JSON.parse(readFileSync(join(dir, 'directory.json'), 'utf8'));
   for (const s of j.applications.flatMap((a) => a.secrets ?? [])) assert.ok(!(stdout + stderr).includes(s));
