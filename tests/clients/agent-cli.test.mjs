@@ -251,6 +251,16 @@ test('a non-agent token is refused by the gateway rule, and the CLI says why', a
   assert.match(r.stdout, /No tools here \(0 offered\)\./);
 });
 
+test('the gateway refusing a token: the CLI prints the check that failed', async () => {
+  // The MCP token sent to /llm: its audience is not the LLM route's.
+  const cfg = JSON.parse(readFileSync(join(root, 'agent.json'), 'utf8'));
+  const wrong = join(root, 'agent-wrong-audience.json');
+  writeFileSync(wrong, JSON.stringify({ ...cfg, llm_api: cfg.mcp_api }));
+  const r = await agent(['ask', 'hello', '--config', wrong], { signIn: false });
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /the gateway refused the LLM token \(HTTP 401\): .*audience/i);
+});
+
 test('errors a person understands: sidecar down, gateway down, LLM down', async () => {
   const free = await freePort();
   let r = await agent(['ask', PROMPT, '--sidecar', `http://127.0.0.1:${free}`], { signIn: false });
