@@ -4,61 +4,22 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, existsSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import net from 'node:net';
-import { BIN, freePort, request, run, demo, decodeJwt } from './harness.mjs';
+import { BIN, freePort, request, run, demo, decodeJwt, sleep, waitFor as waitForIt, children, listening, distinctPorts } from './harness.mjs';
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const START_MS = 90000;   // ASan builds start slower
 
 let root, dir, ports, up, exited, d, ca;
 let stdout = '', stderr = '';
+const waitFor = (fn, ms, what) => waitForIt(fn, ms, what, () => `${stdout}\n${stderr}`);
 
 /** Poll fn until it returns something truthy; throw with what after ms. */
-async function waitFor(fn, ms, what) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch { /* not yet */ }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${stdout}\n${stderr}`);
-    await sleep(50);
-  }
-}
 
-/** Direct children of pid: [{ pid, cmd: argv[] }], from /proc. */
-function children(pid) {
-  const kids = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    try {
-      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid !== pid) continue;
-      kids.push({ pid: Number(e), cmd: readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0') });
-    } catch { /* gone meanwhile */ }
-  }
-  return kids;
-}
 const child = (name) => children(up.pid).find((c) => c.cmd[1] === name);
 
-/** True if something accepts connections on 127.0.0.1:port. */
-function listening(port) {
-  return new Promise((ok) => {
-    const s = net.connect({ host: '127.0.0.1', port });
-    s.on('connect', () => { s.destroy(); ok(true); });
-    s.on('error', () => ok(false));
-  });
-}
 
-async function distinctPorts(n) {
-  const set = new Set();
-  while (set.size < n) set.add(await freePort());
-  return [...set];
-}
 
 const portArgs = (p) => [
   '--issuer-port', String(p.issuer), '--mi-port', String(p.mi), '--sidecar-port', String(p.sidecar),

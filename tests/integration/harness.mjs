@@ -1,7 +1,7 @@
 // Test harness: start the real agentid binary on 127.0.0.1 and talk HTTP(S) to it.
 // Only node built-ins, so the integration tests need no npm install.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import net from 'node:net';
@@ -151,4 +151,51 @@ export function decodeJwt(token) {
   const [h, p] = token.split('.');
   const dec = (s) => JSON.parse(Buffer.from(s, 'base64url').toString('utf8'));
   return { header: dec(h), claims: dec(p) };
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Poll fn (sync or async) until it returns something truthy, and return that; after ms throw
+ * "timed out waiting for <what>", followed by context() (e.g. the process's output). */
+export async function waitFor(fn, ms, what, context = () => '') {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch { /* not yet */ }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${context()}`);
+    await sleep(50);
+  }
+}
+
+/** Direct children of pid: [{ pid, cmd: argv[] }], from /proc. */
+export function children(pid) {
+  const kids = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid !== pid) continue;
+      kids.push({ pid: Number(e), cmd: readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0') });
+    } catch { /* gone meanwhile */ }
+  }
+  return kids;
+}
+
+/** True if something accepts connections on 127.0.0.1:port. */
+export function listening(port) {
+  return new Promise((ok) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.on('connect', () => { s.destroy(); ok(true); });
+    s.on('error', () => ok(false));
+  });
+}
+
+/** n different free ports. */
+export async function distinctPorts(n) {
+  const set = new Set();
+  while (set.size < n) set.add(await freePort());
+  return [...set];
 }
