@@ -16,6 +16,13 @@
  * drives through MHD_create_response_from_callback after the handler returned. The stream can
  * outlive the http_req (MHD drops its response reference last on some paths), so on_done hooks
  * still pending when the http_req goes are handed to the stream and run after its done.
+ *
+ * Deferred requests (http_defer): the handler, in the last call, suspends the connection
+ * (MHD_suspend_connection) and queues the http_req for a worker; on_access returns without a
+ * response. The worker runs the caller's fn, marks the request D_DONE and resumes the
+ * connection; MHD then calls on_access once more (no data), which queues the reply. The server
+ * counts deferred requests from http_defer to req_free (`outstanding`) so that stopping can
+ * wait for their answers: MHD must not be stopped with a connection still suspended.
  */
 #include "core/http_server.h"
 #include "core/util.h"
@@ -24,12 +31,15 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_MAX_BODY   (1024 * 1024)
@@ -44,6 +54,7 @@
 
 static const char BODY_TOO_LARGE[] = "{\"error\":\"request_too_large\"}";
 static const char BODY_SERVER_ERROR[] = "{\"error\":\"server_error\"}";
+static const char BODY_STOPPING[] = "{\"error\":\"temporarily_unavailable\",\"error_description\":\"the server is stopping\"}";
 static const char JSON_TYPE[] = "application/json; charset=utf-8";
 
 struct http_server {
@@ -55,7 +66,21 @@ struct http_server {
     unsigned port;
     unsigned timeout_s;
     char *cert, *key; /* our copies, alive as long as the daemon */
+
+    /* http_defer: a queue of parked requests and the workers that serve it, all under mu */
+    unsigned max_workers;        /* 0: http_defer is off */
+    size_t stack;                /* workers' stack size, 0 => default */
+    pthread_mutex_t mu;
+    pthread_cond_t work;         /* a request was queued, or stopping */
+    pthread_cond_t quiet;        /* outstanding went down (stopping waits on it) */
+    struct http_req *qhead, *qtail;
+    unsigned qlen, idle, outstanding, running;
+    pthread_t *workers;
+    unsigned nworkers;
+    bool stopping;
 };
+
+enum { D_NONE = 0, D_PARKED, D_DONE }; /* http_req.dstate */
 
 typedef struct {
     char *name, *value;
@@ -99,6 +124,11 @@ struct http_req {
     size_t nhdrs;
     stream *stream;              /* a streamed reply's state, while it lives */
     done_hook *hooks;            /* http_req_on_done, in registration order */
+
+    atomic_int dstate;           /* D_NONE, or deferred: D_PARKED until fn is done, D_DONE */
+    http_deferred dfn;
+    void *darg;
+    struct http_req *qnext;
 };
 
 /* ---- listen address ---------------------------------------------------------- */
@@ -204,6 +234,13 @@ static void run_hooks(done_hook *h)
 static void req_free(http_req *r)
 {
     if (!r) return;
+    if (atomic_load(&r->dstate) != D_NONE) {
+        http_server *s = r->srv;
+        pthread_mutex_lock(&s->mu);
+        s->outstanding--;
+        pthread_cond_broadcast(&s->quiet);
+        pthread_mutex_unlock(&s->mu);
+    }
     if (r->resp) MHD_destroy_response(r->resp); /* may free r->stream (stream_free) */
     if (r->stream) {   /* MHD still holds the streamed response: its end runs the hooks */
         r->stream->req = NULL;
@@ -324,7 +361,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     /* last call: the whole request is in */
     if (r->too_large) return queue_static(r, MHD_HTTP_CONTENT_TOO_LARGE, BODY_TOO_LARGE);
 
-    s->handler(r, s->ctx);
+    int ds = atomic_load(&r->dstate);
+    if (ds == D_PARKED) return MHD_YES; /* not expected: the worker resumes only once done */
+    if (ds == D_NONE) {
+        s->handler(r, s->ctx);
+        if (atomic_load(&r->dstate) == D_PARKED) return MHD_YES; /* a worker has r now */
+    }
     free_pending(r); /* headers added but never followed by a reply */
     if (!r->resp) return queue_static(r, MHD_HTTP_INTERNAL_SERVER_ERROR, BODY_SERVER_ERROR);
 
@@ -353,6 +395,10 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
         snprintf(err, errlen, "TLS needs both a certificate and a key");
         return NULL;
     }
+    if (opts->defer_workers && opts->thread_per_connection) {
+        snprintf(err, errlen, "deferred requests need the thread pool, not thread_per_connection");
+        return NULL;
+    }
     if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
         snprintf(err, errlen, "libmicrohttpd was built without TLS");
         return NULL;
@@ -368,6 +414,12 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
     s->max_body = opts->max_body ? opts->max_body : DEFAULT_MAX_BODY;
     s->tls = tls;
     s->timeout_s = opts->timeout_s ? opts->timeout_s : DEFAULT_TIMEOUT_S;
+    s->max_workers = opts->defer_workers;
+    s->stack = opts->thread_stack;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->work, NULL);
+    pthread_cond_init(&s->quiet, NULL);
+    if (s->max_workers) s->workers = xcalloc(s->max_workers, sizeof *s->workers);
 
     /* No MHD_USE_ERROR_LOG: MHD's messages can quote the URL of a request. */
     unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD;
@@ -384,6 +436,7 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
         }
     }
     if (v6) flags |= MHD_USE_DUAL_STACK; /* also implies MHD_USE_IPv6 */
+    if (s->max_workers) flags |= MHD_ALLOW_SUSPEND_RESUME; /* also MHD_USE_ITC: resumes wake MHD */
     if (tls) {
         flags |= MHD_USE_TLS;
         s->cert = xstrdup(opts->tls_cert_pem);
@@ -399,6 +452,7 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
                             MHD_OPTION_CONNECTION_TIMEOUT, s->timeout_s,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
                             MHD_OPTION_THREAD_POOL_SIZE, pool, /* 0 or 1: no pool */
+                            MHD_OPTION_THREAD_STACK_SIZE, opts->thread_stack, /* 0: default */
                             MHD_OPTION_HTTPS_MEM_KEY, s->key,
                             MHD_OPTION_HTTPS_MEM_CERT, s->cert,
                             MHD_OPTION_END);
@@ -409,6 +463,10 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
                  tls ? " (or bad TLS certificate/key)" : "", e ? ": " : "", e ? strerror(e) : "");
         free(s->cert);
         free(s->key);
+        free(s->workers);
+        pthread_cond_destroy(&s->quiet);
+        pthread_cond_destroy(&s->work);
+        pthread_mutex_destroy(&s->mu);
         free(s);
         return NULL;
     }
@@ -423,13 +481,136 @@ unsigned http_server_port(const http_server *s)
     return s ? s->port : 0;
 }
 
+static void defer_stop(http_server *s);
+
 void http_server_stop(http_server *s)
 {
     if (!s) return;
+    if (s->max_workers) defer_stop(s);
     MHD_stop_daemon(s->d); /* joins every thread, so running handlers finish first */
     free(s->cert);
     free(s->key);
+    free(s->workers);
+    pthread_cond_destroy(&s->quiet);
+    pthread_cond_destroy(&s->work);
+    pthread_mutex_destroy(&s->mu);
     free(s);
+}
+
+/* ---- deferred requests --------------------------------------------------------- */
+
+/* fn is done with r (or it was cancelled): make sure there is an answer, hand r back to MHD.
+ * After the resume r belongs to MHD's thread and may be gone at any moment. */
+static void defer_finish(http_req *r)
+{
+    if (!r->resp) { /* as on_access: headers added without a reply do not go out */
+        free_pending(r);
+        http_reply(r, 500, JSON_TYPE, BODY_SERVER_ERROR, strlen(BODY_SERVER_ERROR));
+    }
+    struct MHD_Connection *c = r->conn;
+    atomic_store(&r->dstate, D_DONE);
+    MHD_resume_connection(c);
+}
+
+static void defer_cancel(http_req *r)
+{
+    http_reply(r, 503, JSON_TYPE, BODY_STOPPING, strlen(BODY_STOPPING));
+    r->dfn(r, r->darg, true);
+}
+
+static void *worker_main(void *arg)
+{
+    http_server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->qhead && !s->stopping) {
+            s->idle++;
+            pthread_cond_wait(&s->work, &s->mu);
+            s->idle--;
+        }
+        if (s->stopping) break; /* what is still queued, defer_stop cancels */
+        http_req *r = s->qhead;
+        s->qhead = r->qnext;
+        if (!s->qhead) s->qtail = NULL;
+        s->qlen--;
+        s->running++;
+        pthread_mutex_unlock(&s->mu);
+        r->dfn(r, r->darg, false);
+        defer_finish(r);
+        pthread_mutex_lock(&s->mu);
+        s->running--;
+        pthread_cond_broadcast(&s->quiet);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* With s->mu held: one more worker if every idle one already has a request coming. */
+static void maybe_add_worker(http_server *s)
+{
+    if (s->qlen <= s->idle || s->nworkers >= s->max_workers) return;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    if (s->stack) pthread_attr_setstacksize(&at, s->stack);
+    if (pthread_create(&s->workers[s->nworkers], &at, worker_main, s) == 0) s->nworkers++;
+    pthread_attr_destroy(&at);
+    /* If no thread could be made, the queued request waits for a running worker; with no
+     * worker at all it is answered 503 when the server stops. */
+}
+
+bool http_defer(http_req *r, http_deferred fn, void *arg)
+{
+    if (!r || !fn || r->resp || !r->srv->max_workers || atomic_load(&r->dstate) != D_NONE)
+        return false;
+    http_server *s = r->srv;
+    r->dfn = fn;
+    r->darg = arg;
+    pthread_mutex_lock(&s->mu);
+    s->outstanding++;
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->mu);
+        atomic_store(&r->dstate, D_DONE); /* answered at once: on_access queues the 503 */
+        defer_cancel(r);
+        return true;
+    }
+    atomic_store(&r->dstate, D_PARKED);
+    MHD_suspend_connection(r->conn); /* from the access handler, as MHD requires */
+    r->qnext = NULL;
+    if (s->qtail) s->qtail->qnext = r; else s->qhead = r;
+    s->qtail = r;
+    s->qlen++;
+    maybe_add_worker(s);
+    pthread_cond_signal(&s->work);
+    pthread_mutex_unlock(&s->mu);
+    return true;
+}
+
+#define STOP_SEND_WAIT_S 2
+
+static void defer_stop(http_server *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    pthread_cond_broadcast(&s->work);
+    while (s->qhead) { /* not started: 503 */
+        http_req *r = s->qhead;
+        s->qhead = r->qnext;
+        s->qlen--;
+        pthread_mutex_unlock(&s->mu);
+        defer_cancel(r);
+        defer_finish(r);
+        pthread_mutex_lock(&s->mu);
+    }
+    s->qtail = NULL;
+    while (s->running) pthread_cond_wait(&s->quiet, &s->mu); /* running: their own timeouts */
+    /* Every deferred connection is resumed now; give MHD a moment to send their answers. */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += STOP_SEND_WAIT_S;
+    while (s->outstanding && pthread_cond_timedwait(&s->quiet, &s->mu, &until) == 0) {}
+    unsigned n = s->nworkers;
+    pthread_mutex_unlock(&s->mu);
+    for (unsigned i = 0; i < n; i++) pthread_join(s->workers[i], NULL);
 }
 
 /* ---- request accessors -------------------------------------------------------- */

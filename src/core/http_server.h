@@ -22,6 +22,9 @@
  *    server thread after the handler returned, until it reports the end. It may block only
  *    when the server runs thread_per_connection (each connection has its own thread); the
  *    idle timeout is suspended while a stream is being sent.
+ *  - Deferred requests (opt-in, opts.defer_workers > 0; see http_defer below): a handler
+ *    may hand a request that would block (a call to another server) to a worker thread, so
+ *    the server's few threads keep answering other connections meanwhile.
  *  - Only this module includes <microhttpd.h>.
  */
 #ifndef AGENTID_CORE_HTTP_SERVER_H
@@ -42,6 +45,10 @@ typedef struct {
     unsigned threads;          /* worker threads; 0 => number of CPUs */
     bool thread_per_connection;/* for handlers that block on other servers */
     unsigned timeout_s;        /* idle connection timeout; 0 => 30 */
+    /* > 0 turns on http_defer with at most this many worker threads, started when first
+     * needed (none at idle). Not with thread_per_connection (http_server_start fails). */
+    unsigned defer_workers;
+    size_t thread_stack;       /* stack size of the server's and the workers' threads; 0 => default */
 } http_server_opts;
 
 typedef void (*http_handler)(http_req *req, void *ctx);
@@ -51,7 +58,10 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
                                char *err, size_t errlen);
 /* The bound port (useful with port 0). */
 unsigned http_server_port(const http_server *s);
-/* Stops accepting, waits for handlers to finish, frees. NULL is fine. */
+/* Stops accepting, waits for handlers to finish, frees. NULL is fine. With defer_workers:
+ * deferred requests not yet started are answered 503 (their fn runs with cancelled = true),
+ * those running are waited for, and their answers are given up to 2 s to be sent before
+ * the connections are closed. */
 void http_server_stop(http_server *s);
 
 const char *http_req_method(const http_req *r);
@@ -92,6 +102,33 @@ void http_reply_json_type(http_req *r, int status, const char *content_type, jso
 typedef long (*http_stream_read)(void *ctx, char *buf, size_t max);
 void http_reply_stream(http_req *r, int status, const char *content_type, http_stream_read read,
                        void *ctx, void (*done)(void *ctx));
+/* Deferred requests (servers started with defer_workers > 0).
+ *
+ *     static void slow(http_req *r, void *arg, bool cancelled) {
+ *         if (!cancelled) http_reply_text(r, 200, call_other_server(arg));
+ *         free(arg);
+ *     }
+ *     ... in the handler:  if (http_defer(r, slow, arg)) return;   // else answer inline
+ *
+ * http_defer, called by a handler, parks the request (MHD suspends its connection, which then
+ * neither reads, writes nor times out) and queues fn(r, arg, false) for a worker thread; the
+ * handler must return right away and not touch r again. The worker runs fn, which answers as a
+ * handler does (no reply => 500); then the connection is resumed and the answer sent by the
+ * server thread. Returns false, having done nothing, when the server was started without
+ * defer_workers or the handler already replied; the handler then carries on inline.
+ *  - fn runs exactly once for each successful http_defer: on a worker, or with cancelled = true
+ *    when the server stops before a worker took it up, or at once on the handler's thread if
+ *    the server is already stopping. With cancelled the answer (503) was made already: fn only
+ *    releases arg (and may log); it must not block.
+ *  - While deferred, r and every string read from it stay valid and belong to the worker alone;
+ *    fn may use every http_req and http_reply call, including http_req_on_done and
+ *    http_add_header. It runs on a worker thread, so what it shares must be thread-safe.
+ *  - Workers are started as requests are queued, up to defer_workers, and stay until the server
+ *    stops. The queue is bounded by the number of connections (one request each at a time).
+ *  - A client that goes away while its request is deferred is noticed only once fn is done. */
+typedef void (*http_deferred)(http_req *r, void *arg, bool cancelled);
+bool http_defer(http_req *r, http_deferred fn, void *arg);
+
 /* Run fn(ctx) once the request is over (answer sent, or connection lost), on the server
  * thread, after any stream's done callback. For state that must outlive the handler. */
 void http_req_on_done(http_req *r, void (*fn)(void *ctx), void *ctx);
