@@ -22,7 +22,7 @@ void log_init(const char *component, log_level min);
 void log_msg(log_level level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* One access-log line: method, path (no query), status, duration, correlation id. */
+/* One access-log line: method, path (no query; cut at 4 KiB), status, duration, correlation id. */
 void log_request(const char *method, const char *path, int status, double ms,
                  const char *correlation_id);
 

@@ -1,0 +1,123 @@
+/* Unit tests for log_request (core/log): the request line, printed without jansson, must be
+ * one valid JSON object per line whatever the path holds, with JWTs redacted. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "core/log.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Run log_request with stderr on a pipe; the line it wrote, parsed (decref it). */
+static json_t *logged(const char *method, const char *path, int status, double ms, const char *corr,
+                      char *raw, size_t rawlen)
+{
+    int p[2], saved = dup(2);
+    assert_int_equal(pipe(p), 0);
+    dup2(p[1], 2);
+    log_request(method, path, status, ms, corr);
+    dup2(saved, 2);
+    close(saved);
+    close(p[1]);
+    ssize_t n = read(p[0], raw, rawlen - 1);
+    close(p[0]);
+    assert_true(n > 0);
+    raw[n] = '\0';
+    assert_int_equal(raw[n - 1], '\n');
+    assert_null(memchr(raw, '\n', (size_t)n - 1)); /* one line */
+    json_error_t e;
+    json_t *o = json_loads(raw, 0, &e);
+    if (!o) fail_msg("not JSON (%s): %s", e.text, raw);
+    return o;
+}
+
+static void test_fields_and_order(void **state)
+{
+    (void)state;
+    char raw[8192];
+    json_t *o = logged("GET", "/healthz", 200, 1.2345, "0f8fad5b-d9cb-469f-a165-70867728950e", raw, sizeof raw);
+    assert_string_equal(json_string_value(json_object_get(o, "level")), "info");
+    assert_string_equal(json_string_value(json_object_get(o, "component")), "test");
+    assert_string_equal(json_string_value(json_object_get(o, "event")), "request");
+    assert_string_equal(json_string_value(json_object_get(o, "method")), "GET");
+    assert_string_equal(json_string_value(json_object_get(o, "path")), "/healthz");
+    assert_int_equal(json_integer_value(json_object_get(o, "status")), 200);
+    assert_true(json_is_real(json_object_get(o, "ms")));
+    assert_true(json_real_value(json_object_get(o, "ms")) == 1.23);
+    assert_string_equal(json_string_value(json_object_get(o, "correlation_id")),
+                        "0f8fad5b-d9cb-469f-a165-70867728950e");
+    assert_int_equal(strncmp(raw, "{\"ts\":\"", 7), 0);
+    assert_non_null(strstr(raw, "\"component\":\"test\",\"event\":\"request\",\"method\":\"GET\",\"path\":"));
+    assert_non_null(strstr(raw, ",\"status\":200,\"ms\":1.23,\"correlation_id\":"));
+    json_decref(o);
+
+    o = logged("POST", "/x", 503, 0, NULL, raw, sizeof raw); /* no id: no field; 0 ms a real */
+    assert_null(json_object_get(o, "correlation_id"));
+    assert_true(json_is_real(json_object_get(o, "ms")));
+    assert_non_null(strstr(raw, "\"ms\":0.0}"));
+    json_decref(o);
+}
+
+static void test_hostile_paths(void **state)
+{
+    (void)state;
+    char raw[8192];
+    /* quotes, backslash, control characters, DEL, bad UTF-8, good UTF-8 */
+    json_t *o = logged("GET", "/a\"b\\c\n\x01\x7f\xff\xc3(\xc3\xa9", 404, 0.5, NULL, raw, sizeof raw);
+    assert_string_equal(json_string_value(json_object_get(o, "path")),
+                        "/a\"b\\c\n\x01\x7f\xef\xbf\xbd\xef\xbf\xbd(\xc3\xa9");
+    json_decref(o);
+
+    /* a JWT in the path is redacted */
+    o = logged("GET", "/AuthorizationHeader/eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl", 400, 0, NULL,
+               raw, sizeof raw);
+    assert_null(strstr(raw, "eyJzdWIiOiJ4In0"));
+    assert_non_null(strstr(json_string_value(json_object_get(o, "path")), "[redacted-jwt]"));
+    json_decref(o);
+
+    /* a very long path is cut, the line still JSON and whole */
+    char *longp = malloc(20000);
+    memset(longp, '"', 19999);
+    longp[19999] = '\0';
+    o = logged("GET", longp, 414, 0, "id", raw, sizeof raw);
+    const char *p = json_string_value(json_object_get(o, "path"));
+    assert_true(strlen(p) > 1000 && strlen(p) < 4096);
+    assert_string_equal(json_string_value(json_object_get(o, "correlation_id")), "id");
+    json_decref(o);
+    free(longp);
+}
+
+static void test_level_off(void **state)
+{
+    (void)state;
+    log_init("test", LOG_WARN);
+    int p[2], saved = dup(2);
+    assert_int_equal(pipe(p), 0);
+    dup2(p[1], 2);
+    log_request("GET", "/", 200, 0, NULL);
+    dup2(saved, 2);
+    close(saved);
+    close(p[1]);
+    char b[16];
+    assert_int_equal(read(p[0], b, sizeof b), 0);
+    close(p[0]);
+    log_init("test", LOG_INFO);
+}
+
+int main(void)
+{
+    unsetenv("AGENTID_LOG_LEVEL");
+    log_init("test", LOG_INFO);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fields_and_order),
+        cmocka_unit_test(test_hostile_paths),
+        cmocka_unit_test(test_level_off),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
