@@ -4,6 +4,12 @@
  * overrides) -> agent parameters -> inbound token (authenticated routes) -> token from the
  * cache or the identity provider -> answer. Every error becomes RFC 7807 problem details in
  * problem(), the one place that shapes them.
+ *
+ * Threads: the HTTP server's pool (one thread per CPU) answers what cannot block inline —
+ * /healthz, /metrics, errors in the request itself and tokens already in the cache. Whatever
+ * may wait on another server (a cache miss, the inbound token's check, which can fetch the
+ * provider's keys, a downstream call) is handed to the server's workers with http_defer, so a
+ * slow identity provider never holds up cached answers on other connections.
  */
 #include "sidecar/sidecar.h"
 
@@ -18,6 +24,7 @@
 #include "sidecar/tokens.h"
 
 #include <ctype.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -26,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,6 +42,8 @@ extern char **environ;
 #define SKEW_S 300          /* Microsoft.IdentityModel's default clock skew */
 #define MAX_SCOPES 32
 #define MAX_EXTRA 16
+#define DEFER_WORKERS 16    /* identity-provider and downstream calls in flight at once */
+#define THREAD_STACK (512 * 1024)
 
 typedef struct {
     settings *s;
@@ -79,6 +89,62 @@ static void no_cache(http_req *r)
     http_add_header(r, "Cache-Control", "no-cache, no-store, must-revalidate");
     http_add_header(r, "Pragma", "no-cache");
     http_add_header(r, "Expires", "0");
+}
+
+/* A correlation id for requests that bring none: a random-looking GUID (version 4 layout) from a
+ * per-thread xoshiro128** generator seeded once from getrandom(2). It only tells requests apart
+ * in logs and downstream calls, so it need not be unpredictable; it costs no RAND_bytes (and no
+ * OpenSSL start-up in a sidecar that has only answered /healthz). */
+static void correlation_id(char out[37])
+{
+    static __thread uint32_t st[4];
+    static __thread bool seeded;
+    if (!seeded) {
+        if (getrandom(st, sizeof st, 0) != (ssize_t)sizeof st) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            st[0] = (uint32_t)ts.tv_nsec, st[1] = (uint32_t)ts.tv_sec;
+            st[2] = (uint32_t)(uintptr_t)&ts, st[3] = (uint32_t)getpid();
+        }
+        st[0] |= 1;   /* never all zero */
+        seeded = true;
+    }
+    unsigned char b[16];
+    for (int i = 0; i < 16; i += 4) {
+        uint32_t x = st[1] * 5, r = ((x << 7) | (x >> 25)) * 9, t = st[1] << 9;
+        st[2] ^= st[0], st[3] ^= st[1], st[1] ^= st[2], st[0] ^= st[3], st[2] ^= t;
+        st[3] = (st[3] << 11) | (st[3] >> 21);
+        memcpy(b + i, &r, 4);
+    }
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0, k = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) out[k++] = '-';
+        out[k++] = hex[b[i] >> 4];
+        out[k++] = hex[b[i] & 15];
+    }
+    out[36] = '\0';
+}
+
+/* {"authorizationHeader":"Bearer <token>"}. A token of JWT characters only needs no JSON
+ * escaping, so it is printed straight (these bytes are what jansson would write); anything
+ * else goes through jansson. */
+static void reply_authorization(http_req *r, const char *tok)
+{
+    static const char JWT_CHARS[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-";
+    size_t n = strlen(tok);
+    no_cache(r);
+    if (strspn(tok, JWT_CHARS) == n) {
+        char stackbuf[4096], *b = n + 64 <= sizeof stackbuf ? stackbuf : xmalloc(n + 64);
+        int len = snprintf(b, n + 64, "{\"authorizationHeader\":\"Bearer %s\"}", tok);
+        http_reply(r, 200, "application/json; charset=utf-8", b, (size_t)len);
+        if (b != stackbuf) free(b);
+        return;
+    }
+    char *h = xasprintf("Bearer %s", tok);
+    http_reply_json(r, 200, json_pack("{s:s}", "authorizationHeader", h));
+    free(h);
 }
 
 /* ---- per-request options ------------------------------------------------------------------ */
@@ -196,10 +262,11 @@ static int inbound(sidecar *sc, http_req *r, jwt *t, const char **raw)
 
 /* ---- token acquisition -------------------------------------------------------------------- */
 
-static char *get_token(sidecar *sc, http_req *r, int route, const req_opts *o, const char *user_token,
-                       const downstream_api *api, const char *api_name)
+/* The token request for these options; false when it cannot be made (the reply was made). */
+static bool token_request(http_req *r, int route, const req_opts *o, const char *user_token,
+                          const downstream_api *api, const char *api_name,
+                          const char *scopes[MAX_SCOPES + 1], tok_request *out)
 {
-    const char *scopes[MAX_SCOPES + 1];
     size_t n = 0;
     if (o->n_scopes) {                     /* override scopes replace configured ones */
         for (size_t i = 0; i < o->n_scopes; i++) scopes[n++] = o->scopes[i];
@@ -210,7 +277,7 @@ static char *get_token(sidecar *sc, http_req *r, int route, const req_opts *o, c
     if (n == 0) {
         problem(r, 400, "No scopes found for the API '%s' or in optionsOverride. 'scopes' needs to be "
                         "either a single value or a list of values.", api_name);
-        return NULL;
+        return false;
     }
     bool app = o->request_app_token >= 0 ? o->request_app_token == 1 : api && api->request_app_token;
     bool authed = route == ROUTE_AUTH_HEADER || route == ROUTE_DOWNSTREAM;
@@ -223,10 +290,20 @@ static char *get_token(sidecar *sc, http_req *r, int route, const req_opts *o, c
                             "route has no user. Set DownstreamApis__%s__RequestAppToken=true, pass "
                             "optionsOverride.RequestAppToken=true, or call the authenticated route with "
                             "the user's token.", api_name, api_name);
-            return NULL;
+            return false;
         }
         tr.user_token = authed ? user_token : NULL;
     }
+    *out = tr;
+    return true;
+}
+
+static char *get_token(sidecar *sc, http_req *r, int route, const req_opts *o, const char *user_token,
+                       const downstream_api *api, const char *api_name)
+{
+    const char *scopes[MAX_SCOPES + 1];
+    tok_request tr;
+    if (!token_request(r, route, o, user_token, api, api_name, scopes, &tr)) return NULL;
     tok_err e;
     char *tok = tokens_get(sc->tok, &tr, &e);
     if (tok) return tok;
@@ -442,55 +519,123 @@ static int route_of(const char *path, const char **api)
     return -1;
 }
 
-static void token_route(sidecar *sc, http_req *r, int route, const char *api_name, const char *corr)
+/* The request's options, checked; false when they are refused (the reply was made). */
+static bool token_options(sidecar *sc, http_req *r, int route, req_opts *o)
 {
-    req_opts o = {.request_app_token = -1};
-    http_req_query_each(r, collect, &o);
-    if (o.any_override && !sc->s->allow_overrides[route]) {
+    *o = (req_opts){.request_app_token = -1};
+    http_req_query_each(r, collect, o);
+    if (o->any_override && !sc->s->allow_overrides[route]) {
         problem(r, 403, "This request carries optionsOverride or agent parameters, which are disabled "
                         "on this route. Set %s=true to allow them.", SETTINGS_ROUTE_GATES[route]);
-        return;
+        return false;
     }
-    if (o.bad[0]) { problem(r, 400, "%s.", o.bad); return; }
+    if (o->bad[0]) { problem(r, 400, "%s.", o->bad); return false; }
     /* Agent parameters are checked, not silently dropped (agentid decision 2). */
-    if (o.agent_username && o.agent_user_id) { problem(r, 400, "AgentUsername and AgentUserId are mutually exclusive"); return; }
-    if ((o.agent_username || o.agent_user_id) && !o.agent_identity) {
-        problem(r, 400, "%s requires AgentIdentity to be specified", o.agent_username ? "AgentUsername" : "AgentUserId");
-        return;
+    if (o->agent_username && o->agent_user_id) { problem(r, 400, "AgentUsername and AgentUserId are mutually exclusive"); return false; }
+    if ((o->agent_username || o->agent_user_id) && !o->agent_identity) {
+        problem(r, 400, "%s requires AgentIdentity to be specified", o->agent_username ? "AgentUsername" : "AgentUserId");
+        return false;
     }
-    if (o.agent_user_id && !util_is_guid(o.agent_user_id)) { problem(r, 400, "AgentUserId must be a valid GUID"); return; }
-    if (o.agent_identity && !util_is_guid(o.agent_identity)) { problem(r, 400, "AgentIdentity must be a valid GUID (the agent identity's client id)"); return; }
+    if (o->agent_user_id && !util_is_guid(o->agent_user_id)) { problem(r, 400, "AgentUserId must be a valid GUID"); return false; }
+    if (o->agent_identity && !util_is_guid(o->agent_identity)) { problem(r, 400, "AgentIdentity must be a valid GUID (the agent identity's client id)"); return false; }
+    return true;
+}
 
+/* The token routes after their options were checked: may block (runs on a worker). */
+static void token_route(sidecar *sc, http_req *r, int route, const char *api_name, const req_opts *o,
+                        const char *corr)
+{
     const downstream_api *api = settings_api(sc->s, api_name);
     jwt t = {0};
     const char *user_token = NULL;
     bool authed = route == ROUTE_AUTH_HEADER || route == ROUTE_DOWNSTREAM;
     if (authed && inbound(sc, r, &t, &user_token) != 0) return;
-    char *tok = get_token(sc, r, route, &o, user_token, api, api_name);
+    char *tok = get_token(sc, r, route, o, user_token, api, api_name);
     if (tok) {
-        if (route == ROUTE_AUTH_HEADER || route == ROUTE_AUTH_HEADER_UNAUTH) {
-            char *h = xasprintf("Bearer %s", tok);
-            no_cache(r);
-            http_reply_json(r, 200, json_pack("{s:s}", "authorizationHeader", h));
-            free(h);
-        } else {
-            downstream(sc, r, &o, api, api_name, tok, o.correlation_id ? o.correlation_id : corr);
-        }
+        if (route == ROUTE_AUTH_HEADER || route == ROUTE_AUTH_HEADER_UNAUTH)
+            reply_authorization(r, tok);
+        else
+            downstream(sc, r, o, api, api_name, tok, o->correlation_id ? o->correlation_id : corr);
         free(tok);
     }
     if (authed) jwt_clear(&t);
 }
 
+/* A token already in the cache, answered on the server thread: the unauthenticated
+ * AuthorizationHeader route without ForceRefresh. True when the reply was made. */
+static bool token_inline(sidecar *sc, http_req *r, int route, const char *api_name, const req_opts *o)
+{
+    if (route != ROUTE_AUTH_HEADER_UNAUTH || o->force_refresh) return false;
+    const char *scopes[MAX_SCOPES + 1];
+    tok_request tr;
+    if (!token_request(r, route, o, NULL, settings_api(sc->s, api_name), api_name, scopes, &tr))
+        return true;   /* refused: the reply was made */
+    char *tok = tokens_peek(sc->tok, &tr);
+    if (!tok) return false;
+    reply_authorization(r, tok);
+    free(tok);
+    return true;
+}
+
+/* The end of every request, on whichever thread answered it: count it and log it. */
+static void done(sidecar *sc, http_req *r, int route, const struct timespec *a, const char *corr)
+{
+    struct timespec b;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    int st = http_reply_status(r);
+    int cls = st >= 100 && st < 600 ? st / 100 - 1 : 5;
+    atomic_fetch_add(&sc->requests[route][cls], 1);
+    log_request(http_req_method(r), http_req_path(r), st,
+                (double)(b.tv_sec - a->tv_sec) * 1e3 + (double)(b.tv_nsec - a->tv_nsec) / 1e6, corr);
+}
+
+/* A request handed to a worker (http_defer): everything it needs past the handler. */
+typedef struct {
+    sidecar *sc;
+    int route;
+    const char *api;          /* in the request's path: valid while the request is */
+    req_opts o;
+    char corr[37];
+    struct timespec start;
+} deferred;
+
+static void run_deferred(http_req *r, void *arg, bool cancelled)
+{
+    deferred *d = arg;
+    if (!cancelled) {
+        if (d->route == R_VALIDATE) validate(d->sc, r);
+        else token_route(d->sc, r, d->route, d->api, &d->o, d->corr);
+    }
+    done(d->sc, r, d->route, &d->start, d->corr);
+    free(d);
+}
+
+/* Hand the rest of the request to a worker; false if the server declined (then do it inline). */
+static bool defer(sidecar *sc, http_req *r, int route, const char *api, const req_opts *o,
+                  const char *corr, const struct timespec *start)
+{
+    deferred *d = xmalloc(sizeof *d);
+    d->sc = sc;
+    d->route = route;
+    d->api = api;
+    if (o) d->o = *o;
+    snprintf(d->corr, sizeof d->corr, "%s", corr);
+    d->start = *start;
+    if (http_defer(r, run_deferred, d)) return true;
+    free(d);
+    return false;
+}
+
 static void handle(http_req *r, void *ctx)
 {
     sidecar *sc = ctx;
-    struct timespec a, b;
+    struct timespec a;
     clock_gettime(CLOCK_MONOTONIC, &a);
     const char *path = http_req_path(r), *method = http_req_method(r), *api = NULL;
     const char *corr = http_req_header(r, "x-ms-client-request-id");
     if (!corr) corr = http_req_header(r, "client-request-id");
     char gen[37];
-    if (!corr || !util_is_guid(corr)) util_guid(gen), corr = gen;
+    if (!corr || !util_is_guid(corr)) correlation_id(gen), corr = gen;
     int route = R_OTHER;
     if (!strcasecmp(path, "/healthz")) {
         route = R_HEALTH;
@@ -509,17 +654,17 @@ static void handle(http_req *r, void *ctx)
             http_add_header(r, "Allow", post ? "POST" : "GET");
             problem(r, 405, "%s is not allowed on this route; use %s.", method, post ? "POST" : "GET");
         } else if (route == R_VALIDATE) {
+            if (defer(sc, r, route, NULL, NULL, corr, &a)) return;
             validate(sc, r);
         } else {
-            token_route(sc, r, route, api, corr);
+            req_opts o;
+            if (token_options(sc, r, route, &o) && !token_inline(sc, r, route, api, &o)) {
+                if (defer(sc, r, route, api, &o, corr, &a)) return;
+                token_route(sc, r, route, api, &o, corr);
+            }
         }
     }
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    int st = http_reply_status(r);
-    int cls = st >= 100 && st < 600 ? st / 100 - 1 : 5;
-    atomic_fetch_add(&sc->requests[route][cls], 1);
-    log_request(method, path, st, (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6,
-                corr);
+    done(sc, r, route, &a, corr);
 }
 
 int sidecar_main(const char *config_file, const char *listen)
@@ -529,7 +674,13 @@ int sidecar_main(const char *config_file, const char *listen)
     sidecar sc = {0};
     http_server *srv = NULL;
     log_init("sidecar", LOG_INFO);
-    httpc_global_init();
+    /* glibc gives each thread that allocates its own arena, up to 8 per CPU; the workers and
+     * refresh threads would spread the cache over them. One per CPU: 0.9 MiB less at 10,000
+     * tokens, the same at idle and speed (measured, docs/performance.md). */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    mallopt(M_ARENA_MAX, ncpu > 0 ? (int)ncpu : 1);
+    /* No httpc_global_init here: http_client starts libcurl (and OpenSSL's TLS) on its first
+     * call, thread-safely, so a sidecar that has not fetched a token yet does not carry them. */
     const char *cf = config_file ? config_file : "appsettings.json";
     if (config_file && access(config_file, R_OK) != 0) {
         fprintf(stderr, "agentid sidecar: --config: cannot read %s\n", config_file);
@@ -543,7 +694,8 @@ int sidecar_main(const char *config_file, const char *listen)
     }
     sigset_t set;
     args_block_stop_signals(&set, false);
-    http_server_opts so = {.listen = sc.s->listen, .thread_per_connection = true, .max_body = 4 << 20};
+    http_server_opts so = {.listen = sc.s->listen, .max_body = 4 << 20, .defer_workers = DEFER_WORKERS,
+                           .thread_stack = THREAD_STACK};
     if (!(srv = http_server_start(&so, handle, &sc, err, sizeof err))) {
         fprintf(stderr, "agentid sidecar: %s: %s\n", sc.s->listen, err);
         goto end;

@@ -23,6 +23,7 @@
 #define TOKEN_EXCHANGE_SCOPE "api://AzureADTokenExchange/.default"
 #define EXPIRY_MARGIN_S 60           /* never hand out a token with less than this left */
 #define BUCKETS 16384
+#define REFRESH_STACK (1024 * 1024)  /* a background refresh: curl, OpenSSL, jansson */
 
 /* ---- cache -------------------------------------------------------------------------------- */
 
@@ -36,7 +37,7 @@ typedef struct entry {
     int64_t exp, refresh_at;
     bool refreshing, linked;
     int refs;                        /* the table's link counts as one */
-    tok_err err;
+    tok_err *err;                    /* E_FAILED only: kept out of line, 1 KiB each */
     pthread_cond_t done;
     struct entry *hnext, *prev, *next;
 } entry;
@@ -84,6 +85,7 @@ static void entry_put(entry *e)   /* with t->mu held */
 {
     if (--e->refs > 0) return;
     pthread_cond_destroy(&e->done);
+    free(e->err);
     free(e->key);
     free(e->token);
     free(e);
@@ -500,7 +502,8 @@ static void finish(tokens *t, entry *e, char *tok, int64_t exp, int64_t ra, cons
         evict(t, e);
     } else if (e->state == E_PENDING) {
         e->state = E_FAILED;
-        e->err = *err;
+        e->err = xmalloc(sizeof *e->err);
+        *e->err = *err;
         table_remove(t, e);      /* the next request tries again */
     }
     /* A failed background refresh leaves the old token, served until it expires. */
@@ -532,8 +535,9 @@ static void *refresh_main(void *arg)
     return NULL;
 }
 
-/* Look the spec up; on a miss fetch once however many threads ask. Returns a new string. */
-static char *cached(tokens *t, const fetch_spec *f, bool force, tok_err *err)
+/* Look the spec up; on a miss fetch once however many threads ask. Returns a new string.
+ * peek: only a ready, fresh entry counts; anything else gives NULL at once, untouched. */
+static char *cached_or_peek(tokens *t, const fetch_spec *f, bool force, tok_err *err, bool peek)
 {
     char *key;
     spec_key(t, f, &key);
@@ -542,6 +546,11 @@ static char *cached(tokens *t, const fetch_spec *f, bool force, tok_err *err)
     char *tok = NULL;
     pthread_mutex_lock(&t->mu);
     entry *e = table_find(t, key, h);
+    if (peek && (force || !e || e->state != E_READY || e->exp - EXPIRY_MARGIN_S <= now)) {
+        pthread_mutex_unlock(&t->mu);
+        free(key);
+        return NULL;
+    }
     if (e && force && e->state == E_READY) {
         table_remove(t, e);
         e = NULL;
@@ -563,6 +572,7 @@ static char *cached(tokens *t, const fetch_spec *f, bool force, tok_err *err)
             pthread_attr_t at;
             pthread_attr_init(&at);
             pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+            pthread_attr_setstacksize(&at, REFRESH_STACK);
             if (pthread_create(&th, &at, refresh_main, j) != 0) {
                 e->refreshing = false;
                 e->refs--;
@@ -581,7 +591,7 @@ static char *cached(tokens *t, const fetch_spec *f, bool force, tok_err *err)
         t->st.hits++;
         while (e->state == E_PENDING) pthread_cond_wait(&e->done, &t->mu);
         if (e->state == E_READY) tok = xstrdup(e->token);
-        else *err = e->err;
+        else *err = *e->err;
         entry_put(e);
         pthread_mutex_unlock(&t->mu);
         free(key);
@@ -600,9 +610,14 @@ static char *cached(tokens *t, const fetch_spec *f, bool force, tok_err *err)
     return copy;
 }
 
-char *tokens_get(tokens *t, const tok_request *r, tok_err *e)
+static char *cached(tokens *t, const fetch_spec *f, bool force, tok_err *err)
 {
-    memset(e, 0, sizeof *e);
+    return cached_or_peek(t, f, force, err, false);
+}
+
+/* tokens_get and tokens_peek: the final token's spec from the request. */
+static char *final_token(tokens *t, const tok_request *r, tok_err *e, bool peek)
+{
     size_t n = 1;
     for (const char *const *s = r->scopes; *s; s++) n += strlen(*s) + 1;
     char *scope = xcalloc(1, n);
@@ -615,9 +630,21 @@ char *tokens_get(tokens *t, const tok_request *r, tok_err *e)
                     .user_id = r->agent_identity && !r->agent_username ? (char *)r->agent_user_id : NULL,
                     .user_token = (char *)r->user_token, .scope = scope};
     if (f.username || f.user_id) f.user_token = NULL;   /* agent users are not OBO */
-    char *tok = cached(t, &f, r->force_refresh, e);
+    char *tok = cached_or_peek(t, &f, r->force_refresh, e, peek);
     free(scope);
     return tok;
+}
+
+char *tokens_get(tokens *t, const tok_request *r, tok_err *e)
+{
+    memset(e, 0, sizeof *e);
+    return final_token(t, r, e, false);
+}
+
+char *tokens_peek(tokens *t, const tok_request *r)
+{
+    tok_err unused;
+    return final_token(t, r, &unused, true);
 }
 
 /* ---- set-up ------------------------------------------------------------------------------- */
@@ -692,6 +719,7 @@ void tokens_free(tokens *t)
         for (entry *e = t->buckets[b], *nx; e; e = nx) {
             nx = e->hnext;
             pthread_cond_destroy(&e->done);
+            free(e->err);
             free(e->key);
             free(e->token);
             free(e);

@@ -53,6 +53,10 @@ tokens *tokens_new(const settings *s, char *err, size_t errlen);
 void tokens_free(tokens *t);
 
 char *tokens_get(tokens *t, const tok_request *r, tok_err *e);
+/* The cached token for r when one is ready and fresh (a new string), else NULL: never blocks
+ * on the identity provider or on a fetch in flight, so a server thread may call it. A hit
+ * counts as tokens_get's does and starts a due background refresh; force_refresh gives NULL. */
+char *tokens_peek(tokens *t, const tok_request *r);
 
 /* Verify an inbound token's signature with the authority's keys; 0 and *out (jwt_clear it)
  * or -1 with err; *unreachable tells an unreachable provider from a bad token. */
