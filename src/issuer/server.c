@@ -259,7 +259,12 @@ static void token(http_req *r, issuer *is, const directory *d, const char *tenan
     form_free(f);
     http_add_header(r, "Cache-Control", "no-store, no-cache");
     http_add_header(r, "Pragma", "no-cache");
-    http_reply_json(r, status, out);
+    size_t n = 0;
+    char *text = token_answer_text(out, &n);
+    json_decref(out);
+    if (text) http_reply(r, status, "application/json; charset=utf-8", text, n);
+    else http_reply_json(r, 500, NULL);   /* answers the server error */
+    free(text);
 }
 
 static void handle(http_req *r, void *ctx)

@@ -100,13 +100,6 @@ static const char *param(const tctx *c, const char *name)
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-static char *rand_b64(size_t n)
-{
-    unsigned char b[48];
-    util_random(b, n);
-    return b64url_encode(b, n);
-}
-
 static bool is_token_exchange(const char *aud)
 {
     return aud && (strcasecmp(aud, DIR_TOKEN_EXCHANGE_APPID) == 0 ||
@@ -540,7 +533,11 @@ denied:
 
 static json_t *base_claims(const tctx *c, int version, int64_t exp)
 {
-    char *uti = rand_b64(16), *aio = rand_b64(36), *rh_raw = rand_b64(30);
+    /* The random claims uti, aio and rh (16, 36 and 30 bytes) come from one draw. */
+    unsigned char rnd[16 + 36 + 30];
+    util_random(rnd, sizeof rnd);
+    char *uti = b64url_encode(rnd, 16), *aio = b64url_encode(rnd + 16, 36),
+         *rh_raw = b64url_encode(rnd + 52, 30);
     char *rh = xasprintf("1.%s.", rh_raw);
     const char *aud = c->resource->app_id;
     /* v1 tokens carry the resource as it was asked for (an App ID URI); v2 the app id. */
@@ -582,9 +579,11 @@ static char *sign(const tctx *c, json_t *claims, int version)
 static json_t *token_response(const tctx *c, char *access_token, int64_t exp)
 {
     json_int_t left = (json_int_t)(exp - c->now);
-    json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:s}", "token_type", "Bearer", "expires_in", left,
+    /* jwt_sign writes base64url and dots: ASCII, so jansson's UTF-8 check of the ~1.3 KB
+     * string ("s" in json_pack) is skipped. */
+    json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:o}", "token_type", "Bearer", "expires_in", left,
                           "ext_expires_in", left, "refresh_in", left / 2, "access_token",
-                          access_token);
+                          json_stringn_nocheck(access_token, strlen(access_token)));
     free(access_token);
     return o;
 }
@@ -1009,6 +1008,56 @@ static size_t utf8_seq(const unsigned char *p)
         (n == 4 && (v < 0x10000 || v > 0x10FFFF)))
         return 0;
     return n;
+}
+
+/* Only what jwt_sign writes (base64url and dots): nothing JSON would escape. */
+static bool jws_text(const char *s, size_t n)
+{
+    return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.") == n;
+}
+
+char *token_answer_text(const json_t *answer, size_t *len)
+{
+    /* json_dumps checks and escapes every character of every string: for a token answer that
+     * is mostly the 1.3 KB access token, and it cost more than the rest of the answer. Strings
+     * of at least 64 characters that are JWS text go out as they are; the rest through jansson. */
+    enum { MAX_RAW = 8 };
+    const char *rk[MAX_RAW], *rv[MAX_RAW];
+    size_t rvn[MAX_RAW], nraw = 0, n = 2;
+    if (!json_is_object(answer)) return NULL;
+    json_t *rest = json_object();
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)answer, k, v) {
+        size_t vn = json_string_length(v);
+        if (nraw < MAX_RAW && json_is_string(v) && vn >= 64 && jws_text(k, strlen(k)) &&
+            jws_text(json_string_value(v), vn)) {
+            rk[nraw] = k;
+            rv[nraw] = json_string_value(v);
+            rvn[nraw++] = vn;
+            n += strlen(k) + vn + 6;   /* "k":"v", */
+        } else {
+            json_object_set_nocheck(rest, k, v);
+        }
+    }
+    bool more = json_object_size(rest) > 0;
+    char *tail = json_dumps(rest, JSON_COMPACT);   /* "{...}" */
+    json_decref(rest);
+    if (!tail) return NULL;
+    n += strlen(tail);
+    char *out = xmalloc(n), *p = out;
+    *p++ = '{';
+    for (size_t i = 0; i < nraw; i++) {
+        p += sprintf(p, "%s\"%s\":\"", i ? "," : "", rk[i]);
+        memcpy(p, rv[i], rvn[i]);
+        p += rvn[i];
+        *p++ = '"';
+    }
+    if (more) p += sprintf(p, "%s%s", nraw ? "," : "", tail + 1);
+    else p += sprintf(p, "}");
+    free(tail);
+    *len = (size_t)(p - out);
+    return out;
 }
 
 json_t *token_error_json(const char *base_url, const char *error, int code, const char *suberror,

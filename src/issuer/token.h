@@ -39,6 +39,11 @@ typedef struct {
 /* Handle one token request. Returns the HTTP status; *out gets the JSON body (new ref). */
 int token_endpoint(const token_req *r, json_t **out);
 
+/* The compact JSON text of an answer of token_endpoint() (any JSON object), *len its length;
+ * caller frees. The same members as json_dumps would write, long JWS strings first. NULL
+ * when answer is not an object or cannot be serialised. */
+char *token_answer_text(const json_t *answer, size_t *len);
+
 /* POST /{tenant}/oauth2/v2.0/devicecode (client_id, scope): authenticates the client as the token
  * endpoint does (a public client needs no secret), checks scope and consent, and starts a flow
  * in r->dev. The body is Entra's (user_code, device_code, verification_uri {base}/devicelogin,
