@@ -476,3 +476,414 @@ long httpc_stream_read(httpc_stream *s, char *buf, size_t max)
     }
     return s->rc == CURLE_OK ? 0 : -1;
 }
+
+/* ---- asynchronous transfers --------------------------------------------------------------
+ *
+ * One client thread (aloop_main) owns a multi handle and every easy handle added to it; other
+ * threads never touch those. They talk to it through a queue of transfers with pending
+ * commands (start, unpause, cancel) under aloop.mu, and curl_multi_wakeup. What the callbacks
+ * collect (headers, body buffer, end) is guarded by the transfer's own mutex, which readers
+ * take too. A transfer is freed by the loop once it is closed by its owner (a cancel command),
+ * or by httpc_async_close directly when the loop is done with it and has nothing queued. */
+
+enum { CMD_START = 1, CMD_UNPAUSE = 2, CMD_CANCEL = 4 };
+#define EASY_POOL_MAX 64
+
+struct httpc_async {
+    /* set up by the starter, then the loop's */
+    CURL *h;
+    struct curl_slist *hl;
+    char *url;
+    bool in_multi;               /* loop thread only */
+    /* guarded by aloop.mu */
+    unsigned cmds;
+    bool queued, loop_released;  /* loop_released: the loop is done and will not look again */
+    struct httpc_async *qnext;
+    /* guarded by mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cond;         /* headers or the end came (httpc_async_wait) */
+    unsigned waiters;
+    char *hdrs;                  /* the current header block */
+    size_t hlen, hcap;
+    long status;
+    bool headers_done, done, too_large, paused, unpause_queued, want_notify, closed;
+    CURLcode rc;
+    char *buf;                   /* body received, not yet read: buf[off..len) */
+    size_t len, off, cap;
+    void (*notify)(void *ctx);
+    void *ctx;
+};
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_once_t once;
+    CURLM *m;
+    httpc_async *qhead, *qtail;
+    CURL *easy[EASY_POOL_MAX];   /* idle easy handles, reset */
+    size_t neasy;
+    bool started;
+} aloop = {.mu = PTHREAD_MUTEX_INITIALIZER, .once = PTHREAD_ONCE_INIT};
+
+/* With a->mu held: tell the waiting reader something changed. */
+static void a_changed(httpc_async *a)
+{
+    if (a->waiters) pthread_cond_broadcast(&a->cond);
+    if (a->want_notify && !a->closed && a->notify) {
+        a->want_notify = false;
+        a->notify(a->ctx);
+    }
+}
+
+static size_t async_on_header(char *data, size_t size, size_t nmemb, void *userp)
+{
+    httpc_async *a = userp;
+    size_t n = size * nmemb;
+    pthread_mutex_lock(&a->mu);
+    if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) { /* a new block: "HTTP/1.1 200 OK" */
+        const char *sp = memchr(data, ' ', n);
+        a->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+        a->hlen = 0;
+        if (a->hdrs) a->hdrs[0] = '\0';
+    } else if (n == 2 && memcmp(data, "\r\n", 2) == 0) { /* end of a block; 1xx ones are interim */
+        if (a->status >= 200 && !a->headers_done) {
+            if (!a->hdrs) a->hdrs = xstrdup("");
+            a->headers_done = true;
+            a_changed(a);
+        }
+    } else if (a->hlen + n > MAX_HEADER_BYTES) {
+        a->too_large = true;
+        n = 0; /* aborts the transfer */
+    } else {
+        buf_add(&a->hdrs, &a->hlen, &a->hcap, data, n);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return n;
+}
+
+static size_t async_on_body(char *data, size_t size, size_t nmemb, void *userp)
+{
+    httpc_async *a = userp;
+    size_t n = size * nmemb;
+    pthread_mutex_lock(&a->mu);
+    if (!a->headers_done) { /* not expected: a body always follows its header block */
+        if (!a->hdrs) a->hdrs = xstrdup("");
+        a->headers_done = true;
+    }
+    size_t held = a->len - a->off;
+    if (held && held + n > HTTPC_ASYNC_BUFFER) { /* full: curl keeps the piece until unpaused */
+        a->paused = true;
+        pthread_mutex_unlock(&a->mu);
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    if (a->off && a->len + n + 1 > a->cap) { /* make room at the front first */
+        memmove(a->buf, a->buf + a->off, held);
+        a->len = held;
+        a->off = 0;
+    }
+    buf_add(&a->buf, &a->len, &a->cap, data, n);
+    a_changed(a);
+    pthread_mutex_unlock(&a->mu);
+    return n;
+}
+
+static void easy_give(CURL *h)
+{
+    if (!h) return;
+    curl_easy_reset(h);
+    pthread_mutex_lock(&aloop.mu);
+    if (aloop.neasy < EASY_POOL_MAX) aloop.easy[aloop.neasy++] = h, h = NULL;
+    pthread_mutex_unlock(&aloop.mu);
+    if (h) curl_easy_cleanup(h);
+}
+
+static CURL *easy_take(void)
+{
+    pthread_mutex_lock(&aloop.mu);
+    CURL *h = aloop.neasy ? aloop.easy[--aloop.neasy] : NULL;
+    pthread_mutex_unlock(&aloop.mu);
+    return h ? h : curl_easy_init();
+}
+
+static void async_free(httpc_async *a)
+{
+    easy_give(a->h);
+    curl_slist_free_all(a->hl);
+    free(a->url);
+    free(a->hdrs);
+    free(a->buf);
+    pthread_cond_destroy(&a->cond);
+    pthread_mutex_destroy(&a->mu);
+    free(a);
+}
+
+/* With aloop.mu held: queue cmd for a (once in the queue however many commands). */
+static void enqueue(httpc_async *a, unsigned cmd)
+{
+    a->cmds |= cmd;
+    if (a->queued) return;
+    a->queued = true;
+    a->qnext = NULL;
+    if (aloop.qtail) aloop.qtail->qnext = a; else aloop.qhead = a;
+    aloop.qtail = a;
+}
+
+/* The transfer ended (or was cancelled): out of the multi handle. Its connection stays in the
+ * multi's cache if the exchange finished cleanly. */
+static void loop_detach(httpc_async *a)
+{
+    if (a->in_multi) curl_multi_remove_handle(aloop.m, a->h);
+    a->in_multi = false;
+}
+
+static void loop_commands(void)
+{
+    pthread_mutex_lock(&aloop.mu);
+    httpc_async *q = aloop.qhead;
+    aloop.qhead = aloop.qtail = NULL;
+    while (q) {
+        httpc_async *a = q;
+        q = a->qnext;
+        unsigned cmds = a->cmds;
+        a->cmds = 0;
+        a->queued = false;
+        if (cmds & CMD_CANCEL) { /* closed by its owner: the loop has the last word */
+            pthread_mutex_unlock(&aloop.mu);
+            loop_detach(a);
+            async_free(a);
+            pthread_mutex_lock(&aloop.mu);
+            continue;
+        }
+        if (a->loop_released) continue; /* finished already: nothing to unpause */
+        pthread_mutex_unlock(&aloop.mu);
+        if ((cmds & CMD_START) && curl_multi_add_handle(aloop.m, a->h) == CURLM_OK) a->in_multi = true;
+        else if (cmds & CMD_START) { /* could not start: fail it */
+            pthread_mutex_lock(&a->mu);
+            a->done = true;
+            a->rc = CURLE_FAILED_INIT;
+            a_changed(a);
+            pthread_mutex_unlock(&a->mu);
+            pthread_mutex_lock(&aloop.mu);
+            a->loop_released = true;
+            continue;
+        }
+        if (cmds & CMD_UNPAUSE) {
+            pthread_mutex_lock(&a->mu);
+            a->paused = a->unpause_queued = false;
+            pthread_mutex_unlock(&a->mu);
+            /* may deliver the held piece right away (async_on_body, which may pause again) */
+            if (a->in_multi) curl_easy_pause(a->h, CURLPAUSE_CONT);
+        }
+        pthread_mutex_lock(&aloop.mu);
+    }
+    pthread_mutex_unlock(&aloop.mu);
+}
+
+static void *aloop_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        loop_commands();
+        int running = 0, left = 0;
+        curl_multi_perform(aloop.m, &running);
+        CURLMsg *msg;
+        while ((msg = curl_multi_info_read(aloop.m, &left))) {
+            if (msg->msg != CURLMSG_DONE) continue;
+            httpc_async *a = NULL;
+            CURLcode rc = msg->data.result;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&a);
+            if (!a) continue;
+            loop_detach(a);
+            pthread_mutex_lock(&a->mu);
+            a->done = true;
+            a->rc = rc;
+            if (rc == CURLE_OK && !a->headers_done) { /* e.g. a reply without any header line */
+                if (!a->hdrs) a->hdrs = xstrdup("");
+                if (!a->status) curl_easy_getinfo(a->h, CURLINFO_RESPONSE_CODE, &a->status);
+                a->headers_done = true;
+            }
+            a_changed(a);
+            pthread_mutex_unlock(&a->mu);
+            pthread_mutex_lock(&aloop.mu);
+            a->loop_released = true; /* from here on only a queued cancel brings it back */
+            pthread_mutex_unlock(&aloop.mu);
+        }
+        curl_multi_poll(aloop.m, NULL, 0, 1000, NULL);
+    }
+    return NULL;
+}
+
+static void aloop_init(void)
+{
+    pthread_once(&once, init_once);
+    aloop.m = curl_multi_init();
+    if (!aloop.m) return;
+    pthread_t t;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    aloop.started = pthread_create(&t, &at, aloop_main, NULL) == 0; /* lives as long as the process */
+    pthread_attr_destroy(&at);
+}
+
+httpc_async *httpc_async_start(const httpc_request *req, void (*notify)(void *ctx), void *ctx,
+                               char *err, size_t errlen)
+{
+    if (err && errlen) err[0] = '\0';
+    if (!req || !req->url) {
+        set_err(err, errlen, "no URL", NULL);
+        return NULL;
+    }
+    pthread_once(&aloop.once, aloop_init);
+    if (!aloop.started) {
+        set_err(err, errlen, "the HTTP client thread could not be started", req->url);
+        return NULL;
+    }
+    CURL *h = easy_take();
+    if (!h) {
+        set_err(err, errlen, "curl init failed", req->url);
+        return NULL;
+    }
+    httpc_async *a = xcalloc(1, sizeof *a);
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cond, NULL);
+    a->h = h;
+    a->url = xstrdup(req->url);
+    a->notify = notify;
+    a->ctx = ctx;
+    a->hl = setup(h, req, req->timeout_ms > 0 ? req->timeout_ms : 0, true);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, async_on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, a);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, async_on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, a);
+    curl_easy_setopt(h, CURLOPT_PRIVATE, a);
+    pthread_mutex_lock(&aloop.mu);
+    enqueue(a, CMD_START);
+    pthread_mutex_unlock(&aloop.mu);
+    curl_multi_wakeup(aloop.m);
+    return a;
+}
+
+/* With a->mu held. */
+static httpc_async_state a_state(const httpc_async *a)
+{
+    if (a->headers_done) return HTTPC_ASYNC_HEADERS;
+    return a->done ? HTTPC_ASYNC_FAILED : HTTPC_ASYNC_WAITING;
+}
+
+httpc_async_state httpc_async_poll(httpc_async *a)
+{
+    if (!a) return HTTPC_ASYNC_FAILED;
+    pthread_mutex_lock(&a->mu);
+    httpc_async_state st = a_state(a);
+    if (st == HTTPC_ASYNC_WAITING) a->want_notify = true;
+    pthread_mutex_unlock(&a->mu);
+    return st;
+}
+
+httpc_async_state httpc_async_wait(httpc_async *a)
+{
+    if (!a) return HTTPC_ASYNC_FAILED;
+    pthread_mutex_lock(&a->mu);
+    a->waiters++;
+    while (a_state(a) == HTTPC_ASYNC_WAITING) pthread_cond_wait(&a->cond, &a->mu);
+    a->waiters--;
+    httpc_async_state st = a_state(a);
+    pthread_mutex_unlock(&a->mu);
+    return st;
+}
+
+/* Both stay as they are once headers_done is true. */
+long httpc_async_status(httpc_async *a)
+{
+    if (!a) return 0;
+    pthread_mutex_lock(&a->mu);
+    long st = a->headers_done ? a->status : 0;
+    pthread_mutex_unlock(&a->mu);
+    return st;
+}
+
+const char *httpc_async_headers(httpc_async *a)
+{
+    if (!a) return "";
+    pthread_mutex_lock(&a->mu);
+    const char *h = a->headers_done && a->hdrs ? a->hdrs : "";
+    pthread_mutex_unlock(&a->mu);
+    return h;
+}
+
+long httpc_async_read(httpc_async *a, char *buf, size_t max)
+{
+    if (!a || !buf || !max) return -1;
+    long n;
+    bool wake = false;
+    pthread_mutex_lock(&a->mu);
+    if (a->off < a->len) {
+        size_t k = a->len - a->off < max ? a->len - a->off : max;
+        memcpy(buf, a->buf + a->off, k);
+        a->off += k;
+        if (a->off == a->len) a->off = a->len = 0;
+        n = (long)k;
+    } else if (a->done) {
+        n = a->rc == CURLE_OK ? 0 : -1;
+    } else {
+        a->want_notify = true;
+        n = HTTPC_AGAIN;
+    }
+    if (a->paused && !a->unpause_queued && a->len - a->off <= HTTPC_ASYNC_BUFFER / 2) {
+        a->unpause_queued = true;
+        wake = true;
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (wake) {
+        pthread_mutex_lock(&aloop.mu);
+        enqueue(a, CMD_UNPAUSE);
+        pthread_mutex_unlock(&aloop.mu);
+        curl_multi_wakeup(aloop.m);
+    }
+    return n;
+}
+
+size_t httpc_async_buffered(httpc_async *a)
+{
+    if (!a) return 0;
+    pthread_mutex_lock(&a->mu);
+    size_t n = a->len - a->off;
+    pthread_mutex_unlock(&a->mu);
+    return n;
+}
+
+httpc_result httpc_async_error(httpc_async *a, char *err, size_t errlen)
+{
+    if (!a) return HTTPC_ERROR;
+    pthread_mutex_lock(&a->mu);
+    bool too_large = a->too_large;
+    CURLcode rc = a->done ? a->rc : CURLE_OK;
+    pthread_mutex_unlock(&a->mu);
+    if (too_large) {
+        set_err(err, errlen, "response headers too large", a->url);
+        return HTTPC_TOO_LARGE;
+    }
+    if (rc == CURLE_OK) {
+        set_err(err, errlen, "no error", a->url);
+        return HTTPC_OK;
+    }
+    set_err(err, errlen, curl_easy_strerror(rc), a->url);
+    return map_error(rc);
+}
+
+void httpc_async_close(httpc_async *a)
+{
+    if (!a) return;
+    pthread_mutex_lock(&a->mu);
+    a->closed = true; /* a notify running now holds mu: none starts after this */
+    pthread_mutex_unlock(&a->mu);
+    pthread_mutex_lock(&aloop.mu);
+    if (a->loop_released && !a->queued) {
+        pthread_mutex_unlock(&aloop.mu);
+        async_free(a);
+        return;
+    }
+    enqueue(a, CMD_CANCEL);
+    pthread_mutex_unlock(&aloop.mu);
+    curl_multi_wakeup(aloop.m);
+}

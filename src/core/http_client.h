@@ -11,6 +11,8 @@
  *  - Streams (httpc_stream_*): the body is handed over piece by piece as it arrives instead of
  *    being collected, for proxies. Stream connections are kept in a process-wide pool, so a
  *    stream on any thread may reuse a kept-alive connection to the same host.
+ *  - Asynchronous transfers (httpc_async_*): the same streams without a waiting thread, for
+ *    event-driven servers; see below.
  *  - Only this module includes <curl/curl.h>.
  */
 #ifndef AGENTID_CORE_HTTP_CLIENT_H
@@ -87,5 +89,65 @@ long httpc_stream_read(httpc_stream *s, char *buf, size_t max);
 httpc_result httpc_stream_error(const httpc_stream *s, char *err, size_t errlen);
 /* Abort the transfer if unfinished and free. NULL is fine. */
 void httpc_stream_close(httpc_stream *s);
+
+/* ---- asynchronous transfers -----------------------------------------------------------------
+ * Usage (an event-driven proxy; none of these calls block except httpc_async_wait):
+ *     httpc_async *a = httpc_async_start(&req, on_news, ctx, err, sizeof err);  // NULL: err says why
+ *     ... when httpc_async_poll(a) says HTTPC_ASYNC_WAITING, wait for on_news(ctx), ask again
+ *     HTTPC_ASYNC_HEADERS: httpc_async_status(a), httpc_async_headers(a); then body pieces:
+ *     long n = httpc_async_read(a, buf, max);   // > 0 bytes, 0 end, HTTPC_AGAIN (wait for
+ *                                               //   on_news), -1 failed: httpc_async_error
+ *     HTTPC_ASYNC_FAILED: no response; httpc_async_error(a, err, sizeof err) says why
+ *     httpc_async_close(a);
+ *
+ * Threads. Every transfer runs on one process-wide client thread (started on first use), a
+ * libcurl multi handle driven by curl_multi_poll and woken with curl_multi_wakeup when a
+ * transfer is queued, unpaused or cancelled. Connections are kept alive in the multi handle's
+ * cache, shared by all transfers. The caller's calls are thread-safe, but one transfer should
+ * be read by one thread at a time.
+ * Notification. notify(ctx) runs on the client thread, at least once after httpc_async_poll
+ * answered WAITING or httpc_async_read answered HTTPC_AGAIN, as soon as the answer would
+ * change (headers in, body bytes in, the end, a failure). It runs with the transfer's lock held:
+ * it must be quick, must not block and must not call httpc_async_* itself (waking a thread or
+ * resuming a connection is what it is for). It is never called once httpc_async_close returned.
+ * Backpressure. Body bytes wait in a buffer of at most HTTPC_ASYNC_BUFFER bytes (plus one
+ * libcurl piece of at most 16 KiB); when it is full the transfer is paused (the upstream's
+ * socket is not read, so TCP slows the upstream down) and is resumed once the reader has
+ * drained it to half.
+ * Ownership. req and everything it points to are copied (headers, URL, body). The transfer
+ * belongs to the caller until httpc_async_close, which cancels it if unfinished (its
+ * connection is then closed, not reused) and frees it.
+ * Timeouts. req->timeout_ms bounds the whole exchange, body included (0: no bound, only the
+ * connection phase, by 5 s), as for streams; a timeout is HTTPC_TIMEOUT from
+ * httpc_async_error. req->cancel and req->max_response do not apply (close cancels). */
+#define HTTPC_AGAIN        (-2)
+#define HTTPC_ASYNC_BUFFER (64 * 1024)
+
+typedef struct httpc_async httpc_async;
+typedef enum {
+    HTTPC_ASYNC_WAITING,   /* no final response yet */
+    HTTPC_ASYNC_HEADERS,   /* status and headers are in; the body follows */
+    HTTPC_ASYNC_FAILED,    /* no response will come: httpc_async_error */
+} httpc_async_state;
+
+httpc_async *httpc_async_start(const httpc_request *req, void (*notify)(void *ctx), void *ctx,
+                               char *err, size_t errlen);
+/* Where the transfer stands; WAITING arranges a notify. */
+httpc_async_state httpc_async_poll(httpc_async *a);
+/* Block until the state is not WAITING (for threads that may block, e.g. server workers). */
+httpc_async_state httpc_async_wait(httpc_async *a);
+/* Once HEADERS: the final response's status and header block ("Name: value\r\n"..., the
+ * status line excluded), unchanged until close. */
+long httpc_async_status(httpc_async *a);
+const char *httpc_async_headers(httpc_async *a);
+/* Body bytes: up to max into buf and their count (> 0); 0 at the end of the body; HTTPC_AGAIN
+ * if none are there yet (a notify follows); -1 if the transfer failed. */
+long httpc_async_read(httpc_async *a, char *buf, size_t max);
+/* Bytes waiting to be read (for tests of the bound). */
+size_t httpc_async_buffered(httpc_async *a);
+/* After FAILED or a read of -1: the kind of failure, with a reason in err. */
+httpc_result httpc_async_error(httpc_async *a, char *err, size_t errlen);
+/* Cancel if unfinished, and free. No notify runs after it returns. NULL is fine. */
+void httpc_async_close(httpc_async *a);
 
 #endif

@@ -1,0 +1,454 @@
+/* Unit tests for core/http_client's asynchronous transfers (httpc_async_*), against a small
+ * HTTP/1.1 server written here on raw sockets, so that the test sees what the client does on
+ * the wire: how many connections it opens, how far the upstream got with a big body while the
+ * reader was slow, when a cancelled connection is closed. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "core/http_client.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BIG_SIZE (32L * 1024 * 1024)
+
+static int lfd;
+static unsigned port;
+static atomic_int accepts, closes;
+static atomic_long big_sent;
+
+/* ---- the test server: one thread per connection, keep-alive ---------------------------- */
+
+static bool send_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k <= 0) return false;
+        p += k, n -= (size_t)k;
+    }
+    return true;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Serve one request from the head in req (body, if any, already read into body). */
+static bool serve(int fd, const char *path, const char *body, size_t blen)
+{
+    char h[256];
+    if (!strcmp(path, "/hello")) {
+        static const char R[] = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Test: yes\r\n\r\nhello";
+        return send_all(fd, R, sizeof R - 1);
+    }
+    if (!strcmp(path, "/echo")) {
+        int n = snprintf(h, sizeof h, "HTTP/1.1 201 Created\r\nContent-Length: %zu\r\n\r\n", blen);
+        return send_all(fd, h, (size_t)n) && send_all(fd, body, blen);
+    }
+    if (!strcmp(path, "/chunked")) { /* five pieces, 50 ms apart */
+        static const char H[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n";
+        if (!send_all(fd, H, sizeof H - 1)) return false;
+        for (int i = 0; i < 5; i++) {
+            char piece[64];
+            int n = snprintf(piece, sizeof piece, "data: %d\n\n", i);
+            int k = snprintf(h, sizeof h, "%x\r\n%s\r\n", n, piece);
+            if (!send_all(fd, h, (size_t)k)) return false;
+            sleep_ms(50);
+        }
+        return send_all(fd, "0\r\n\r\n", 5);
+    }
+    if (!strcmp(path, "/big")) { /* BIG_SIZE bytes, byte i = i % 251 */
+        int n = snprintf(h, sizeof h, "HTTP/1.1 200 OK\r\nContent-Length: %ld\r\n\r\n", BIG_SIZE);
+        if (!send_all(fd, h, (size_t)n)) return false;
+        static char block[65536];
+        for (long off = 0; off < BIG_SIZE; off += (long)sizeof block) {
+            for (size_t i = 0; i < sizeof block; i++) block[i] = (char)((off + (long)i) % 251);
+            if (!send_all(fd, block, sizeof block)) return false;
+            atomic_store(&big_sent, off + (long)sizeof block);
+        }
+        return true;
+    }
+    if (!strcmp(path, "/stall")) { /* headers, a little body, then nothing for 3 s */
+        static const char H[] = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc";
+        if (!send_all(fd, H, sizeof H - 1)) return false;
+        sleep_ms(3000);
+        return false;
+    }
+    if (!strcmp(path, "/hang")) { /* nothing at all until the client goes */
+        char c;
+        while (recv(fd, &c, 1, 0) > 0) {}
+        return false;
+    }
+    static const char NF[] = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+    return send_all(fd, NF, sizeof NF - 1);
+}
+
+static void *conn_main(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    char req[16384];
+    size_t have = 0;
+    for (;;) {
+        char *end;
+        while (!(end = memmem(req, have, "\r\n\r\n", 4))) {
+            if (have == sizeof req) goto out;
+            ssize_t k = recv(fd, req + have, sizeof req - have, 0);
+            if (k <= 0) goto out;
+            have += (size_t)k;
+        }
+        size_t head = (size_t)(end + 4 - req), blen = 0;
+        char path[256] = "";
+        sscanf(req, "%*s %255s", path);
+        const char *cl = strcasestr(req, "\r\nContent-Length:");
+        if (cl && cl < end) blen = strtoul(cl + 17, NULL, 10);
+        if (blen > sizeof req - head) goto out;
+        while (have < head + blen) {
+            ssize_t k = recv(fd, req + have, sizeof req - have, 0);
+            if (k <= 0) goto out;
+            have += (size_t)k;
+        }
+        if (!serve(fd, path, req + head, blen)) goto out;
+        memmove(req, req + head + blen, have - head - blen);
+        have -= head + blen;
+    }
+out:
+    close(fd);
+    atomic_fetch_add(&closes, 1);
+    return NULL;
+}
+
+static void *accept_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0) return NULL;
+        atomic_fetch_add(&accepts, 1);
+        pthread_t t;
+        pthread_create(&t, NULL, conn_main, (void *)(intptr_t)fd);
+        pthread_detach(t);
+    }
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    httpc_global_init();
+    lfd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    if (bind(lfd, (struct sockaddr *)&a, sizeof a) || listen(lfd, 64) ||
+        getsockname(lfd, (struct sockaddr *)&a, &al))
+        fail_msg("cannot listen");
+    port = ntohs(a.sin_port);
+    pthread_t t;
+    pthread_create(&t, NULL, accept_main, NULL);
+    pthread_detach(t);
+    return 0;
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+typedef struct {
+    sem_t sem;
+    atomic_int notes;
+} waiter;
+
+static void note(void *ctx)
+{
+    waiter *w = ctx;
+    atomic_fetch_add(&w->notes, 1);
+    sem_post(&w->sem);
+}
+
+/* Wait (at most 5 s) for a notify. */
+static void wait_note(waiter *w)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 5;
+    if (sem_timedwait(&w->sem, &ts) != 0) fail_msg("no notify within 5 s");
+}
+
+static httpc_async *start(const char *path, long timeout_ms, waiter *w)
+{
+    char url[128], err[256] = "";
+    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", port, path);
+    httpc_request rq = {.url = url, .timeout_ms = timeout_ms};
+    sem_init(&w->sem, 0, 0);
+    atomic_init(&w->notes, 0);
+    httpc_async *a = httpc_async_start(&rq, note, w, err, sizeof err);
+    if (!a) fail_msg("httpc_async_start: %s", err);
+    return a;
+}
+
+/* Headers, the event-driven way: poll, and wait for a notify while WAITING. */
+static httpc_async_state headers(httpc_async *a, waiter *w)
+{
+    httpc_async_state st;
+    while ((st = httpc_async_poll(a)) == HTTPC_ASYNC_WAITING) wait_note(w);
+    return st;
+}
+
+/* The whole body into out (cap bytes at most); the number of HTTPC_AGAIN answers in *agains. */
+static long body(httpc_async *a, waiter *w, char *out, size_t cap, int *agains)
+{
+    size_t n = 0;
+    for (;;) {
+        char buf[4096];
+        long k = httpc_async_read(a, buf, sizeof buf);
+        if (k == HTTPC_AGAIN) {
+            if (agains) (*agains)++;
+            wait_note(w);
+            continue;
+        }
+        if (k <= 0) return k < 0 ? -1 : (long)n;
+        if (out && n + (size_t)k <= cap) memcpy(out + n, buf, (size_t)k);
+        n += (size_t)k;
+    }
+}
+
+static void wait_for(atomic_int *v, int want)
+{
+    for (int i = 0; i < 300 && atomic_load(v) < want; i++) sleep_ms(10);
+    assert_true(atomic_load(v) >= want);
+}
+
+/* ---- tests ---------------------------------------------------------------------------------- */
+
+static void test_basic(void **state)
+{
+    (void)state;
+    waiter w;
+    httpc_async *a = start("/hello", 5000, &w);
+    assert_int_equal(headers(a, &w), HTTPC_ASYNC_HEADERS);
+    assert_int_equal(httpc_async_status(a), 200);
+    assert_non_null(strstr(httpc_async_headers(a), "X-Test: yes\r\n"));
+    assert_null(strstr(httpc_async_headers(a), "HTTP/1.1")); /* no status line */
+    char out[16] = "";
+    assert_int_equal(body(a, &w, out, sizeof out - 1, NULL), 5);
+    assert_string_equal(out, "hello");
+    assert_int_equal(httpc_async_read(a, out, sizeof out), 0); /* the end stays the end */
+    httpc_async_close(a);
+}
+
+/* A POST body is copied at start: the caller's buffer may go right away. */
+static void test_post_body_copied(void **state)
+{
+    (void)state;
+    char url[128], err[256], *b = strdup("payload-123");
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/echo", port);
+    waiter w;
+    sem_init(&w.sem, 0, 0);
+    httpc_request rq = {.url = url, .method = "POST", .body = b, .body_len = strlen(b)};
+    httpc_async *a = httpc_async_start(&rq, note, &w, err, sizeof err);
+    memset(b, 'x', strlen(b));
+    free(b);
+    assert_non_null(a);
+    assert_int_equal(httpc_async_wait(a), HTTPC_ASYNC_HEADERS); /* the blocking variant */
+    assert_int_equal(httpc_async_status(a), 201);
+    char out[32] = "";
+    assert_int_equal(body(a, &w, out, sizeof out - 1, NULL), 11);
+    assert_string_equal(out, "payload-123");
+    httpc_async_close(a);
+}
+
+/* Transfers one after another reuse one kept-alive connection. */
+static void test_keepalive_reuse(void **state)
+{
+    (void)state;
+    waiter w;
+    httpc_async *a = start("/hello", 5000, &w); /* make sure one connection is open */
+    headers(a, &w);
+    body(a, &w, NULL, 0, NULL);
+    httpc_async_close(a);
+    int before = atomic_load(&accepts);
+    for (int i = 0; i < 10; i++) {
+        a = start("/hello", 5000, &w);
+        assert_int_equal(headers(a, &w), HTTPC_ASYNC_HEADERS);
+        assert_int_equal(body(a, &w, NULL, 0, NULL), 5);
+        httpc_async_close(a);
+    }
+    assert_int_equal(atomic_load(&accepts), before);
+}
+
+/* A chunked answer arrives piece by piece: the reader is told "again" and notified. */
+static void test_streaming(void **state)
+{
+    (void)state;
+    waiter w;
+    httpc_async *a = start("/chunked", 5000, &w);
+    assert_int_equal(headers(a, &w), HTTPC_ASYNC_HEADERS);
+    assert_non_null(strstr(httpc_async_headers(a), "text/event-stream"));
+    char out[256] = "";
+    int agains = 0;
+    assert_int_equal(body(a, &w, out, sizeof out - 1, &agains), 5 * 9);
+    assert_string_equal(out, "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n");
+    assert_true(agains >= 3); /* the pieces came 50 ms apart */
+    assert_true(atomic_load(&w.notes) >= agains);
+    httpc_async_close(a);
+}
+
+/* Many at once on the one client thread. */
+static void test_concurrent(void **state)
+{
+    (void)state;
+    enum { N = 24 };
+    waiter w[N];
+    httpc_async *a[N];
+    for (int i = 0; i < N; i++) a[i] = start("/chunked", 5000, &w[i]);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(headers(a[i], &w[i]), HTTPC_ASYNC_HEADERS);
+        assert_int_equal(body(a[i], &w[i], NULL, 0, NULL), 5 * 9);
+        httpc_async_close(a[i]);
+    }
+}
+
+/* A reader that does not read: the buffer stays bounded and the upstream is held back (the
+ * transfer is paused); reading on resumes it and every byte arrives in order. */
+static void test_backpressure(void **state)
+{
+    (void)state;
+    waiter w;
+    atomic_store(&big_sent, 0);
+    httpc_async *a = start("/big", 0, &w);
+    assert_int_equal(headers(a, &w), HTTPC_ASYNC_HEADERS);
+    sleep_ms(500);
+    size_t held = httpc_async_buffered(a);
+    assert_true(held <= HTTPC_ASYNC_BUFFER + 16384);
+    assert_true(held > 0);
+    long sent = atomic_load(&big_sent);
+    sleep_ms(300);
+    assert_int_equal(atomic_load(&big_sent), sent); /* stuck: the client stopped reading */
+    assert_true(sent < BIG_SIZE);
+    long total = 0;
+    bool ok = true;
+    for (;;) {
+        char buf[16384];
+        long k = httpc_async_read(a, buf, sizeof buf);
+        if (k == HTTPC_AGAIN) {
+            wait_note(&w);
+            continue;
+        }
+        if (k <= 0) {
+            assert_int_equal(k, 0);
+            break;
+        }
+        for (long i = 0; i < k; i++) ok = ok && buf[i] == (char)((total + i) % 251);
+        total += k;
+        if (httpc_async_buffered(a) > HTTPC_ASYNC_BUFFER + 16384) ok = false;
+    }
+    assert_true(ok);
+    assert_int_equal(total, BIG_SIZE);
+    httpc_async_close(a);
+}
+
+/* No answer within the timeout: FAILED, HTTPC_TIMEOUT, in about the time asked. */
+static void test_timeout_before_headers(void **state)
+{
+    (void)state;
+    waiter w;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    httpc_async *a = start("/hang", 300, &w);
+    assert_int_equal(headers(a, &w), HTTPC_ASYNC_FAILED);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    assert_true(ms >= 250 && ms < 2000);
+    char err[256];
+    assert_int_equal(httpc_async_error(a, err, sizeof err), HTTPC_TIMEOUT);
+    assert_non_null(strstr(err, "127.0.0.1"));
+    httpc_async_close(a);
+}
+
+/* The timeout bounds the body too: a read fails (-1) after the first bytes. */
+static void test_timeout_mid_body(void **state)
+{
+    (void)state;
+    waiter w;
+    httpc_async *a = start("/stall", 400, &w);
+    assert_int_equal(headers(a, &w), HTTPC_ASYNC_HEADERS);
+    char out[16] = "";
+    assert_int_equal(body(a, &w, out, sizeof out, NULL), -1);
+    assert_memory_equal(out, "abc", 3);
+    char err[256];
+    assert_int_equal(httpc_async_error(a, err, sizeof err), HTTPC_TIMEOUT);
+    httpc_async_close(a);
+}
+
+/* Closing an unfinished transfer closes its connection (the upstream sees it go) and no
+ * notify comes afterwards. */
+static void test_cancel(void **state)
+{
+    (void)state;
+    waiter w;
+    int c0 = atomic_load(&closes);
+    httpc_async *a = start("/hang", 0, &w);
+    assert_int_equal(httpc_async_poll(a), HTTPC_ASYNC_WAITING);
+    sleep_ms(100);
+    httpc_async_close(a);
+    wait_for(&closes, c0 + 1);
+    int notes = atomic_load(&w.notes);
+    sleep_ms(100);
+    assert_int_equal(atomic_load(&w.notes), notes);
+
+    /* and mid-body */
+    c0 = atomic_load(&closes);
+    a = start("/big", 0, &w);
+    assert_int_equal(headers(a, &w), HTTPC_ASYNC_HEADERS);
+    char buf[1024];
+    while (httpc_async_read(a, buf, sizeof buf) == HTTPC_AGAIN) wait_note(&w);
+    httpc_async_close(a);
+    wait_for(&closes, c0 + 1);
+}
+
+static void test_connect_refused(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    waiter w;
+    sem_init(&w.sem, 0, 0);
+    httpc_request rq = {.url = "http://127.0.0.1:1/x", .timeout_ms = 2000};
+    httpc_async *a = httpc_async_start(&rq, note, &w, err, sizeof err);
+    assert_non_null(a);
+    assert_int_equal(headers(a, &w), HTTPC_ASYNC_FAILED);
+    assert_int_equal(httpc_async_error(a, err, sizeof err), HTTPC_CONNECT);
+    assert_non_null(strstr(err, "127.0.0.1:1"));
+    char buf[8];
+    assert_int_equal(httpc_async_read(a, buf, sizeof buf), -1);
+    httpc_async_close(a);
+    httpc_async_close(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_basic),
+        cmocka_unit_test(test_post_body_copied),
+        cmocka_unit_test(test_keepalive_reuse),
+        cmocka_unit_test(test_streaming),
+        cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_backpressure),
+        cmocka_unit_test(test_timeout_before_headers),
+        cmocka_unit_test(test_timeout_mid_body),
+        cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_connect_refused),
+    };
+    return cmocka_run_group_tests(tests, group_setup, NULL);
+}
