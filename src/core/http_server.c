@@ -126,6 +126,7 @@ struct http_req {
     done_hook *hooks;            /* http_req_on_done, in registration order */
 
     atomic_int dstate;           /* D_NONE, or deferred: D_PARKED until fn is done, D_DONE */
+    bool parked_now;             /* http_defer parked r in this handler call (handler's thread only) */
     http_deferred dfn;
     void *darg;
     struct http_req *qnext;
@@ -365,7 +366,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     if (ds == D_PARKED) return MHD_YES; /* not expected: the worker resumes only once done */
     if (ds == D_NONE) {
         s->handler(r, s->ctx);
-        if (atomic_load(&r->dstate) == D_PARKED) return MHD_YES; /* a worker has r now */
+        /* A worker has r now; it may even be done already, but the answer is queued when MHD
+         * calls again after the resume, never from here. */
+        if (r->parked_now) return MHD_YES;
     }
     free_pending(r); /* headers added but never followed by a reply */
     if (!r->resp) return queue_static(r, MHD_HTTP_INTERNAL_SERVER_ERROR, BODY_SERVER_ERROR);
@@ -574,6 +577,7 @@ bool http_defer(http_req *r, http_deferred fn, void *arg)
         return true;
     }
     atomic_store(&r->dstate, D_PARKED);
+    r->parked_now = true;
     MHD_suspend_connection(r->conn); /* from the access handler, as MHD requires */
     r->qnext = NULL;
     if (s->qtail) s->qtail->qnext = r; else s->qhead = r;
