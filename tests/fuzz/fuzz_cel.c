@@ -2,7 +2,7 @@
  * against a fixed activation shaped like the gateway's (jwt, mcp, request, source) with
  * every JSON type, a long string, a long list and values nested past the compare limit.
  *
- * The entry code is fuzz_cel_one(); tests/unit/test_cel.c #includes this file with
+ * The entry code is fuzz_cel_one(); tests/unit/test_fuzz_corpus.c #includes this file with
  * FUZZ_CEL_NO_DRIVER defined and replays tests/fuzz/corpus/fuzz_cel/ through it on every
  * `make check` (tests/fuzz/targets.h is the other targets' shared header). Properties:
  *  - a compile error names a position: err ends with " at LINE:COL", line and col >= 1;

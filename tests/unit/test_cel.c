@@ -12,21 +12,11 @@
 #include "core/util.h"
 #include "gateway/cel.h"
 
-#include <dirent.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* The fuzz entry code; a broken property fails the test and names the corpus file. */
-static const char *fuzz_current = "";
-#define FUZZ_ASSERT(c)                                                                       \
-    do {                                                                                     \
-        if (!(c)) fail_msg("%s: fuzz property failed: %s (line %d)", fuzz_current, #c,       \
-                           __LINE__);                                                        \
-    } while (0)
-#define FUZZ_CEL_NO_DRIVER
-#include "../fuzz/fuzz_cel.c"
 
 #define AGENT "65027832-f56f-4d8e-93aa-a09113ba2d47"
 #define OTHER "14d82eec-204b-4c2f-b7e8-296a70dab67e"
@@ -64,7 +54,6 @@ static int group_teardown(void **state)
 {
     (void)state;
     json_decref(ACT);
-    fuzz_cel_fini();
     return 0;
 }
 
@@ -991,42 +980,6 @@ static void test_threads(void **state)
     cel_program_free(value);
 }
 
-/* ---- the fuzz corpus ------------------------------------------------------------- */
-
-static int by_name(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static void test_fuzz_corpus(void **state)
-{
-    (void)state;
-    const char *dir = "tests/fuzz/corpus/fuzz_cel";   /* tests/run.sh runs us from the top */
-    DIR *d = opendir(dir);
-    if (!d) fail_msg("cannot open %s (run from the top directory)", dir);
-    char **names = NULL;
-    size_t n = 0;
-    for (struct dirent *e; (e = readdir(d));) {
-        if (e->d_name[0] == '.') continue;
-        names = xrealloc(names, (n + 1) * sizeof *names);
-        names[n++] = xasprintf("%s/%s", dir, e->d_name);
-    }
-    closedir(d);
-    qsort(names, n, sizeof *names, by_name);
-    for (size_t i = 0; i < n; i++) {
-        size_t len = 0;
-        char *data = util_read_file(names[i], 1 << 20, &len);
-        if (!data) fail_msg("cannot read %s", names[i]);
-        fuzz_current = names[i];
-        fuzz_cel_one((const uint8_t *)data, len);
-        free(data);
-        free(names[i]);
-    }
-    fuzz_current = "";
-    free(names);
-    assert_true(n >= 40);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1048,7 +1001,6 @@ int main(void)
         cmocka_unit_test(test_rules_decision_table),
         cmocka_unit_test(test_eval_api),
         cmocka_unit_test(test_threads),
-        cmocka_unit_test(test_fuzz_corpus),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

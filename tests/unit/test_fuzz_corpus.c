@@ -1,6 +1,7 @@
 /* Replays every file in tests/fuzz/corpus/<target>/ through the fuzz entry code
  * (tests/fuzz/targets.h), so inputs that once crashed, and the seeds, run on every
- * `make check`, plain and under ASan+UBSan. Fuzzing itself is `make fuzz`. */
+ * `make check`, plain and under ASan+UBSan (fuzz_cel's entry code is fuzz_cel.c itself).
+ * Fuzzing itself is `make fuzz`. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +21,8 @@ static const char *fuzz_current = "";
                            __LINE__);                                                        \
     } while (0)
 #include "../fuzz/targets.h"
+#define FUZZ_CEL_NO_DRIVER
+#include "../fuzz/fuzz_cel.c"
 
 #define CORPUS "tests/fuzz/corpus/"   /* tests/run.sh runs us from the top directory */
 
@@ -70,6 +73,12 @@ static void test_jwt_corpus(void **state)
     assert_true(replay("fuzz_jwt", fuzz_jwt_one) >= 10);
 }
 
+static void test_cel_corpus(void **state)
+{
+    (void)state;
+    assert_true(replay("fuzz_cel", fuzz_cel_one) >= 40);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -80,6 +89,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     fuzz_jwt_fini();
+    fuzz_cel_fini();
     return 0;
 }
 
@@ -88,6 +98,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_form_corpus),
         cmocka_unit_test(test_jwt_corpus),
+        cmocka_unit_test(test_cel_corpus),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
