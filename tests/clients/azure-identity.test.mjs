@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  setup, runClient, mustRun, verifyToken, blueprintCert, tokenRequests, assertV2Basics,
+  setup, runClient, mustRun, verifyToken, blueprintCert, tokenRequests, assertV2Basics, assertBlueprintAppToken as assertAppToken,
 } from './client-harness.mjs';
 
 const TOKEN_EXCHANGE_APPID = 'fb60f99c-7a34-4190-8149-302f77469936';
@@ -24,14 +24,7 @@ after(async () => {
   if (ctx) assert.equal(await ctx.stop(), 0, 'issuer exits cleanly (no leaks under ASan)');
 });
 
-function assertBlueprintAppToken(payload, acr) {
-  assertV2Basics(assert, ctx, payload, { aud: d.api.app_id, azp: d.blueprint.app_id });
-  assert.equal(payload.idtyp, 'app');
-  assert.equal(payload.azpacr, acr);
-  assert.equal(payload.oid, d.blueprint.object_id);
-  assert.deepEqual(payload.roles, ['Weather.Read.All']);
-  assert.equal(payload.scp, undefined);
-}
+const assertBlueprintAppToken = (payload, acr) => assertAppToken(assert, ctx, payload, acr);
 
 /** Leg 1, T1: the blueprint's token for api://AzureADTokenExchange with fmi_path = the agent.
  * Azure Identity has no fmi_path option, so this step uses @azure/msal-node's

@@ -156,3 +156,16 @@ export function assertV2Basics(assert, ctx, payload, { aud, azp }) {
   assert.equal(payload.azp, azp, 'azp');
   assert.ok(Number.isInteger(payload.exp) && payload.exp > Date.now() / 1000, 'exp in the future');
 }
+
+/** The blueprint's app-only token for the Weather API, as every credential must give it;
+ * acr is the azpacr the credential implies ('1' secret, '2' certificate or assertion). */
+export function assertBlueprintAppToken(assert, ctx, payload, acr) {
+  const { d } = ctx;
+  assertV2Basics(assert, ctx, payload, { aud: d.api.app_id, azp: d.blueprint.app_id });
+  assert.equal(payload.idtyp, 'app');
+  assert.equal(payload.azpacr, acr);
+  assert.equal(payload.oid, d.blueprint.object_id);
+  assert.equal(payload.sub, d.blueprint.object_id);
+  assert.deepEqual(payload.roles, ['Weather.Read.All']);
+  assert.equal(payload.scp, undefined, 'no scp in an app token');
+}

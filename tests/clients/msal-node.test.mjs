@@ -9,7 +9,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  setup, runClient, mustRun, verifyToken, blueprintCert, tokenRequests, assertV2Basics,
+  setup, runClient, mustRun, verifyToken, blueprintCert, tokenRequests, assertV2Basics, assertBlueprintAppToken as assertAppToken,
 } from './client-harness.mjs';
 
 const TOKEN_EXCHANGE_APPID = 'fb60f99c-7a34-4190-8149-302f77469936';
@@ -25,16 +25,7 @@ after(async () => {
   if (ctx) assert.equal(await ctx.stop(), 0, 'issuer exits cleanly (no leaks under ASan)');
 });
 
-/** The blueprint's app-only token for the Weather API, as every credential must give it. */
-function assertBlueprintAppToken(payload, acr) {
-  assertV2Basics(assert, ctx, payload, { aud: d.api.app_id, azp: d.blueprint.app_id });
-  assert.equal(payload.idtyp, 'app');
-  assert.equal(payload.azpacr, acr);
-  assert.equal(payload.oid, d.blueprint.object_id);
-  assert.equal(payload.sub, d.blueprint.object_id);
-  assert.deepEqual(payload.roles, ['Weather.Read.All']);
-  assert.equal(payload.scp, undefined, 'no scp in an app token');
-}
+const assertBlueprintAppToken = (payload, acr) => assertAppToken(assert, ctx, payload, acr);
 
 test('client credentials with a secret; the identical second call is served from MSAL\'s cache', async () => {
   const before = tokenRequests(ctx);
