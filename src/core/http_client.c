@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define DEFAULT_TIMEOUT_MS   10000L
 #define MAX_CONNECT_MS       5000L
@@ -780,12 +781,17 @@ httpc_async_state httpc_async_poll(httpc_async *a)
     return st;
 }
 
-httpc_async_state httpc_async_wait(httpc_async *a)
+httpc_async_state httpc_async_wait(httpc_async *a, const atomic_bool *cancel)
 {
     if (!a) return HTTPC_ASYNC_FAILED;
     pthread_mutex_lock(&a->mu);
     a->waiters++;
-    while (a_state(a) == HTTPC_ASYNC_WAITING) pthread_cond_wait(&a->cond, &a->mu);
+    while (a_state(a) == HTTPC_ASYNC_WAITING && !(cancel && atomic_load(cancel))) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&a->cond, &a->mu, &until);
+    }
     a->waiters--;
     httpc_async_state st = a_state(a);
     pthread_mutex_unlock(&a->mu);

@@ -134,8 +134,9 @@ httpc_async *httpc_async_start(const httpc_request *req, void (*notify)(void *ct
                                char *err, size_t errlen);
 /* Where the transfer stands; WAITING arranges a notify. */
 httpc_async_state httpc_async_poll(httpc_async *a);
-/* Block until the state is not WAITING (for threads that may block, e.g. server workers). */
-httpc_async_state httpc_async_wait(httpc_async *a);
+/* Block until the state is not WAITING (for threads that may block, e.g. server workers), or
+ * until *cancel (may be NULL) is true, checked once a second: then WAITING. */
+httpc_async_state httpc_async_wait(httpc_async *a, const atomic_bool *cancel);
 /* Once HEADERS: the final response's status and header block ("Name: value\r\n"..., the
  * status line excluded), unchanged until close. */
 long httpc_async_status(httpc_async *a);

@@ -23,6 +23,16 @@
  * connection; MHD then calls on_access once more (no data), which queues the reply. The server
  * counts deferred requests from http_defer to req_free (`outstanding`) so that stopping can
  * wait for their answers: MHD must not be stopped with a connection still suspended.
+ *
+ * Waiting without a thread (opts.async): a request or a streamed reply that has nothing to say
+ * yet suspends its connection, from on_access (http_wait) or from the content reader (the read
+ * callback said HTTP_STREAM_AGAIN), and a producer on any thread resumes it with http_wake. The
+ * two sides meet in an http_waker, one per request, under the server's wmu: `suspended` when
+ * the connection is, `pending` when a wake came while it was not (the next suspend is skipped,
+ * so a wake is never lost between "nothing yet" and the suspend). Suspended wakers are listed
+ * so that stopping can resume them all (`cancelled`): a waiting request then runs its fn with
+ * cancelled = true after a 503, a stream ends with an error. The waker is reference-counted by
+ * the request and its stream, which may outlive it.
  */
 #include "core/http_server.h"
 #include "core/util.h"
@@ -57,6 +67,8 @@ static const char BODY_SERVER_ERROR[] = "{\"error\":\"server_error\"}";
 static const char BODY_STOPPING[] = "{\"error\":\"temporarily_unavailable\",\"error_description\":\"the server is stopping\"}";
 static const char JSON_TYPE[] = "application/json; charset=utf-8";
 
+typedef struct http_waker http_waker;
+
 struct http_server {
     struct MHD_Daemon *d;
     http_handler handler;
@@ -78,6 +90,23 @@ struct http_server {
     pthread_t *workers;
     unsigned nworkers;
     bool stopping;
+
+    /* http_wait / HTTP_STREAM_AGAIN (opts.async), all under wmu */
+    bool async;
+    pthread_mutex_t wmu;
+    pthread_cond_t wquiet;       /* wlive went down */
+    http_waker *wsusp;           /* wakers whose connection is suspended */
+    unsigned wlive;              /* wakers not yet freed */
+    bool wstopping;
+};
+
+struct http_waker {
+    http_server *srv;
+    struct MHD_Connection *conn;
+    unsigned refs;               /* the request's and its stream's; under srv->wmu */
+    bool suspended, pending;     /* under srv->wmu */
+    atomic_bool cancelled;       /* the server is stopping: no more waiting */
+    http_waker *prev, *next;     /* in srv->wsusp while suspended */
 };
 
 enum { D_NONE = 0, D_PARKED, D_DONE }; /* http_req.dstate */
@@ -100,6 +129,7 @@ typedef struct {
     struct MHD_Connection *conn;
     unsigned timeout_s;          /* the idle timeout to restore once the body is out */
     bool ended;
+    http_waker *w;               /* a reference, on async servers: HTTP_STREAM_AGAIN */
     struct http_req *req;        /* while it lives; NULL after it went */
     done_hook *hooks;            /* handed over by a http_req that went first */
 } stream;
@@ -130,6 +160,11 @@ struct http_req {
     http_deferred dfn;
     void *darg;
     struct http_req *qnext;
+
+    http_waker *w;               /* created by http_req_waker / http_wait / a stream */
+    http_waited wfn;             /* http_wait: what to run when woken */
+    void *warg;
+    bool wsusp;                  /* suspended by http_wait (the server thread's) */
 };
 
 /* ---- listen address ---------------------------------------------------------- */
@@ -232,9 +267,12 @@ static void run_hooks(done_hook *h)
     }
 }
 
+static void waker_unref(http_waker *w);
+
 static void req_free(http_req *r)
 {
     if (!r) return;
+    waker_unref(r->w);
     if (atomic_load(&r->dstate) != D_NONE) {
         http_server *s = r->srv;
         pthread_mutex_lock(&s->mu);
@@ -365,7 +403,19 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     int ds = atomic_load(&r->dstate);
     if (ds == D_PARKED) return MHD_YES; /* not expected: the worker resumes only once done */
     if (ds == D_NONE) {
-        s->handler(r, s->ctx);
+        if (r->wsusp) r->wsusp = false; /* woken after http_wait: run its fn below */
+        else s->handler(r, s->ctx);
+        while (r->wfn && !r->wsusp && !r->parked_now) {
+            http_waited fn = r->wfn;
+            r->wfn = NULL;
+            bool cancelled = atomic_load(&r->w->cancelled);
+            if (cancelled && !r->resp) {
+                free_pending(r);
+                http_reply(r, 503, JSON_TYPE, BODY_STOPPING, strlen(BODY_STOPPING));
+            }
+            fn(r, r->warg, cancelled);
+        }
+        if (r->wsusp) return MHD_YES; /* waiting for http_wake */
         /* A worker has r now; it may even be done already, but the answer is queued when MHD
          * calls again after the resume, never from here. */
         if (r->parked_now) return MHD_YES;
@@ -398,8 +448,8 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
         snprintf(err, errlen, "TLS needs both a certificate and a key");
         return NULL;
     }
-    if (opts->defer_workers && opts->thread_per_connection) {
-        snprintf(err, errlen, "deferred requests need the thread pool, not thread_per_connection");
+    if ((opts->defer_workers || opts->async) && opts->thread_per_connection) {
+        snprintf(err, errlen, "deferred and waiting requests need the thread pool, not thread_per_connection");
         return NULL;
     }
     if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
@@ -423,6 +473,9 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
     pthread_cond_init(&s->work, NULL);
     pthread_cond_init(&s->quiet, NULL);
     if (s->max_workers) s->workers = xcalloc(s->max_workers, sizeof *s->workers);
+    s->async = opts->async;
+    pthread_mutex_init(&s->wmu, NULL);
+    pthread_cond_init(&s->wquiet, NULL);
 
     /* No MHD_USE_ERROR_LOG: MHD's messages can quote the URL of a request. */
     unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD;
@@ -439,7 +492,7 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
         }
     }
     if (v6) flags |= MHD_USE_DUAL_STACK; /* also implies MHD_USE_IPv6 */
-    if (s->max_workers) flags |= MHD_ALLOW_SUSPEND_RESUME; /* also MHD_USE_ITC: resumes wake MHD */
+    if (s->max_workers || s->async) flags |= MHD_ALLOW_SUSPEND_RESUME; /* also MHD_USE_ITC: resumes wake MHD */
     if (tls) {
         flags |= MHD_USE_TLS;
         s->cert = xstrdup(opts->tls_cert_pem);
@@ -470,6 +523,8 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
         pthread_cond_destroy(&s->quiet);
         pthread_cond_destroy(&s->work);
         pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->wquiet);
+        pthread_mutex_destroy(&s->wmu);
         free(s);
         return NULL;
     }
@@ -485,11 +540,13 @@ unsigned http_server_port(const http_server *s)
 }
 
 static void defer_stop(http_server *s);
+static void wake_stop(http_server *s);
 
 void http_server_stop(http_server *s)
 {
     if (!s) return;
     if (s->max_workers) defer_stop(s);
+    if (s->async) wake_stop(s);
     MHD_stop_daemon(s->d); /* joins every thread, so running handlers finish first */
     free(s->cert);
     free(s->key);
@@ -497,6 +554,8 @@ void http_server_stop(http_server *s)
     pthread_cond_destroy(&s->quiet);
     pthread_cond_destroy(&s->work);
     pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->wquiet);
+    pthread_mutex_destroy(&s->wmu);
     free(s);
 }
 
@@ -615,6 +674,122 @@ static void defer_stop(http_server *s)
     unsigned n = s->nworkers;
     pthread_mutex_unlock(&s->mu);
     for (unsigned i = 0; i < n; i++) pthread_join(s->workers[i], NULL);
+}
+
+/* ---- waiting without a thread (opts.async) ------------------------------------------- */
+
+static http_waker *waker_of(http_req *r)
+{
+    if (!r->srv->async) return NULL;
+    if (!r->w) {
+        http_waker *w = xcalloc(1, sizeof *w);
+        w->srv = r->srv;
+        w->conn = r->conn;
+        w->refs = 1;
+        atomic_init(&w->cancelled, false);
+        pthread_mutex_lock(&r->srv->wmu);
+        r->srv->wlive++;
+        pthread_mutex_unlock(&r->srv->wmu);
+        r->w = w;
+    }
+    return r->w;
+}
+
+static void waker_unref(http_waker *w)
+{
+    if (!w) return;
+    http_server *s = w->srv;
+    pthread_mutex_lock(&s->wmu);
+    bool last = --w->refs == 0;
+    if (last) {
+        s->wlive--;
+        pthread_cond_broadcast(&s->wquiet);
+    }
+    pthread_mutex_unlock(&s->wmu);
+    if (last) free(w);
+}
+
+/* With wmu held, from on_access or the content reader (where MHD allows it). */
+static void waker_suspend(http_waker *w)
+{
+    http_server *s = w->srv;
+    w->suspended = true;
+    w->prev = NULL;
+    w->next = s->wsusp;
+    if (s->wsusp) s->wsusp->prev = w;
+    s->wsusp = w;
+    MHD_suspend_connection(w->conn);
+}
+
+/* With wmu held. */
+static void waker_resume(http_waker *w)
+{
+    http_server *s = w->srv;
+    if (w->prev) w->prev->next = w->next; else s->wsusp = w->next;
+    if (w->next) w->next->prev = w->prev;
+    w->prev = w->next = NULL;
+    w->suspended = false;
+    MHD_resume_connection(w->conn);
+}
+
+/* With wmu held: false if the connection may not wait now (a wake came in between, or the
+ * server is stopping: *stopping says which); otherwise it is suspended. */
+static bool waker_try_suspend(http_waker *w, bool *stopping)
+{
+    *stopping = w->srv->wstopping;
+    if (*stopping) return false;
+    if (w->pending) {
+        w->pending = false;
+        return false;
+    }
+    waker_suspend(w);
+    return true;
+}
+
+http_waker *http_req_waker(http_req *r)
+{
+    return r ? waker_of(r) : NULL;
+}
+
+void http_wake(http_waker *w)
+{
+    if (!w) return;
+    pthread_mutex_lock(&w->srv->wmu);
+    if (w->suspended) waker_resume(w);
+    else w->pending = true;
+    pthread_mutex_unlock(&w->srv->wmu);
+}
+
+bool http_wait(http_req *r, http_waited fn, void *arg)
+{
+    if (!r || !fn || r->resp || r->wfn || atomic_load(&r->dstate) != D_NONE) return false;
+    http_waker *w = waker_of(r);
+    if (!w) return false;
+    bool stopping;
+    pthread_mutex_lock(&r->srv->wmu);
+    bool suspended = waker_try_suspend(w, &stopping);
+    pthread_mutex_unlock(&r->srv->wmu);
+    if (stopping) return false;
+    r->wfn = fn;
+    r->warg = arg;
+    r->wsusp = suspended; /* else woken already: on_access runs fn right after this call */
+    return true;
+}
+
+/* Resume every waiting connection for good, then give their answers a moment to go out. */
+static void wake_stop(http_server *s)
+{
+    pthread_mutex_lock(&s->wmu);
+    s->wstopping = true;
+    while (s->wsusp) {
+        atomic_store(&s->wsusp->cancelled, true);
+        waker_resume(s->wsusp);
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += STOP_SEND_WAIT_S;
+    while (s->wlive && pthread_cond_timedwait(&s->wquiet, &s->wmu, &until) == 0) {}
+    pthread_mutex_unlock(&s->wmu);
 }
 
 /* ---- request accessors -------------------------------------------------------- */
@@ -763,7 +938,29 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     stream *st = cls;
     (void)pos;
     if (st->ended) return MHD_CONTENT_READER_END_OF_STREAM;
-    long n = st->read(st->ctx, buf, max);
+    long n;
+    for (;;) {
+        if (st->w && atomic_load(&st->w->cancelled)) { /* the server is stopping */
+            n = -1;
+            break;
+        }
+        n = st->read(st->ctx, buf, max);
+        if (n != HTTP_STREAM_AGAIN) break;
+        if (!st->w) { /* not an async server: nothing would ever wake it */
+            n = -1;
+            break;
+        }
+        bool stopping;
+        pthread_mutex_lock(&st->w->srv->wmu);
+        bool suspended = waker_try_suspend(st->w, &stopping);
+        pthread_mutex_unlock(&st->w->srv->wmu);
+        if (suspended) return 0; /* MHD calls again once http_wake resumed the connection */
+        if (stopping) {
+            n = -1;
+            break;
+        }
+        /* a wake came in between: read again */
+    }
     if (n > 0) return (ssize_t)(n < (long)max ? n : (long)max);
     stream_end(st);
     return n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
@@ -775,6 +972,7 @@ static void stream_free(void *cls)
     if (st->done) st->done(st->ctx);
     if (st->req) st->req->stream = NULL; /* the http_req runs its own hooks */
     run_hooks(st->hooks);
+    waker_unref(st->w);
     free(st);
 }
 
@@ -795,6 +993,12 @@ void http_reply_stream(http_req *r, int status, const char *content_type, http_s
     st->conn = r->conn;
     st->timeout_s = r->srv->timeout_s;
     st->req = r;
+    st->w = waker_of(r);
+    if (st->w) {
+        pthread_mutex_lock(&r->srv->wmu);
+        st->w->refs++;
+        pthread_mutex_unlock(&r->srv->wmu);
+    }
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, st, stream_free);
     if (!resp) { /* out of memory: on_access answers 500 */

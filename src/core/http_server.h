@@ -21,10 +21,14 @@
  *  - Streaming (http_reply_stream): the body comes from a read callback that runs on the
  *    server thread after the handler returned, until it reports the end. It may block only
  *    when the server runs thread_per_connection (each connection has its own thread); the
- *    idle timeout is suspended while a stream is being sent.
+ *    idle timeout is suspended while a stream is being sent. On an async server it may say
+ *    HTTP_STREAM_AGAIN instead of blocking (see http_wake below).
  *  - Deferred requests (opt-in, opts.defer_workers > 0; see http_defer below): a handler
  *    may hand a request that would block (a call to another server) to a worker thread, so
  *    the server's few threads keep answering other connections meanwhile.
+ *  - Waiting without a thread (opts.async; see http_wait, http_wake): a request, or a streamed
+ *    reply, that waits for something another thread produces (an upstream's answer) parks its
+ *    connection instead of a thread, and the producer wakes it.
  *  - Only this module includes <microhttpd.h>.
  */
 #ifndef AGENTID_CORE_HTTP_SERVER_H
@@ -49,6 +53,8 @@ typedef struct {
      * needed (none at idle). Not with thread_per_connection (http_server_start fails). */
     unsigned defer_workers;
     size_t thread_stack;       /* stack size of the server's and the workers' threads; 0 => default */
+    /* turns on http_wait and HTTP_STREAM_AGAIN (not with thread_per_connection) */
+    bool async;
 } http_server_opts;
 
 typedef void (*http_handler)(http_req *req, void *ctx);
@@ -61,7 +67,10 @@ unsigned http_server_port(const http_server *s);
 /* Stops accepting, waits for handlers to finish, frees. NULL is fine. With defer_workers:
  * deferred requests not yet started are answered 503 (their fn runs with cancelled = true),
  * those running are waited for, and their answers are given up to 2 s to be sent before
- * the connections are closed. */
+ * the connections are closed. With async: requests in http_wait are answered 503 (their fn
+ * runs with cancelled = true), streams waiting after HTTP_STREAM_AGAIN end with an error
+ * (the client sees an incomplete answer; their done runs), and a stream that says
+ * HTTP_STREAM_AGAIN from then on ends the same way; up to 2 s more for all that to go out. */
 void http_server_stop(http_server *s);
 
 const char *http_req_method(const http_req *r);
@@ -96,7 +105,9 @@ void http_reply_json_type(http_req *r, int status, const char *content_type, jso
 /* A streamed reply: status, headers, then a body produced piece by piece, sent with chunked
  * transfer encoding as the pieces come. read(ctx, buf, max) copies up to max bytes into buf
  * and returns how many (> 0), 0 at the end of the body, or -1 to abort (the connection is
- * closed, so the client sees an incomplete answer). done(ctx) runs exactly once when the
+ * closed, so the client sees an incomplete answer). On an async server it may also return
+ * HTTP_STREAM_AGAIN: nothing yet; the connection is suspended (no thread waits) until
+ * http_wake on the request's waker, then read is called again (elsewhere it counts as -1). done(ctx) runs exactly once when the
  * response is finished with, sent or not (also when the client went away, or if this reply
  * is ignored because another came first); done may be NULL. */
 typedef long (*http_stream_read)(void *ctx, char *buf, size_t max);
@@ -128,6 +139,38 @@ void http_reply_stream(http_req *r, int status, const char *content_type, http_s
  *  - A client that goes away while its request is deferred is noticed only once fn is done. */
 typedef void (*http_deferred)(http_req *r, void *arg, bool cancelled);
 bool http_defer(http_req *r, http_deferred fn, void *arg);
+
+/* ---- waiting without a thread (servers started with opts.async) ---------------------------
+ *
+ *     static void on_upstream_news(void *w) { http_wake(w); }            // any thread
+ *     static void resumed(http_req *r, void *arg, bool cancelled) {      // a server thread
+ *         if (cancelled) { release(arg); return; }                       // 503 already made
+ *         if (!ready(arg)) { if (!http_wait(r, resumed, arg)) ...; return; }  // wait on
+ *         http_reply_stream(r, 200, type, read_piece, arg, release);     // may say AGAIN
+ *     }
+ *     ... in the handler: start(arg, on_upstream_news, http_req_waker(r));
+ *                         if (http_wait(r, resumed, arg)) return;
+ *
+ * http_req_waker(r) is the request's waker (made on first use; NULL unless the server is
+ * async): any thread may call http_wake on it, from the moment it is had until the request's
+ * stream's done callback ran, or, for a request without a streamed reply, until its answer is
+ * made. A wake resumes the connection if the request waits (http_wait) or its stream said
+ * HTTP_STREAM_AGAIN; otherwise it is remembered and the next wait does not suspend. Wakes may
+ * be spurious: whoever is woken checks and may wait again.
+ * http_wait, called by a handler or by a waited fn (on a server thread, not from a deferred
+ * worker), parks the request without a reply: the connection is suspended (it neither reads,
+ * writes nor times out; a client that goes away is noticed only once it is resumed) and the
+ * thread goes back to other connections. After the next http_wake, fn(r, arg, false) runs on a
+ * server thread, as a handler does: it answers, or waits again, or hands over to http_defer.
+ * Returns false, having done nothing, when the server is not async or is stopping, or r was
+ * answered, deferred or is waiting already; the caller then carries on inline. When the server
+ * stops, fn runs with cancelled = true after a 503: it only releases arg (no blocking). */
+typedef struct http_waker http_waker;
+typedef void (*http_waited)(http_req *r, void *arg, bool cancelled);
+#define HTTP_STREAM_AGAIN (-2L)
+http_waker *http_req_waker(http_req *r);
+void http_wake(http_waker *w);
+bool http_wait(http_req *r, http_waited fn, void *arg);
 
 /* Run fn(ctx) once the request is over (answer sent, or connection lost), on the server
  * thread, after any stream's done callback. For state that must outlive the handler. */

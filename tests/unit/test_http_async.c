@@ -261,7 +261,7 @@ static void test_post_body_copied(void **state)
     memset(b, 'x', strlen(b));
     free(b);
     assert_non_null(a);
-    assert_int_equal(httpc_async_wait(a), HTTPC_ASYNC_HEADERS); /* the blocking variant */
+    assert_int_equal(httpc_async_wait(a, NULL), HTTPC_ASYNC_HEADERS); /* the blocking variant */
     assert_int_equal(httpc_async_status(a), 201);
     char out[32] = "";
     assert_int_equal(body(a, &w, out, sizeof out - 1, NULL), 11);
@@ -401,6 +401,9 @@ static void test_cancel(void **state)
     int c0 = atomic_load(&closes);
     httpc_async *a = start("/hang", 0, &w);
     assert_int_equal(httpc_async_poll(a), HTTPC_ASYNC_WAITING);
+    atomic_bool cancel;
+    atomic_init(&cancel, true);
+    assert_int_equal(httpc_async_wait(a, &cancel), HTTPC_ASYNC_WAITING); /* gives up at once */
     sleep_ms(100);
     httpc_async_close(a);
     wait_for(&closes, c0 + 1);
