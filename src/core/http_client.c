@@ -21,6 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include <time.h>
 
 #define DEFAULT_TIMEOUT_MS   10000L
@@ -481,8 +484,11 @@ long httpc_stream_read(httpc_stream *s, char *buf, size_t max)
 /* ---- asynchronous transfers --------------------------------------------------------------
  *
  * One client thread (aloop_main) owns a multi handle and every easy handle added to it; other
- * threads never touch those. They talk to it through a queue of transfers with pending
- * commands (start, unpause, cancel) under aloop.mu, and curl_multi_wakeup. What the callbacks
+ * threads never touch those. It drives the multi handle with curl_multi_socket_action on an
+ * epoll set of the transfers' sockets (curl says which through on_socket, and when to call
+ * again through on_timer), so a wake-up costs what is ready, not what is open. Other threads
+ * talk to it through a queue of transfers with pending commands (start, unpause, cancel) under
+ * aloop.mu, and an eventfd in the epoll set, written only when the loop sleeps. What the callbacks
  * collect (headers, body buffer, end) is guarded by the transfer's own mutex, which readers
  * take too. A transfer is freed by the loop once it is closed by its owner (a cancel command),
  * or by httpc_async_close directly when the loop is done with it and has nothing queued. */
@@ -508,6 +514,8 @@ struct httpc_async {
     size_t hlen, hcap;
     long status;
     bool headers_done, done, too_large, paused, unpause_queued, want_notify, closed;
+    bool news;                   /* changed during this socket_action: tell the reader after it */
+    struct httpc_async *nnext;   /* in aloop.news (loop thread only) */
     CURLcode rc;
     char *buf;                   /* body received, not yet read: buf[off..len) */
     size_t len, off, cap;
@@ -523,7 +531,27 @@ static struct {
     CURL *easy[EASY_POOL_MAX];   /* idle easy handles, reset */
     size_t neasy;
     bool started;
-} aloop = {.mu = PTHREAD_MUTEX_INITIALIZER, .once = PTHREAD_ONCE_INIT};
+    bool asleep;                 /* in epoll_wait: queueing must write wakefd */
+    int ep, wakefd;
+    int64_t deadline;            /* monotonic ms curl wants to be called at; -1: none (loop only) */
+    struct httpc_async *news;    /* changed by the callbacks of the current socket_action (loop only) */
+} aloop = {.mu = PTHREAD_MUTEX_INITIALIZER, .once = PTHREAD_ONCE_INIT, .ep = -1, .wakefd = -1};
+
+/* With aloop.mu held, after enqueue: true if the caller must wake the loop (loop_wake, after
+ * unlocking). */
+static bool loop_needs_wake(void)
+{
+    bool w = aloop.asleep;
+    aloop.asleep = false; /* one write is enough */
+    return w;
+}
+
+static void loop_wake(void)
+{
+    uint64_t one = 1;
+    ssize_t k = write(aloop.wakefd, &one, sizeof one);
+    (void)k; /* EAGAIN: the counter is full, the loop wakes anyway */
+}
 
 /* With a->mu held: tell the waiting reader something changed. */
 static void a_changed(httpc_async *a)
@@ -532,6 +560,32 @@ static void a_changed(httpc_async *a)
     if (a->want_notify && !a->closed && a->notify) {
         a->want_notify = false;
         a->notify(a->ctx);
+    }
+}
+
+/* With a->mu held, on the loop thread: tell the reader once curl is done with this round, so
+ * that headers and the body bytes that came with them wake it once. */
+static void a_later(httpc_async *a)
+{
+    if (a->news) return;
+    a->news = true;
+    a->nnext = aloop.news;
+    aloop.news = a;
+}
+
+/* After a curl call: the news of that round. The transfers are still running (not released),
+ * so none of them can have been freed meanwhile. */
+static void loop_flush(void)
+{
+    httpc_async *a = aloop.news;
+    aloop.news = NULL;
+    while (a) {
+        httpc_async *next = a->nnext;
+        pthread_mutex_lock(&a->mu);
+        a->news = false;
+        a_changed(a);
+        pthread_mutex_unlock(&a->mu);
+        a = next;
     }
 }
 
@@ -549,7 +603,7 @@ static size_t async_on_header(char *data, size_t size, size_t nmemb, void *userp
         if (a->status >= 200 && !a->headers_done) {
             if (!a->hdrs) a->hdrs = xstrdup("");
             a->headers_done = true;
-            a_changed(a);
+            a_later(a);
         }
     } else if (a->hlen + n > MAX_HEADER_BYTES) {
         a->too_large = true;
@@ -582,7 +636,7 @@ static size_t async_on_body(char *data, size_t size, size_t nmemb, void *userp)
         a->off = 0;
     }
     buf_add(&a->buf, &a->len, &a->cap, data, n);
-    a_changed(a);
+    a_later(a);
     pthread_mutex_unlock(&a->mu);
     return n;
 }
@@ -673,42 +727,107 @@ static void loop_commands(void)
             pthread_mutex_unlock(&a->mu);
             /* may deliver the held piece right away (async_on_body, which may pause again) */
             if (a->in_multi) curl_easy_pause(a->h, CURLPAUSE_CONT);
+            loop_flush();
         }
         pthread_mutex_lock(&aloop.mu);
     }
     pthread_mutex_unlock(&aloop.mu);
 }
 
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* curl: watch socket s for what (or stop watching it). */
+static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    (void)e, (void)userp, (void)socketp;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(aloop.ep, EPOLL_CTL_DEL, s, NULL);
+        return 0;
+    }
+    struct epoll_event ev = {.data.fd = s};
+    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
+    if (epoll_ctl(aloop.ep, EPOLL_CTL_MOD, s, &ev) != 0) epoll_ctl(aloop.ep, EPOLL_CTL_ADD, s, &ev);
+    return 0;
+}
+
+/* curl: call curl_multi_socket_action(CURL_SOCKET_TIMEOUT) in ms (-1: no timer). */
+static int on_timer(CURLM *m, long ms, void *userp)
+{
+    (void)m, (void)userp;
+    aloop.deadline = ms < 0 ? -1 : now_ms() + ms;
+    return 0;
+}
+
+/* Finished transfers: out of the multi handle, their end told to their readers. */
+static void loop_finished(void)
+{
+    loop_flush(); /* before any transfer is released */
+    int left = 0;
+    CURLMsg *msg;
+    while ((msg = curl_multi_info_read(aloop.m, &left))) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        httpc_async *a = NULL;
+        CURLcode rc = msg->data.result;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&a);
+        if (!a) continue;
+        loop_detach(a);
+        pthread_mutex_lock(&a->mu);
+        a->done = true;
+        a->rc = rc;
+        if (rc == CURLE_OK && !a->headers_done) { /* e.g. a reply without any header line */
+            if (!a->hdrs) a->hdrs = xstrdup("");
+            if (!a->status) curl_easy_getinfo(a->h, CURLINFO_RESPONSE_CODE, &a->status);
+            a->headers_done = true;
+        }
+        a_changed(a);
+        pthread_mutex_unlock(&a->mu);
+        pthread_mutex_lock(&aloop.mu);
+        a->loop_released = true; /* from here on only a queued cancel brings it back */
+        pthread_mutex_unlock(&aloop.mu);
+    }
+}
+
 static void *aloop_main(void *arg)
 {
     (void)arg;
+    struct epoll_event evs[64];
+    int running = 0;
     for (;;) {
         loop_commands();
-        int running = 0, left = 0;
-        curl_multi_perform(aloop.m, &running);
-        CURLMsg *msg;
-        while ((msg = curl_multi_info_read(aloop.m, &left))) {
-            if (msg->msg != CURLMSG_DONE) continue;
-            httpc_async *a = NULL;
-            CURLcode rc = msg->data.result;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&a);
-            if (!a) continue;
-            loop_detach(a);
-            pthread_mutex_lock(&a->mu);
-            a->done = true;
-            a->rc = rc;
-            if (rc == CURLE_OK && !a->headers_done) { /* e.g. a reply without any header line */
-                if (!a->hdrs) a->hdrs = xstrdup("");
-                if (!a->status) curl_easy_getinfo(a->h, CURLINFO_RESPONSE_CODE, &a->status);
-                a->headers_done = true;
-            }
-            a_changed(a);
-            pthread_mutex_unlock(&a->mu);
-            pthread_mutex_lock(&aloop.mu);
-            a->loop_released = true; /* from here on only a queued cancel brings it back */
-            pthread_mutex_unlock(&aloop.mu);
+        if (aloop.deadline >= 0 && now_ms() >= aloop.deadline) {
+            aloop.deadline = -1;
+            curl_multi_socket_action(aloop.m, CURL_SOCKET_TIMEOUT, 0, &running);
         }
-        curl_multi_poll(aloop.m, NULL, 0, 1000, NULL);
+        loop_finished();
+
+        int64_t wait = aloop.deadline < 0 ? 1000 : aloop.deadline - now_ms();
+        pthread_mutex_lock(&aloop.mu);
+        if (aloop.qhead) wait = 0; /* more commands came meanwhile */
+        aloop.asleep = wait > 0;
+        pthread_mutex_unlock(&aloop.mu);
+        int n = epoll_wait(aloop.ep, evs, 64, wait < 0 ? 0 : wait > 1000 ? 1000 : (int)wait);
+        pthread_mutex_lock(&aloop.mu);
+        aloop.asleep = false;
+        pthread_mutex_unlock(&aloop.mu);
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == aloop.wakefd) {
+                uint64_t v;
+                ssize_t k = read(fd, &v, sizeof v);
+                (void)k;
+                continue;
+            }
+            uint32_t e = evs[i].events;
+            int mask = (e & EPOLLIN ? CURL_CSELECT_IN : 0) | (e & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                       (e & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+            curl_multi_socket_action(aloop.m, fd, mask, &running);
+        }
+        loop_finished();
     }
     return NULL;
 }
@@ -716,8 +835,15 @@ static void *aloop_main(void *arg)
 static void aloop_init(void)
 {
     pthread_once(&once, init_once);
+    aloop.deadline = -1;
+    aloop.ep = epoll_create1(EPOLL_CLOEXEC);
+    aloop.wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     aloop.m = curl_multi_init();
-    if (!aloop.m) return;
+    if (!aloop.m || aloop.ep < 0 || aloop.wakefd < 0) return;
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = aloop.wakefd};
+    if (epoll_ctl(aloop.ep, EPOLL_CTL_ADD, aloop.wakefd, &ev) != 0) return;
+    curl_multi_setopt(aloop.m, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(aloop.m, CURLMOPT_TIMERFUNCTION, on_timer);
     pthread_t t;
     pthread_attr_t at;
     pthread_attr_init(&at);
@@ -759,8 +885,9 @@ httpc_async *httpc_async_start(const httpc_request *req, void (*notify)(void *ct
     curl_easy_setopt(h, CURLOPT_PRIVATE, a);
     pthread_mutex_lock(&aloop.mu);
     enqueue(a, CMD_START);
+    bool wake = loop_needs_wake();
     pthread_mutex_unlock(&aloop.mu);
-    curl_multi_wakeup(aloop.m);
+    if (wake) loop_wake();
     return a;
 }
 
@@ -843,8 +970,9 @@ long httpc_async_read(httpc_async *a, char *buf, size_t max)
     if (wake) {
         pthread_mutex_lock(&aloop.mu);
         enqueue(a, CMD_UNPAUSE);
+        wake = loop_needs_wake();
         pthread_mutex_unlock(&aloop.mu);
-        curl_multi_wakeup(aloop.m);
+        if (wake) loop_wake();
     }
     return n;
 }
@@ -890,6 +1018,7 @@ void httpc_async_close(httpc_async *a)
         return;
     }
     enqueue(a, CMD_CANCEL);
+    bool wake = loop_needs_wake();
     pthread_mutex_unlock(&aloop.mu);
-    curl_multi_wakeup(aloop.m);
+    if (wake) loop_wake();
 }

@@ -604,16 +604,35 @@ static bool traceparent_ok(const char *s)
     return strspn(s + 3, "0") < 32 && strspn(s + 36, "0") < 16;
 }
 
+/* Trace and span ids need to be unique, not secret: a per-thread xorshift128+ generator seeded
+ * once from util_random (RAND_bytes) instead of RAND_bytes for every request. */
+static uint64_t trace_rand(void)
+{
+    static _Thread_local uint64_t s[2];
+    if (!s[0] && !s[1]) {
+        util_random(s, sizeof s);
+        s[0] |= 1; /* never the all-zero state */
+    }
+    uint64_t x = s[0], y = s[1];
+    s[0] = y;
+    x ^= x << 23;
+    s[1] = x ^ y ^ (x >> 17) ^ (y >> 26);
+    return s[1] + y;
+}
+
 static void new_traceparent(char out[56])
 {
-    unsigned char b[24];
-    util_random(b, sizeof b);
-    char *p = out + sprintf(out, "00-");
+    static const char HEX[] = "0123456789abcdef";
+    uint64_t v[3] = {trace_rand(), trace_rand(), trace_rand() | 1}; /* never an all-zero span id */
+    memcpy(out, "00-", 3);
+    char *p = out + 3;
     for (size_t i = 0; i < 24; i++) {
-        p += sprintf(p, "%02x", b[i]);
+        unsigned b = (unsigned)(v[i / 8] >> (8 * (i % 8))) & 0xff;
+        *p++ = HEX[b >> 4];
+        *p++ = HEX[b & 15];
         if (i == 15) *p++ = '-';
     }
-    sprintf(p, "-01");
+    memcpy(p, "-01", 4);
 }
 
 /* A validated claim as a header value: strings as they are, other JSON compactly; claims that
