@@ -101,8 +101,8 @@ void httpc_stream_close(httpc_stream *s);
  *     httpc_async_close(a);
  *
  * Threads. Every transfer runs on one process-wide client thread (started on first use), a
- * libcurl multi handle driven by curl_multi_poll and woken with curl_multi_wakeup when a
- * transfer is queued, unpaused or cancelled. Connections are kept alive in the multi handle's
+ * libcurl multi handle driven by curl_multi_socket_action on an epoll set and woken through an
+ * eventfd when a transfer is queued, unpaused or cancelled. Connections are kept alive in the multi handle's
  * cache, shared by all transfers. The caller's calls are thread-safe, but one transfer should
  * be read by one thread at a time.
  * Notification. notify(ctx) runs on the client thread, at least once after httpc_async_poll
