@@ -14,7 +14,7 @@ import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import http from 'node:http';
-import { initDirectory, start, run, demo, request, freePort } from './harness.mjs';
+import { initDirectory, start, run, demo, request, freePort, waitFor } from './harness.mjs';
 import { saveDirectory, signJwt, now, TOKEN_EXCHANGE_APPID } from './tokens.mjs';
 import { authHeader, problem, facets } from './sidecar.mjs';
 
@@ -197,10 +197,11 @@ function assertAgentToken(st, r, agent) {
   return claims;
 }
 
-/** Assert the issuer logged a T1 for this agent with the blueprint authenticated by `credential`. */
-function assertT1Logged(st, agent, { credential, azpacr }) {
-  const lines = t1Lines(st, agent);
-  assert.ok(lines.length >= 1, `no T1 log line for ${agent}:\n${st.iss.logs().slice(-3000)}`);
+/** Assert the issuer logged a T1 for this agent with the blueprint authenticated by `credential`.
+ * The line comes through the issuer's stderr pipe, which may be read after the HTTP answer. */
+async function assertT1Logged(st, agent, { credential, azpacr }) {
+  const lines = await waitFor(() => t1Lines(st, agent).length && t1Lines(st, agent), 5000,
+    `a T1 log line for ${agent}`, () => st.iss.logs().slice(-3000)).catch((e) => assert.fail(e.message));
   const last = lines.at(-1).msg;
   assert.ok(last.includes(`credential=${credential}`), last);
   assert.ok(last.includes(`azpacr=${azpacr}`), last);
@@ -224,7 +225,7 @@ test('ClientSecret: T1 with the blueprint\'s secret (azpacr 1), then the agent\'
       AzureAd__ClientCredentials__0__ClientSecret: st.d.blueprint.secrets[0],
     });
     assertAgentToken(st, await agentToken(s, st.d.agent.app_id), st.d.agent.app_id);
-    assertT1Logged(st, st.d.agent.app_id, { credential: 'client_secret', azpacr: '1' });
+    await assertT1Logged(st, st.d.agent.app_id, { credential: 'client_secret', azpacr: '1' });
     // A wrong secret is the identity provider's refusal: 401 with the AADSTS code.
     const bad = await st.sidecar({
       AzureAd__ClientCredentials__0__SourceType: 'ClientSecret',
@@ -246,7 +247,7 @@ test('Path: CertificateDiskPath = keys/blueprint.pem signs the assertion; T1 car
       AzureAd__ClientCredentials__0__CertificateDiskPath: join(st.dir.dir, 'keys/blueprint.pem'),
     });
     assertAgentToken(st, await agentToken(s, st.d.agent.app_id), st.d.agent.app_id);
-    assertT1Logged(st, st.d.agent.app_id, { credential: 'certificate', azpacr: '2' });
+    await assertT1Logged(st, st.d.agent.app_id, { credential: 'certificate', azpacr: '2' });
     // The blueprint's own app token uses the same credential: azpacr 2 on a token we can see.
     const { claims } = authHeader(await request(`${s.url}/AuthorizationHeaderUnauthenticated/weatherApp`));
     assert.equal(claims.azp, st.d.blueprint.app_id);
@@ -262,7 +263,7 @@ test('Path: CertificateDiskPath = keys/blueprint.pem signs the assertion; T1 car
       AzureAd__ClientCredentials__0__CertificateDiskPath: reversed,
     });
     assertAgentToken(st, await agentToken(r, st.agent2.app_id), st.agent2.app_id);
-    assertT1Logged(st, st.agent2.app_id, { credential: 'certificate', azpacr: '2' });
+    await assertT1Logged(st, st.agent2.app_id, { credential: 'certificate', azpacr: '2' });
     // A key that is not the certificate's, or no key at all, stops start-up naming the setting.
     const stranger = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey
       .export({ type: 'pkcs8', format: 'pem' });
@@ -296,7 +297,7 @@ test('SignedAssertionFileDiskPath: a service-account token file is the blueprint
       AzureAd__ClientCredentials__0__SignedAssertionFileDiskPath: file,
     });
     assertAgentToken(st, await agentToken(s, st.d.agent.app_id), st.d.agent.app_id);
-    assertT1Logged(st, st.d.agent.app_id, { credential: 'federated', azpacr: '2' });
+    await assertT1Logged(st, st.d.agent.app_id, { credential: 'federated', azpacr: '2' });
     assert.ok(sa.hits.discovery >= 1 && sa.hits.jwks >= 1, 'the issuer read the service-account issuer\'s keys');
 
     // The file is read again for every token request: a bad token written now is what the
@@ -306,7 +307,7 @@ test('SignedAssertionFileDiskPath: a service-account token file is the blueprint
     // … and a fresh good one is what it then succeeds with.
     writeToken(file, sa.mint());
     assertAgentToken(st, await agentToken(s, st.agent2.app_id), st.agent2.app_id);
-    assertT1Logged(st, st.agent2.app_id, { credential: 'federated', azpacr: '2' });
+    await assertT1Logged(st, st.agent2.app_id, { credential: 'federated', azpacr: '2' });
 
     // ForceRefresh on the blueprint's own app token skips the cache and reads the file again.
     const first = authHeader(await request(`${s.url}/AuthorizationHeaderUnauthenticated/weatherApp`));
@@ -372,14 +373,14 @@ test('SignedAssertionFilePath from AZURE_FEDERATED_TOKEN_FILE, and the SignedAss
       AZURE_FEDERATED_TOKEN_FILE: file,
     });
     assertAgentToken(st, await agentToken(a, st.d.agent.app_id), st.d.agent.app_id);
-    assertT1Logged(st, st.d.agent.app_id, { credential: 'federated', azpacr: '2' });
+    await assertT1Logged(st, st.d.agent.app_id, { credential: 'federated', azpacr: '2' });
     // Microsoft's README spells the path key SignedAssertionFilePath.
     const b = await st.sidecar({
       AzureAd__ClientCredentials__0__SourceType: 'SignedAssertionFilePath',
       AzureAd__ClientCredentials__0__SignedAssertionFilePath: file,
     });
     assertAgentToken(st, await agentToken(b, st.agent2.app_id), st.agent2.app_id);
-    assertT1Logged(st, st.agent2.app_id, { credential: 'federated', azpacr: '2' });
+    await assertT1Logged(st, st.agent2.app_id, { credential: 'federated', azpacr: '2' });
   } finally {
     await st.stop();
     await sa.close();
@@ -403,7 +404,7 @@ test('SignedAssertionFromManagedIdentity via IMDS (AZURE_POD_IDENTITY_AUTHORITY_
     const host = hostIdentity(st);
     const s = await st.sidecar({ ...MI_SOURCE, AZURE_POD_IDENTITY_AUTHORITY_HOST: st.miUrl });
     assertAgentToken(st, await agentToken(s, st.d.agent.app_id), st.d.agent.app_id);
-    assertT1Logged(st, st.d.agent.app_id, { credential: 'federated', azpacr: '2' });
+    await assertT1Logged(st, st.d.agent.app_id, { credential: 'federated', azpacr: '2' });
     const mi = st.events('token_issued').filter((o) => o.msg.includes('grant=managed_identity'));
     assert.equal(mi.length, 1, 'one managed-identity token');
     assert.ok(mi[0].msg.includes(`client=${host.app_id}`) && mi[0].msg.includes(`resource=${TOKEN_EXCHANGE_APPID}`), mi[0].msg);
@@ -440,7 +441,7 @@ test('SignedAssertionFromManagedIdentity via App Service (IDENTITY_ENDPOINT + ID
       ...MI_SOURCE, IDENTITY_ENDPOINT: `${st.miUrl}/msi/token`, IDENTITY_HEADER: header,
     });
     assertAgentToken(st, await agentToken(s, st.d.agent.app_id), st.d.agent.app_id);
-    assertT1Logged(st, st.d.agent.app_id, { credential: 'federated', azpacr: '2' });
+    await assertT1Logged(st, st.d.agent.app_id, { credential: 'federated', azpacr: '2' });
     const mi = logEvents(st.iss, 'request').filter((o) => o.path === '/msi/token');
     assert.equal(mi.length, 1);
     assert.equal(mi[0].status, 200);
@@ -526,7 +527,7 @@ test('several sources: a missing assertion file is skipped and the client secret
       AzureAd__ClientCredentials__1__ClientSecret: st.d.blueprint.secrets[0],
     });
     assertAgentToken(st, await agentToken(s, st.d.agent.app_id), st.d.agent.app_id);
-    assertT1Logged(st, st.d.agent.app_id, { credential: 'client_secret', azpacr: '1' });
+    await assertT1Logged(st, st.d.agent.app_id, { credential: 'client_secret', azpacr: '1' });
     // With the file as the only source there is nothing to use: 500 naming the file.
     const only = await st.sidecar({
       AzureAd__ClientCredentials__0__SourceType: 'SignedAssertionFilePath',
