@@ -498,6 +498,7 @@ enum { CMD_START = 1, CMD_UNPAUSE = 2, CMD_CANCEL = 4 };
 
 struct httpc_async {
     /* set up by the starter, then the loop's */
+    httpc_loop *L;               /* the loop that drives it */
     CURL *h;
     struct curl_slist *hl;
     char *url;
@@ -523,9 +524,9 @@ struct httpc_async {
     void *ctx;
 };
 
-static struct {
+struct httpc_loop {
     pthread_mutex_t mu;
-    pthread_once_t once;
+    bool bound;                  /* run by its owner's thread (httpc_loop_new), not aloop_main */
     CURLM *m;
     httpc_async *qhead, *qtail;
     CURL *easy[EASY_POOL_MAX];   /* idle easy handles, reset */
@@ -535,21 +536,23 @@ static struct {
     int ep, wakefd;
     int64_t deadline;            /* monotonic ms curl wants to be called at; -1: none (loop only) */
     struct httpc_async *news;    /* changed by the callbacks of the current socket_action (loop only) */
-} aloop = {.mu = PTHREAD_MUTEX_INITIALIZER, .once = PTHREAD_ONCE_INIT, .ep = -1, .wakefd = -1};
+};
+static struct httpc_loop aloop = {.mu = PTHREAD_MUTEX_INITIALIZER, .ep = -1, .wakefd = -1};
+static pthread_once_t aloop_once = PTHREAD_ONCE_INIT;
 
 /* With aloop.mu held, after enqueue: true if the caller must wake the loop (loop_wake, after
  * unlocking). */
-static bool loop_needs_wake(void)
+static bool loop_needs_wake(httpc_loop *L)
 {
-    bool w = aloop.asleep;
-    aloop.asleep = false; /* one write is enough */
+    bool w = L->asleep;
+    L->asleep = false; /* one write is enough */
     return w;
 }
 
-static void loop_wake(void)
+static void loop_wake(httpc_loop *L)
 {
     uint64_t one = 1;
-    ssize_t k = write(aloop.wakefd, &one, sizeof one);
+    ssize_t k = write(L->wakefd, &one, sizeof one);
     (void)k; /* EAGAIN: the counter is full, the loop wakes anyway */
 }
 
@@ -569,16 +572,16 @@ static void a_later(httpc_async *a)
 {
     if (a->news) return;
     a->news = true;
-    a->nnext = aloop.news;
-    aloop.news = a;
+    a->nnext = a->L->news;
+    a->L->news = a;
 }
 
 /* After a curl call: the news of that round. The transfers are still running (not released),
  * so none of them can have been freed meanwhile. */
-static void loop_flush(void)
+static void loop_flush(httpc_loop *L)
 {
-    httpc_async *a = aloop.news;
-    aloop.news = NULL;
+    httpc_async *a = L->news;
+    L->news = NULL;
     while (a) {
         httpc_async *next = a->nnext;
         pthread_mutex_lock(&a->mu);
@@ -641,27 +644,27 @@ static size_t async_on_body(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
-static void easy_give(CURL *h)
+static void easy_give(httpc_loop *L, CURL *h)
 {
     if (!h) return;
     curl_easy_reset(h);
-    pthread_mutex_lock(&aloop.mu);
-    if (aloop.neasy < EASY_POOL_MAX) aloop.easy[aloop.neasy++] = h, h = NULL;
-    pthread_mutex_unlock(&aloop.mu);
+    pthread_mutex_lock(&L->mu);
+    if (L->neasy < EASY_POOL_MAX) L->easy[L->neasy++] = h, h = NULL;
+    pthread_mutex_unlock(&L->mu);
     if (h) curl_easy_cleanup(h);
 }
 
-static CURL *easy_take(void)
+static CURL *easy_take(httpc_loop *L)
 {
-    pthread_mutex_lock(&aloop.mu);
-    CURL *h = aloop.neasy ? aloop.easy[--aloop.neasy] : NULL;
-    pthread_mutex_unlock(&aloop.mu);
+    pthread_mutex_lock(&L->mu);
+    CURL *h = L->neasy ? L->easy[--L->neasy] : NULL;
+    pthread_mutex_unlock(&L->mu);
     return h ? h : curl_easy_init();
 }
 
 static void async_free(httpc_async *a)
 {
-    easy_give(a->h);
+    easy_give(a->L, a->h);
     curl_slist_free_all(a->hl);
     free(a->url);
     free(a->hdrs);
@@ -674,27 +677,28 @@ static void async_free(httpc_async *a)
 /* With aloop.mu held: queue cmd for a (once in the queue however many commands). */
 static void enqueue(httpc_async *a, unsigned cmd)
 {
+    httpc_loop *L = a->L;
     a->cmds |= cmd;
     if (a->queued) return;
     a->queued = true;
     a->qnext = NULL;
-    if (aloop.qtail) aloop.qtail->qnext = a; else aloop.qhead = a;
-    aloop.qtail = a;
+    if (L->qtail) L->qtail->qnext = a; else L->qhead = a;
+    L->qtail = a;
 }
 
 /* The transfer ended (or was cancelled): out of the multi handle. Its connection stays in the
  * multi's cache if the exchange finished cleanly. */
 static void loop_detach(httpc_async *a)
 {
-    if (a->in_multi) curl_multi_remove_handle(aloop.m, a->h);
+    if (a->in_multi) curl_multi_remove_handle(a->L->m, a->h);
     a->in_multi = false;
 }
 
-static void loop_commands(void)
+static void loop_commands(httpc_loop *L)
 {
-    pthread_mutex_lock(&aloop.mu);
-    httpc_async *q = aloop.qhead;
-    aloop.qhead = aloop.qtail = NULL;
+    pthread_mutex_lock(&L->mu);
+    httpc_async *q = L->qhead;
+    L->qhead = L->qtail = NULL;
     while (q) {
         httpc_async *a = q;
         q = a->qnext;
@@ -702,22 +706,22 @@ static void loop_commands(void)
         a->cmds = 0;
         a->queued = false;
         if (cmds & CMD_CANCEL) { /* closed by its owner: the loop has the last word */
-            pthread_mutex_unlock(&aloop.mu);
+            pthread_mutex_unlock(&L->mu);
             loop_detach(a);
             async_free(a);
-            pthread_mutex_lock(&aloop.mu);
+            pthread_mutex_lock(&L->mu);
             continue;
         }
         if (a->loop_released) continue; /* finished already: nothing to unpause */
-        pthread_mutex_unlock(&aloop.mu);
-        if ((cmds & CMD_START) && curl_multi_add_handle(aloop.m, a->h) == CURLM_OK) a->in_multi = true;
+        pthread_mutex_unlock(&L->mu);
+        if ((cmds & CMD_START) && curl_multi_add_handle(L->m, a->h) == CURLM_OK) a->in_multi = true;
         else if (cmds & CMD_START) { /* could not start: fail it */
             pthread_mutex_lock(&a->mu);
             a->done = true;
             a->rc = CURLE_FAILED_INIT;
             a_changed(a);
             pthread_mutex_unlock(&a->mu);
-            pthread_mutex_lock(&aloop.mu);
+            pthread_mutex_lock(&L->mu);
             a->loop_released = true;
             continue;
         }
@@ -727,11 +731,11 @@ static void loop_commands(void)
             pthread_mutex_unlock(&a->mu);
             /* may deliver the held piece right away (async_on_body, which may pause again) */
             if (a->in_multi) curl_easy_pause(a->h, CURLPAUSE_CONT);
-            loop_flush();
+            loop_flush(L);
         }
-        pthread_mutex_lock(&aloop.mu);
+        pthread_mutex_lock(&L->mu);
     }
-    pthread_mutex_unlock(&aloop.mu);
+    pthread_mutex_unlock(&L->mu);
 }
 
 static int64_t now_ms(void)
@@ -744,32 +748,34 @@ static int64_t now_ms(void)
 /* curl: watch socket s for what (or stop watching it). */
 static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
 {
-    (void)e, (void)userp, (void)socketp;
+    httpc_loop *L = userp;
+    (void)e, (void)socketp;
     if (what == CURL_POLL_REMOVE) {
-        epoll_ctl(aloop.ep, EPOLL_CTL_DEL, s, NULL);
+        epoll_ctl(L->ep, EPOLL_CTL_DEL, s, NULL);
         return 0;
     }
     struct epoll_event ev = {.data.fd = s};
     ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
-    if (epoll_ctl(aloop.ep, EPOLL_CTL_MOD, s, &ev) != 0) epoll_ctl(aloop.ep, EPOLL_CTL_ADD, s, &ev);
+    if (epoll_ctl(L->ep, EPOLL_CTL_MOD, s, &ev) != 0) epoll_ctl(L->ep, EPOLL_CTL_ADD, s, &ev);
     return 0;
 }
 
 /* curl: call curl_multi_socket_action(CURL_SOCKET_TIMEOUT) in ms (-1: no timer). */
 static int on_timer(CURLM *m, long ms, void *userp)
 {
-    (void)m, (void)userp;
-    aloop.deadline = ms < 0 ? -1 : now_ms() + ms;
+    httpc_loop *L = userp;
+    (void)m;
+    L->deadline = ms < 0 ? -1 : now_ms() + ms;
     return 0;
 }
 
 /* Finished transfers: out of the multi handle, their end told to their readers. */
-static void loop_finished(void)
+static void loop_finished(httpc_loop *L)
 {
-    loop_flush(); /* before any transfer is released */
+    loop_flush(L); /* before any transfer is released */
     int left = 0;
     CURLMsg *msg;
-    while ((msg = curl_multi_info_read(aloop.m, &left))) {
+    while ((msg = curl_multi_info_read(L->m, &left))) {
         if (msg->msg != CURLMSG_DONE) continue;
         httpc_async *a = NULL;
         CURLcode rc = msg->data.result;
@@ -786,37 +792,37 @@ static void loop_finished(void)
         }
         a_changed(a);
         pthread_mutex_unlock(&a->mu);
-        pthread_mutex_lock(&aloop.mu);
+        pthread_mutex_lock(&L->mu);
         a->loop_released = true; /* from here on only a queued cancel brings it back */
-        pthread_mutex_unlock(&aloop.mu);
+        pthread_mutex_unlock(&L->mu);
     }
 }
 
 static void *aloop_main(void *arg)
 {
-    (void)arg;
+    httpc_loop *L = arg;
     struct epoll_event evs[64];
     int running = 0;
     for (;;) {
-        loop_commands();
-        if (aloop.deadline >= 0 && now_ms() >= aloop.deadline) {
-            aloop.deadline = -1;
-            curl_multi_socket_action(aloop.m, CURL_SOCKET_TIMEOUT, 0, &running);
+        loop_commands(L);
+        if (L->deadline >= 0 && now_ms() >= L->deadline) {
+            L->deadline = -1;
+            curl_multi_socket_action(L->m, CURL_SOCKET_TIMEOUT, 0, &running);
         }
-        loop_finished();
+        loop_finished(L);
 
-        int64_t wait = aloop.deadline < 0 ? 1000 : aloop.deadline - now_ms();
-        pthread_mutex_lock(&aloop.mu);
-        if (aloop.qhead) wait = 0; /* more commands came meanwhile */
-        aloop.asleep = wait > 0;
-        pthread_mutex_unlock(&aloop.mu);
-        int n = epoll_wait(aloop.ep, evs, 64, wait < 0 ? 0 : wait > 1000 ? 1000 : (int)wait);
-        pthread_mutex_lock(&aloop.mu);
-        aloop.asleep = false;
-        pthread_mutex_unlock(&aloop.mu);
+        int64_t wait = L->deadline < 0 ? 1000 : L->deadline - now_ms();
+        pthread_mutex_lock(&L->mu);
+        if (L->qhead) wait = 0; /* more commands came meanwhile */
+        L->asleep = wait > 0;
+        pthread_mutex_unlock(&L->mu);
+        int n = epoll_wait(L->ep, evs, 64, wait < 0 ? 0 : wait > 1000 ? 1000 : (int)wait);
+        pthread_mutex_lock(&L->mu);
+        L->asleep = false;
+        pthread_mutex_unlock(&L->mu);
         for (int i = 0; i < n; i++) {
             int fd = evs[i].data.fd;
-            if (fd == aloop.wakefd) {
+            if (fd == L->wakefd) {
                 uint64_t v;
                 ssize_t k = read(fd, &v, sizeof v);
                 (void)k;
@@ -825,47 +831,49 @@ static void *aloop_main(void *arg)
             uint32_t e = evs[i].events;
             int mask = (e & EPOLLIN ? CURL_CSELECT_IN : 0) | (e & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
                        (e & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
-            curl_multi_socket_action(aloop.m, fd, mask, &running);
+            curl_multi_socket_action(L->m, fd, mask, &running);
         }
-        loop_finished();
+        loop_finished(L);
     }
     return NULL;
 }
 
-static void aloop_init(void)
+/* The multi handle and epoll set of L; false if either could not be made. */
+static bool loop_setup(httpc_loop *L)
 {
     pthread_once(&once, init_once);
-    aloop.deadline = -1;
-    aloop.ep = epoll_create1(EPOLL_CLOEXEC);
-    aloop.wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    aloop.m = curl_multi_init();
-    if (!aloop.m || aloop.ep < 0 || aloop.wakefd < 0) return;
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = aloop.wakefd};
-    if (epoll_ctl(aloop.ep, EPOLL_CTL_ADD, aloop.wakefd, &ev) != 0) return;
-    curl_multi_setopt(aloop.m, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(aloop.m, CURLMOPT_TIMERFUNCTION, on_timer);
+    L->deadline = -1;
+    L->ep = epoll_create1(EPOLL_CLOEXEC);
+    L->m = curl_multi_init();
+    if (!L->m || L->ep < 0) return false;
+    curl_multi_setopt(L->m, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(L->m, CURLMOPT_SOCKETDATA, L);
+    curl_multi_setopt(L->m, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(L->m, CURLMOPT_TIMERDATA, L);
+    return true;
+}
+
+static void aloop_init(void)
+{
+    httpc_loop *L = &aloop;
+    if (!loop_setup(L)) return;
+    L->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (L->wakefd < 0) return;
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = L->wakefd};
+    if (epoll_ctl(L->ep, EPOLL_CTL_ADD, L->wakefd, &ev) != 0) return;
     pthread_t t;
     pthread_attr_t at;
     pthread_attr_init(&at);
     pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    aloop.started = pthread_create(&t, &at, aloop_main, NULL) == 0; /* lives as long as the process */
+    L->started = pthread_create(&t, &at, aloop_main, L) == 0; /* lives as long as the process */
     pthread_attr_destroy(&at);
 }
 
-httpc_async *httpc_async_start(const httpc_request *req, void (*notify)(void *ctx), void *ctx,
-                               char *err, size_t errlen)
+/* The transfer of req on L, set up but not started. */
+static httpc_async *async_new(httpc_loop *L, const httpc_request *req, void (*notify)(void *ctx),
+                              void *ctx, char *err, size_t errlen)
 {
-    if (err && errlen) err[0] = '\0';
-    if (!req || !req->url) {
-        set_err(err, errlen, "no URL", NULL);
-        return NULL;
-    }
-    pthread_once(&aloop.once, aloop_init);
-    if (!aloop.started) {
-        set_err(err, errlen, "the HTTP client thread could not be started", req->url);
-        return NULL;
-    }
-    CURL *h = easy_take();
+    CURL *h = easy_take(L);
     if (!h) {
         set_err(err, errlen, "curl init failed", req->url);
         return NULL;
@@ -873,6 +881,7 @@ httpc_async *httpc_async_start(const httpc_request *req, void (*notify)(void *ct
     httpc_async *a = xcalloc(1, sizeof *a);
     pthread_mutex_init(&a->mu, NULL);
     pthread_cond_init(&a->cond, NULL);
+    a->L = L;
     a->h = h;
     a->url = xstrdup(req->url);
     a->notify = notify;
@@ -883,11 +892,104 @@ httpc_async *httpc_async_start(const httpc_request *req, void (*notify)(void *ct
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, async_on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, a);
     curl_easy_setopt(h, CURLOPT_PRIVATE, a);
+    return a;
+}
+
+httpc_async *httpc_async_start(const httpc_request *req, void (*notify)(void *ctx), void *ctx,
+                               char *err, size_t errlen)
+{
+    if (err && errlen) err[0] = '\0';
+    if (!req || !req->url) {
+        set_err(err, errlen, "no URL", NULL);
+        return NULL;
+    }
+    pthread_once(&aloop_once, aloop_init);
+    if (!aloop.started) {
+        set_err(err, errlen, "the HTTP client thread could not be started", req->url);
+        return NULL;
+    }
+    httpc_async *a = async_new(&aloop, req, notify, ctx, err, errlen);
+    if (!a) return NULL;
     pthread_mutex_lock(&aloop.mu);
     enqueue(a, CMD_START);
-    bool wake = loop_needs_wake();
+    bool wake = loop_needs_wake(&aloop);
     pthread_mutex_unlock(&aloop.mu);
-    if (wake) loop_wake();
+    if (wake) loop_wake(&aloop);
+    return a;
+}
+
+/* ---- loops run by their owner's thread ---------------------------------------------------
+ * The same transfers, but the owner's thread is the loop thread: commands are carried out at
+ * once instead of being queued, and nobody writes an eventfd. */
+
+httpc_loop *httpc_loop_new(void)
+{
+    httpc_loop *L = xcalloc(1, sizeof *L);
+    pthread_mutex_init(&L->mu, NULL);
+    L->bound = true;
+    L->ep = L->wakefd = -1;
+    if (!loop_setup(L)) {
+        httpc_loop_free(L);
+        return NULL;
+    }
+    return L;
+}
+
+int httpc_loop_fd(const httpc_loop *L) { return L ? L->ep : -1; }
+
+long httpc_loop_timeout(const httpc_loop *L)
+{
+    if (!L || L->deadline < 0) return -1;
+    int64_t left = L->deadline - now_ms();
+    return left < 0 ? 0 : (long)left;
+}
+
+void httpc_loop_run(httpc_loop *L)
+{
+    if (!L) return;
+    struct epoll_event evs[64];
+    int running = 0;
+    int n = epoll_wait(L->ep, evs, 64, 0);
+    for (int i = 0; i < n; i++) {
+        uint32_t e = evs[i].events;
+        int mask = (e & EPOLLIN ? CURL_CSELECT_IN : 0) | (e & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                   (e & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+        curl_multi_socket_action(L->m, evs[i].data.fd, mask, &running);
+    }
+    if (L->deadline >= 0 && now_ms() >= L->deadline) {
+        L->deadline = -1;
+        curl_multi_socket_action(L->m, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+    loop_finished(L);
+}
+
+void httpc_loop_free(httpc_loop *L)
+{
+    if (!L) return;
+    if (L->m) curl_multi_cleanup(L->m); /* its transfers were all closed (the contract) */
+    for (size_t i = 0; i < L->neasy; i++) curl_easy_cleanup(L->easy[i]);
+    if (L->ep >= 0) close(L->ep);
+    pthread_mutex_destroy(&L->mu);
+    free(L);
+}
+
+httpc_async *httpc_async_start_on(httpc_loop *L, const httpc_request *req,
+                                  void (*notify)(void *ctx), void *ctx, char *err, size_t errlen)
+{
+    if (!L) return httpc_async_start(req, notify, ctx, err, errlen);
+    if (err && errlen) err[0] = '\0';
+    if (!req || !req->url) {
+        set_err(err, errlen, "no URL", NULL);
+        return NULL;
+    }
+    httpc_async *a = async_new(L, req, notify, ctx, err, errlen);
+    if (!a) return NULL;
+    if (curl_multi_add_handle(L->m, a->h) != CURLM_OK) {
+        set_err(err, errlen, "curl could not start the transfer", req->url);
+        async_free(a);
+        return NULL;
+    }
+    a->in_multi = true; /* curl starts it from the loop's next run (its timer says 0) */
     return a;
 }
 
@@ -967,12 +1069,18 @@ long httpc_async_read(httpc_async *a, char *buf, size_t max)
         wake = true;
     }
     pthread_mutex_unlock(&a->mu);
-    if (wake) {
+    if (wake && a->L->bound) { /* the caller is the loop thread, outside curl's callbacks */
+        pthread_mutex_lock(&a->mu);
+        a->paused = a->unpause_queued = false;
+        pthread_mutex_unlock(&a->mu);
+        if (a->in_multi) curl_easy_pause(a->h, CURLPAUSE_CONT);
+        loop_flush(a->L);
+    } else if (wake) {
         pthread_mutex_lock(&aloop.mu);
         enqueue(a, CMD_UNPAUSE);
-        wake = loop_needs_wake();
+        wake = loop_needs_wake(&aloop);
         pthread_mutex_unlock(&aloop.mu);
-        if (wake) loop_wake();
+        if (wake) loop_wake(&aloop);
     }
     return n;
 }
@@ -1011,6 +1119,16 @@ void httpc_async_close(httpc_async *a)
     pthread_mutex_lock(&a->mu);
     a->closed = true; /* a notify running now holds mu: none starts after this */
     pthread_mutex_unlock(&a->mu);
+    if (a->L->bound) { /* on the loop's thread, outside curl's callbacks */
+        if (a->news) { /* still listed for this round's notify (a close from a notify) */
+            httpc_async **p = &a->L->news;
+            while (*p && *p != a) p = &(*p)->nnext;
+            if (*p) *p = a->nnext;
+        }
+        loop_detach(a);
+        async_free(a);
+        return;
+    }
     pthread_mutex_lock(&aloop.mu);
     if (a->loop_released && !a->queued) {
         pthread_mutex_unlock(&aloop.mu);
@@ -1018,7 +1136,7 @@ void httpc_async_close(httpc_async *a)
         return;
     }
     enqueue(a, CMD_CANCEL);
-    bool wake = loop_needs_wake();
+    bool wake = loop_needs_wake(&aloop);
     pthread_mutex_unlock(&aloop.mu);
-    if (wake) loop_wake();
+    if (wake) loop_wake(&aloop);
 }

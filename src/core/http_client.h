@@ -151,4 +151,34 @@ httpc_result httpc_async_error(httpc_async *a, char *err, size_t errlen);
 /* Cancel if unfinished, and free. No notify runs after it returns. NULL is fine. */
 void httpc_async_close(httpc_async *a);
 
+/* ---- loops run by the caller (event-driven servers with one loop per thread) --------------
+ * Usage (one loop thread that also serves connections; see http_server.h opts.event_loops):
+ *     httpc_loop *L = httpc_loop_new();                 // on the loop thread
+ *     ... in its poll set: httpc_loop_fd(L) for reading; its wait at most httpc_loop_timeout(L)
+ *     ... when that fd is readable or the timeout passed: httpc_loop_run(L);
+ *     a = httpc_async_start_on(L, &req, on_news, ctx, err, sizeof err);   // then as above
+ *     httpc_loop_free(L);                               // once every transfer on it is closed
+ *
+ * Threads. A loop, and every transfer started on it, belongs to one thread, the one that runs
+ * it: httpc_async_start_on, _poll, _read, _close and httpc_loop_run must all be called there
+ * (not from inside notify, which runs inside httpc_loop_run), and never httpc_async_wait, which
+ * would wait for a loop that cannot run. Ownership may pass to another thread once the first
+ * is gone (a joined thread), e.g. to close what was left and free the loop. No locks are
+ * contended and no thread is woken: notify runs on the loop thread during httpc_loop_run.
+ * The loop keeps its own connections alive (its multi handle's cache) and reuses easy handles.
+ * httpc_loop_fd is an epoll descriptor (readable when a transfer's socket is ready), so it can
+ * sit in the caller's own epoll or poll set; httpc_loop_timeout is the milliseconds until the
+ * loop must run anyway (-1: no timer), libcurl's timers (connection phase, timeouts, starts).
+ * Everything else (buffering, backpressure, timeouts, errors, notify's once-per-round) is as
+ * for httpc_async_start. httpc_async_start_on with L NULL is httpc_async_start. */
+typedef struct httpc_loop httpc_loop;
+
+httpc_loop *httpc_loop_new(void);          /* NULL if curl or epoll could not be set up */
+int httpc_loop_fd(const httpc_loop *L);
+long httpc_loop_timeout(const httpc_loop *L);
+void httpc_loop_run(httpc_loop *L);        /* does what is ready; never blocks */
+void httpc_loop_free(httpc_loop *L);       /* NULL is fine; transfers must be closed first */
+httpc_async *httpc_async_start_on(httpc_loop *L, const httpc_request *req,
+                                  void (*notify)(void *ctx), void *ctx, char *err, size_t errlen);
+
 #endif

@@ -48,6 +48,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -98,6 +100,19 @@ struct http_server {
     http_waker *wsusp;           /* wakers whose connection is suspended */
     unsigned wlive;              /* wakers not yet freed */
     bool wstopping;
+
+    /* opts.event_loops: the server the caller has (the parent) holds the loops, each a server
+     * of its own (a child) with a daemon that has no thread of its own, run by its loop thread */
+    http_server **loops;         /* parent: nloops children */
+    unsigned nloops;
+    http_loop_source src;        /* parent's copy; children point at it */
+    const http_loop_source *srcp;/* child: the parent's src, or NULL */
+    void *src_state;             /* child: what srcp->start made (loop thread, then stopper) */
+    pthread_t thread;            /* child: its loop thread */
+    bool thread_ok;
+    int stopfd;                  /* child: eventfd, written to wake the loop (a resume from
+                                    another thread: MHD writes none without its own thread) */
+    atomic_bool loop_stop;       /* child: end the loop once woken */
 };
 
 struct http_waker {
@@ -430,6 +445,70 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
 
 /* ---- server ----------------------------------------------------------------- */
 
+/* The MHD daemon of s. reuse: SO_REUSEPORT, so that every loop can listen on the same port. */
+static struct MHD_Daemon *start_daemon(http_server *s, unsigned int flags,
+                                       const struct sockaddr_storage *ss, unsigned pool,
+                                       size_t stack, bool reuse)
+{
+    /* The HTTPS options are ignored by MHD unless MHD_USE_TLS is set. */
+    return MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+                            MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)ss,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                            MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
+                            MHD_OPTION_CONNECTION_TIMEOUT, s->timeout_s,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
+                            MHD_OPTION_THREAD_POOL_SIZE, pool, /* 0 or 1: no pool */
+                            MHD_OPTION_THREAD_STACK_SIZE, stack, /* 0: default */
+                            MHD_OPTION_LISTENING_ADDRESS_REUSE, reuse ? 1u : 0u,
+                            MHD_OPTION_HTTPS_MEM_KEY, s->key,
+                            MHD_OPTION_HTTPS_MEM_CERT, s->cert,
+                            MHD_OPTION_END);
+}
+
+/* Everything but the daemon (stopped before) and the loops. */
+static void server_free(http_server *s)
+{
+    free(s->cert);
+    free(s->key);
+    free(s->workers);
+    pthread_cond_destroy(&s->quiet);
+    pthread_cond_destroy(&s->work);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->wquiet);
+    pthread_mutex_destroy(&s->wmu);
+    free(s);
+}
+
+/* A server's own state, copied from opts, without a daemon. */
+static http_server *server_new(const http_server_opts *opts, http_handler h, void *ctx, bool tls)
+{
+    http_server *s = xcalloc(1, sizeof *s);
+    s->handler = h;
+    s->ctx = ctx;
+    s->max_body = opts->max_body ? opts->max_body : DEFAULT_MAX_BODY;
+    s->tls = tls;
+    s->timeout_s = opts->timeout_s ? opts->timeout_s : DEFAULT_TIMEOUT_S;
+    s->max_workers = opts->defer_workers;
+    s->stack = opts->thread_stack;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->work, NULL);
+    pthread_cond_init(&s->quiet, NULL);
+    if (s->max_workers) s->workers = xcalloc(s->max_workers, sizeof *s->workers);
+    s->async = opts->async || opts->event_loops;
+    pthread_mutex_init(&s->wmu, NULL);
+    pthread_cond_init(&s->wquiet, NULL);
+    s->stopfd = -1;
+    if (tls) {
+        s->cert = xstrdup(opts->tls_cert_pem);
+        s->key = xstrdup(opts->tls_key_pem);
+    }
+    return s;
+}
+
+static http_server *loops_start(http_server *p, const http_server_opts *opts,
+                                struct sockaddr_storage *ss, unsigned int flags,
+                                char *err, size_t errlen);
+
 http_server *http_server_start(const http_server_opts *opts, http_handler h, void *ctx,
                                char *err, size_t errlen)
 {
@@ -452,6 +531,10 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
         snprintf(err, errlen, "deferred and waiting requests need the thread pool, not thread_per_connection");
         return NULL;
     }
+    if (opts->event_loops && (opts->thread_per_connection || opts->threads)) {
+        snprintf(err, errlen, "event_loops are their own threads: not with threads or thread_per_connection");
+        return NULL;
+    }
     if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
         snprintf(err, errlen, "libmicrohttpd was built without TLS");
         return NULL;
@@ -461,21 +544,7 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
      * kill the process through another path (GnuTLS, curl, pipes): ignore SIGPIPE. */
     signal(SIGPIPE, SIG_IGN);
 
-    http_server *s = xcalloc(1, sizeof *s);
-    s->handler = h;
-    s->ctx = ctx;
-    s->max_body = opts->max_body ? opts->max_body : DEFAULT_MAX_BODY;
-    s->tls = tls;
-    s->timeout_s = opts->timeout_s ? opts->timeout_s : DEFAULT_TIMEOUT_S;
-    s->max_workers = opts->defer_workers;
-    s->stack = opts->thread_stack;
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->work, NULL);
-    pthread_cond_init(&s->quiet, NULL);
-    if (s->max_workers) s->workers = xcalloc(s->max_workers, sizeof *s->workers);
-    s->async = opts->async;
-    pthread_mutex_init(&s->wmu, NULL);
-    pthread_cond_init(&s->wquiet, NULL);
+    http_server *s = server_new(opts, h, ctx, tls);
 
     /* No MHD_USE_ERROR_LOG: MHD's messages can quote the URL of a request. */
     unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD;
@@ -493,39 +562,18 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
     }
     if (v6) flags |= MHD_USE_DUAL_STACK; /* also implies MHD_USE_IPv6 */
     if (s->max_workers || s->async) flags |= MHD_ALLOW_SUSPEND_RESUME; /* also MHD_USE_ITC: resumes wake MHD */
-    if (tls) {
-        flags |= MHD_USE_TLS;
-        s->cert = xstrdup(opts->tls_cert_pem);
-        s->key = xstrdup(opts->tls_key_pem);
-    }
+    if (tls) flags |= MHD_USE_TLS;
 
-    /* The HTTPS options are ignored by MHD unless MHD_USE_TLS is set. */
+    if (opts->event_loops) return loops_start(s, opts, &ss, flags & (MHD_USE_DUAL_STACK | MHD_USE_TLS), err, errlen);
+
     errno = 0;
-    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
-                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                            MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
-                            MHD_OPTION_CONNECTION_TIMEOUT, s->timeout_s,
-                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
-                            MHD_OPTION_THREAD_POOL_SIZE, pool, /* 0 or 1: no pool */
-                            MHD_OPTION_THREAD_STACK_SIZE, opts->thread_stack, /* 0: default */
-                            MHD_OPTION_HTTPS_MEM_KEY, s->key,
-                            MHD_OPTION_HTTPS_MEM_CERT, s->cert,
-                            MHD_OPTION_END);
+    s->d = start_daemon(s, flags, &ss, pool, opts->thread_stack, false);
     if (!s->d) {
         /* MHD logs nothing (see above); errno from bind() is usually the reason. */
         int e = errno;
         snprintf(err, errlen, "cannot serve on %s%s%s%s", opts->listen,
                  tls ? " (or bad TLS certificate/key)" : "", e ? ": " : "", e ? strerror(e) : "");
-        free(s->cert);
-        free(s->key);
-        free(s->workers);
-        pthread_cond_destroy(&s->quiet);
-        pthread_cond_destroy(&s->work);
-        pthread_mutex_destroy(&s->mu);
-        pthread_cond_destroy(&s->wquiet);
-        pthread_mutex_destroy(&s->wmu);
-        free(s);
+        server_free(s);
         return NULL;
     }
 
@@ -542,24 +590,177 @@ unsigned http_server_port(const http_server *s)
 static void defer_stop(http_server *s);
 static void wake_stop(http_server *s);
 
+static void loops_stop(http_server *p);
+
 void http_server_stop(http_server *s)
 {
     if (!s) return;
+    if (s->loops) {
+        loops_stop(s);
+        return;
+    }
     if (s->max_workers) defer_stop(s);
     if (s->async) wake_stop(s);
     MHD_stop_daemon(s->d); /* joins every thread, so running handlers finish first */
-    free(s->cert);
-    free(s->key);
-    free(s->workers);
-    pthread_cond_destroy(&s->quiet);
-    pthread_cond_destroy(&s->work);
-    pthread_mutex_destroy(&s->mu);
-    pthread_cond_destroy(&s->wquiet);
-    pthread_mutex_destroy(&s->wmu);
-    free(s);
+    server_free(s);
+}
+
+/* ---- event loops (opts.event_loops) ---------------------------------------------------------
+ *
+ * Each loop thread runs one child: its daemon (no thread of its own, epoll inside, listening
+ * with SO_REUSEPORT on the common port, so the kernel spreads new connections over the loops)
+ * and the caller's loop source (an HTTP client's sockets), both in the thread's own epoll set,
+ * plus an eventfd that only stopping writes. One round: wait for any of them or the nearer
+ * timer, run the source if it is due (its callbacks may resume connections), then MHD_run,
+ * which serves what is ready, resumed connections included. Nothing on this path takes a lock
+ * another thread holds, unless a deferred worker or a foreign http_wake is involved. */
+
+static _Thread_local void *loop_state_tl;
+static _Thread_local http_server *loop_self_tl; /* the child whose loop runs on this thread */
+static void loop_kick(http_server *s);
+
+void *http_loop_state(void) { return loop_state_tl; }
+
+enum { EV_MHD = 1, EV_STOP = 2, EV_SRC = 3 };
+
+static void *loop_main(void *arg)
+{
+    http_server *c = arg;
+    const http_loop_source *src = c->srcp;
+    if (src && src->start) c->src_state = src->start(src->ctx);
+    loop_state_tl = c->src_state;
+    loop_self_tl = c;
+    int srcfd = c->src_state && src->fd ? src->fd(c->src_state) : -1;
+
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(c->d, MHD_DAEMON_INFO_EPOLL_FD);
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.u32 = EV_MHD;
+    epoll_ctl(ep, EPOLL_CTL_ADD, di ? di->epoll_fd : -1, &ev);
+    ev.data.u32 = EV_STOP;
+    epoll_ctl(ep, EPOLL_CTL_ADD, c->stopfd, &ev);
+    if (srcfd >= 0) {
+        ev.data.u32 = EV_SRC;
+        epoll_ctl(ep, EPOLL_CTL_ADD, srcfd, &ev);
+    }
+    bool stop = false;
+    while (!stop) {
+        long wait = -1;
+        MHD_UNSIGNED_LONG_LONG mt;
+        if (MHD_get_timeout(c->d, &mt) == MHD_YES) wait = mt > 1000 ? 1000 : (long)mt;
+        long st = c->src_state && src->timeout_ms ? src->timeout_ms(c->src_state) : -1;
+        if (st >= 0 && (wait < 0 || st < wait)) wait = st;
+        struct epoll_event evs[4];
+        int n = epoll_wait(ep, evs, 4, (int)wait);
+        bool src_ready = st == 0;
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.u32 == EV_STOP) {
+                uint64_t v;
+                ssize_t k = read(c->stopfd, &v, sizeof v);
+                (void)k;
+                stop = atomic_load(&c->loop_stop);
+            }
+            if (evs[i].data.u32 == EV_SRC) src_ready = true;
+        }
+        if (!src_ready && st > 0 && n == 0) src_ready = src->timeout_ms(c->src_state) == 0;
+        if (src_ready && src->run) src->run(c->src_state);
+        MHD_run(c->d);
+    }
+    close(ep);
+    loop_state_tl = NULL;
+    loop_self_tl = NULL;
+    return NULL;
+}
+
+static void child_free(http_server *c)
+{
+    if (!c) return;
+    if (c->d) MHD_stop_daemon(c->d); /* closes what is left: streams' done callbacks run here */
+    if (c->src_state && c->srcp && c->srcp->stop) c->srcp->stop(c->src_state);
+    if (c->stopfd >= 0) close(c->stopfd);
+    server_free(c);
+}
+
+static http_server *loops_start(http_server *p, const http_server_opts *opts,
+                                struct sockaddr_storage *ss, unsigned int flags,
+                                char *err, size_t errlen)
+{
+    if (opts->loop_source) p->src = *opts->loop_source;
+    p->nloops = opts->event_loops;
+    p->loops = xcalloc(p->nloops, sizeof *p->loops);
+    flags |= MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME; /* no internal thread: ours runs it */
+    for (unsigned i = 0; i < p->nloops; i++) {
+        http_server *c = server_new(opts, p->handler, p->ctx, p->tls);
+        p->loops[i] = c;
+        c->srcp = opts->loop_source ? &p->src : NULL;
+        errno = 0;
+        c->d = start_daemon(c, flags, ss, 0, 0, true);
+        c->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (!c->d || c->stopfd < 0) {
+            int e = errno;
+            snprintf(err, errlen, "cannot serve on %s%s%s%s", opts->listen,
+                     p->tls ? " (or bad TLS certificate/key)" : "", e ? ": " : "", e ? strerror(e) : "");
+            p->nloops = i + 1;
+            loops_stop(p);
+            return NULL;
+        }
+        if (i == 0) { /* port 0: the others take the one the first got */
+            const union MHD_DaemonInfo *di = MHD_get_daemon_info(c->d, MHD_DAEMON_INFO_BIND_PORT);
+            p->port = di ? di->port : 0;
+            if (ss->ss_family == AF_INET) ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)p->port);
+            else ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)p->port);
+        }
+    }
+    for (unsigned i = 0; i < p->nloops; i++) {
+        http_server *c = p->loops[i];
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        if (opts->thread_stack) pthread_attr_setstacksize(&at, opts->thread_stack);
+        c->thread_ok = pthread_create(&c->thread, &at, loop_main, c) == 0;
+        pthread_attr_destroy(&at);
+        if (!c->thread_ok) {
+            snprintf(err, errlen, "cannot start the event loop threads");
+            loops_stop(p);
+            return NULL;
+        }
+    }
+    return p;
+}
+
+/* Stop as one server would, every loop at once: deferred and waiting requests are answered
+ * while the loops still run, then the loops end and their daemons close what is left. */
+static void loops_stop(http_server *p)
+{
+    for (unsigned i = 0; i < p->nloops; i++) {
+        http_server *c = p->loops[i];
+        if (!c || !c->thread_ok) continue;
+        if (c->max_workers) defer_stop(c);
+        wake_stop(c);
+    }
+    for (unsigned i = 0; i < p->nloops; i++) {
+        http_server *c = p->loops[i];
+        if (!c || !c->thread_ok) continue;
+        atomic_store(&c->loop_stop, true);
+        loop_kick(c);
+        pthread_join(c->thread, NULL);
+    }
+    for (unsigned i = 0; i < p->nloops; i++) child_free(p->loops[i]);
+    free(p->loops);
+    server_free(p);
 }
 
 /* ---- deferred requests --------------------------------------------------------- */
+
+
+/* After MHD_resume_connection on s: a loop's daemon has no thread of its own to notice it, so
+ * wake the loop unless this is its own thread (it runs MHD again before it sleeps). */
+static void loop_kick(http_server *s)
+{
+    if (s->stopfd < 0 || loop_self_tl == s) return;
+    uint64_t one = 1;
+    ssize_t k = write(s->stopfd, &one, sizeof one);
+    (void)k; /* EAGAIN: the counter is full, the loop wakes anyway */
+}
 
 /* fn is done with r (or it was cancelled): make sure there is an answer, hand r back to MHD.
  * After the resume r belongs to MHD's thread and may be gone at any moment. */
@@ -570,8 +771,10 @@ static void defer_finish(http_req *r)
         http_reply(r, 500, JSON_TYPE, BODY_SERVER_ERROR, strlen(BODY_SERVER_ERROR));
     }
     struct MHD_Connection *c = r->conn;
+    http_server *s = r->srv;
     atomic_store(&r->dstate, D_DONE);
     MHD_resume_connection(c);
+    loop_kick(s);
 }
 
 static void defer_cancel(http_req *r)
@@ -730,6 +933,7 @@ static void waker_resume(http_waker *w)
     w->prev = w->next = NULL;
     w->suspended = false;
     MHD_resume_connection(w->conn);
+    loop_kick(s);
 }
 
 /* With wmu held: false if the connection may not wait now (a wake came in between, or the

@@ -55,7 +55,36 @@ typedef struct {
     size_t thread_stack;       /* stack size of the server's and the workers' threads; 0 => default */
     /* turns on http_wait and HTTP_STREAM_AGAIN (not with thread_per_connection) */
     bool async;
+    /* > 0: this many event loops (see below), each one thread; implies async; not with threads
+     * or thread_per_connection. defer_workers then counts per loop. */
+    unsigned event_loops;
+    const struct http_loop_source *loop_source; /* event_loops: what else each loop runs; may be NULL */
 } http_server_opts;
+
+/* ---- event loops (opts.event_loops = N) ------------------------------------------------------
+ * N threads, each with a listening socket of its own on the same address (SO_REUSEPORT: the
+ * kernel spreads new connections over them) and serving only the connections it accepted: the
+ * handler, http_wait's fns and stream reads of a connection all run on its loop thread. A loop
+ * may also run the caller's loop source, e.g. an HTTP client bound to it (httpc_loop), whose
+ * sockets then share the loop's epoll set: a proxied request starts its upstream transfer on
+ * its own loop, waits (http_wait / HTTP_STREAM_AGAIN), and the transfer's notify, running on
+ * the same thread, wakes it with http_wake — no other thread and no hand-off.
+ * The source's callbacks: start(ctx) on the loop thread before it serves (its result is the
+ * loop's state; NULL: none for this loop); fd(state): a descriptor the loop waits on for
+ * reading; timeout_ms(state): ms until run is due anyway (-1: no timer); run(state): do what
+ * is ready without blocking (it may call http_wake); stop(state), once the loop thread ended and
+ * its connections were closed (their done callbacks ran), on the thread that stops the server.
+ * http_loop_state() is, on a loop thread, its state (NULL elsewhere): what a handler uses to
+ * start work on its own loop. Handlers on a loop must not block: what may, goes to http_defer. */
+typedef struct http_loop_source {
+    void *(*start)(void *ctx);
+    int (*fd)(void *state);
+    long (*timeout_ms)(void *state);
+    void (*run)(void *state);
+    void (*stop)(void *state);
+    void *ctx;
+} http_loop_source;
+void *http_loop_state(void);
 
 typedef void (*http_handler)(http_req *req, void *ctx);
 
