@@ -1,9 +1,15 @@
 /* gateway — see gateway.h.
  *
- * One http_server per bind, one thread per connection (handlers block on upstreams and JWKS
- * fetches, and streamed answers block on the upstream between pieces). Every request takes a
- * reference to the configuration current when it arrived and drops it once its answer is out
- * (http_req_on_done), so a reload never changes or frees what a request in flight uses.
+ * One http_server per bind, event-driven: a pool of one thread per CPU serves every connection
+ * and nothing blocks it. Proxied requests go upstream as asynchronous transfers
+ * (httpc_async_*, on the HTTP client's own thread): the request waits for the answer's headers
+ * parked (http_wait), and its streamed body says HTTP_STREAM_AGAIN when the upstream has sent
+ * nothing new; the transfer's notify wakes the connection (http_wake). What would block — a
+ * token not in the cache of verified tokens (its check may fetch the JWKS) and MCP routes
+ * (calls to the targets, token exchanges) — runs on the server's deferred workers (http_defer),
+ * where waiting is allowed. Every request takes a reference to the configuration current when
+ * it arrived and drops it once its answer is out (http_req_on_done), so a reload never changes
+ * or frees what a request in flight uses.
  *
  * Per request, in this order (each step may answer and stop):
  *   /healthz; /.well-known/oauth-protected-resource{path} (RFC 9728)
@@ -42,6 +48,8 @@
 #define PRM_PREFIX    "/.well-known/oauth-protected-resource"
 #define MAX_UP_HDRS   128                /* request headers forwarded upstream */
 #define VERIFIED_SLOTS 1024              /* tokens remembered as verified (tokcache.h) */
+#define WHOLE_MAX     (16 * 1024)        /* an upstream answer all in by then goes out in one piece */
+#define DEFER_WORKERS 64                 /* threads for MCP calls and token checks that may fetch */
 
 static const char USAGE[] =
     "usage: agentid gateway --config FILE [--listen ADDR:PORT]\n"
@@ -69,7 +77,7 @@ struct gateway {
     struct timespec mtime;
     server *servers;
     size_t n_servers;
-    atomic_bool stopping;        /* cancels streams waiting on upstreams */
+    atomic_bool stopping;        /* cancels workers waiting on upstreams */
     const char *ca_file;         /* SSL_CERT_FILE */
 };
 
@@ -424,18 +432,24 @@ static bool uses_claims(const gw_route *rt)
  * (scope) and its cache entry still holds (tokcache.h): then *t has the claims if the route
  * uses them, and nothing else. A token that passes in full is remembered until its exp plus
  * the allowed skew, at most TOKCACHE_MAX_TTL_S; refusals are not remembered. */
-static int check_token(gateway *gw, uint64_t scope, const gw_route *rt, const char *token, jwt *t, verdict *v)
+static bool token_cached(gateway *gw, uint64_t scope, const gw_route *rt, const char *token, jwt *t)
 {
     bool need = uses_claims(rt);
     char *claims = NULL;
+    if (!tokcache_get(gw->verified, scope, token, util_now(), need ? &claims : NULL)) return false;
+    if (!need) return true;
+    t->claims = claims ? json_loads(claims, 0, NULL) : NULL;
+    free(claims);
+    if (json_is_object(t->claims)) return true;
+    jwt_clear(t); /* not expected: check in full */
+    return false;
+}
+
+static int check_token(gateway *gw, uint64_t scope, const gw_route *rt, const char *token, jwt *t, verdict *v)
+{
+    bool need = uses_claims(rt);
     int64_t now = util_now(), exp;
-    if (tokcache_get(gw->verified, scope, token, now, need ? &claims : NULL)) {
-        if (!need) return 0;
-        t->claims = claims ? json_loads(claims, 0, NULL) : NULL;
-        free(claims);
-        if (json_is_object(t->claims)) return 0;
-        jwt_clear(t); /* not expected: check in full below */
-    }
+    if (token_cached(gw, scope, rt, token, t)) return 0;
     if (validate(rt->jwt, token, t, v) != 0) return -1;
     if (jwt_claim_int(t, "exp", &exp)) { /* always there: jwtAuth requires exp */
         int64_t until = exp + SKEW_S < now + TOKCACHE_MAX_TTL_S ? exp + SKEW_S : now + TOKCACHE_MAX_TTL_S;
@@ -513,29 +527,50 @@ static json_t *request_json(http_req *r)
 
 /* ---- proxying ----------------------------------------------------------------------------- */
 
+/* A proxied request from the upstream transfer's start to the end of its streamed answer. */
 typedef struct {
-    httpc_stream *st;
+    httpc_async *a;
+    http_waker *w;               /* the request's: the transfer's notify wakes it */
+    int64_t t0;                  /* when the request came, for its log line */
+    bool cors;                   /* the route sets CORS headers: the upstream's are dropped */
     char route[64];
+    char *pre;                   /* body bytes read before the stream began: pre[pre_off..pre_len) */
+    size_t pre_len, pre_off;
 } pstream;
+
+static void proxy_notify(void *ctx)
+{
+    pstream *p = ctx;
+    http_wake(p->w);
+}
 
 static long proxy_read(void *ctx, char *buf, size_t max)
 {
     pstream *p = ctx;
-    long n = httpc_stream_read(p->st, buf, max);
+    if (p->pre_off < p->pre_len) {
+        size_t k = p->pre_len - p->pre_off < max ? p->pre_len - p->pre_off : max;
+        memcpy(buf, p->pre + p->pre_off, k);
+        p->pre_off += k;
+        return (long)k;
+    }
+    long n = httpc_async_read(p->a, buf, max);
+    if (n == HTTPC_AGAIN) return HTTP_STREAM_AGAIN;
     if (n < 0) {
         char err[256];
-        httpc_stream_error(p->st, err, sizeof err);
+        httpc_async_error(p->a, err, sizeof err);
         log_msg(LOG_WARN, "upstream_stream_failed", "route %s: %s", p->route, err);
     }
     return n;
 }
 
-static void proxy_done(void *ctx)
+static void proxy_free(pstream *p)
 {
-    pstream *p = ctx;
-    httpc_stream_close(p->st);
+    httpc_async_close(p->a); /* no notify after this: the waker is not used again */
+    free(p->pre);
     free(p);
 }
+
+static void proxy_done(void *ctx) { proxy_free(ctx); }
 
 /* RFC 7230 §6.1 hop-by-hop headers, plus those the proxy sets itself. */
 static bool hop_by_hop(const char *name, const char *connection)
@@ -604,16 +639,16 @@ static bool traceparent_ok(const char *s)
     return strspn(s + 3, "0") < 32 && strspn(s + 36, "0") < 16;
 }
 
-/* Trace and span ids need to be unique, not secret: a per-thread xorshift128+ generator seeded
+/* Trace and span ids need to be unique, not secret: a per-thread xorshift generator seeded
  * once from util_random (RAND_bytes) instead of RAND_bytes for every request. */
 static uint64_t trace_rand(void)
 {
     static _Thread_local uint64_t s[2];
     if (!s[0] && !s[1]) {
         util_random(s, sizeof s);
-        s[0] |= 1; /* never the all-zero state */
+        s[0] |= 1;
     }
-    uint64_t x = s[0], y = s[1];
+    uint64_t x = s[0], y = s[1]; /* xorshift128+ */
     s[0] = y;
     x ^= x << 23;
     s[1] = x ^ y ^ (x >> 17) ^ (y >> 26);
@@ -680,10 +715,12 @@ static char *upstream_url(const gw_route *rt, const gw_match *m, http_req *r)
                 : xasprintf("%s%.*s%s", rt->backend.base_url, (int)rlen, rest, query ? query : "");
 }
 
-/* The request body, with the configured model for an ai backend (JSON objects only). */
-static char *upstream_body(const gw_route *rt, http_req *r, size_t *len)
+/* The request body, with the configured model for an ai backend (JSON objects only); NULL for
+ * none. *owned is what to free afterwards (the rewritten body), else the request's is used. */
+static const char *upstream_body(const gw_route *rt, http_req *r, size_t *len, char **owned)
 {
     const char *body = http_req_body(r, len);
+    *owned = NULL;
     if (rt->backend.kind == GW_BACKEND_AI && rt->backend.model && *len) {
         json_t *j = json_loadb(body, *len, 0, NULL);
         if (json_is_object(j)) {
@@ -692,15 +729,123 @@ static char *upstream_body(const gw_route *rt, http_req *r, size_t *len)
             json_decref(j);
             if (s) {
                 *len = strlen(s);
-                return s;
+                return *owned = s;
             }
         }
         json_decref(j);
     }
-    return *len || !strcmp(http_req_method(r), "POST") ? xstrndup(body, *len) : NULL;
+    return *len || !strcmp(http_req_method(r), "POST") ? body : NULL;
 }
 
-static void proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r, const jwt *t, bool strip_auth)
+static void log_line(http_req *r, int64_t t0);
+
+/* The upstream's answer is in (or will never come): answer the client, and p goes to the
+ * streamed body or is freed. */
+static void proxy_answer(http_req *r, pstream *p)
+{
+    char err[300];
+    if (httpc_async_poll(p->a) != HTTPC_ASYNC_HEADERS) {
+        httpc_result res = httpc_async_error(p->a, err, sizeof err);
+        log_msg(LOG_WARN, "upstream_failed", "route %s: %s", p->route, err);
+        if (res == HTTPC_TIMEOUT) http_reply_text(r, 504, "upstream request timeout");
+        else http_reply_text(r, 502, "upstream connect error");
+        proxy_free(p);
+        return;
+    }
+
+    /* The answer's headers, minus hop-by-hop ones and what the server sets itself. */
+    const char *hdrs = httpc_async_headers(p->a);
+    char *conn = NULL, *ctype = NULL;
+    {
+        httpc_response tmp = {.headers = (char *)hdrs};
+        conn = httpc_response_header(&tmp, "Connection");
+        ctype = httpc_response_header(&tmp, "Content-Type");
+    }
+    for (const char *line = hdrs; *line;) {
+        size_t llen = strcspn(line, "\r\n");
+        const char *colon = memchr(line, ':', llen);
+        if (colon && colon > line) {
+            char name[128], val[8192];
+            size_t nlen = (size_t)(colon - line);
+            if (nlen < sizeof name) {
+                memcpy(name, line, nlen);
+                name[nlen] = '\0';
+                const char *v = colon + 1, *ve = line + llen;
+                while (v < ve && (*v == ' ' || *v == '\t')) v++;
+                bool skip = hop_by_hop(name, conn) || !strcasecmp(name, "Content-Length") ||
+                            !strcasecmp(name, "Content-Type") ||
+                            (p->cors && !strncasecmp(name, "Access-Control-", 15));
+                if (!skip && (size_t)(ve - v) < sizeof val) {
+                    memcpy(val, v, (size_t)(ve - v));
+                    val[ve - v] = '\0';
+                    http_add_header(r, name, val);
+                } else if (!skip) {
+                    char *big = xstrndup(v, (size_t)(ve - v));
+                    http_add_header(r, name, big);
+                    free(big);
+                }
+            }
+        }
+        line += llen;
+        line += strspn(line, "\r\n");
+    }
+    free(conn);
+    long status = httpc_async_status(p->a);
+    bool no_body = !strcmp(http_req_method(r), "HEAD") || status == 204 || status == 304;
+    if (no_body) {
+        proxy_free(p);
+        http_reply(r, (int)status, ctype, "", 0);
+        free(ctype);
+        return;
+    }
+    /* What of the body is here already: if that is all of it, one plain answer (status, headers
+     * and body in one send, with Content-Length) instead of a chunked stream of several. */
+    p->pre = xmalloc(WHOLE_MAX);
+    long n;
+    while (p->pre_len < WHOLE_MAX && (n = httpc_async_read(p->a, p->pre + p->pre_len, WHOLE_MAX - p->pre_len)) > 0)
+        p->pre_len += (size_t)n;
+    if (p->pre_len < WHOLE_MAX && n == 0) {
+        http_reply(r, (int)status, ctype, p->pre, p->pre_len);
+        proxy_free(p);
+    } else { /* more to come (or a failure, which the stream's next read reports) */
+        http_reply_stream(r, (int)status, ctype, proxy_read, p, proxy_done);
+    }
+    free(ctype);
+}
+
+/* Answer if the upstream's headers are in, else wait for them without a thread. True if the
+ * request waits (proxy_resumed answers it later). */
+static void proxy_resumed(http_req *r, void *arg, bool cancelled);
+static bool proxy_try(http_req *r, pstream *p)
+{
+    if (httpc_async_poll(p->a) == HTTPC_ASYNC_WAITING) {
+        if (http_wait(r, proxy_resumed, p)) return true;
+        /* the server is stopping */
+        http_reply_text(r, 503, "the gateway is stopping");
+        proxy_free(p);
+        return false;
+    }
+    proxy_answer(r, p);
+    return false;
+}
+
+static void proxy_resumed(http_req *r, void *arg, bool cancelled)
+{
+    pstream *p = arg;
+    int64_t t0 = p->t0;
+    if (cancelled) { /* answered 503 already */
+        proxy_free(p);
+        log_line(r, t0);
+        return;
+    }
+    if (!proxy_try(r, p)) log_line(r, t0);
+}
+
+/* Send the request upstream. On a server thread (may_block false) the answer comes without
+ * waiting: true if the request now waits for it (its log line is written then). On a worker
+ * (may_block) this waits for the upstream's headers and answers before returning false. */
+static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r, const jwt *t, bool strip_auth,
+                  int64_t t0, bool may_block)
 {
     up_headers u = {.rt = rt, .connection = http_req_header(r, "Connection"), .strip_auth = strip_auth || rt->backend_key};
     http_req_header_each(r, copy_header, &u);
@@ -709,7 +854,7 @@ static void proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
     const char *xff = http_req_header(r, "X-Forwarded-For"), *host = http_req_header(r, "Host");
     up_add(&u, xff ? xasprintf("X-Forwarded-For: %s, %s", xff, http_req_peer(r))
                    : xasprintf("X-Forwarded-For: %s", http_req_peer(r)));
-    up_add(&u, xasprintf("X-Forwarded-Proto: %s", http_req_is_tls(r) ? "https" : "http"));
+    up_add(&u, xstrdup(http_req_is_tls(r) ? "X-Forwarded-Proto: https" : "X-Forwarded-Proto: http"));
     if (host) up_add(&u, xasprintf("X-Forwarded-Host: %s", host));
     const char *tp = http_req_header(r, "traceparent");
     char gen[56];
@@ -733,67 +878,40 @@ static void proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
     u.lines[u.n] = NULL;
 
     size_t len = 0;
-    char *body = upstream_body(rt, r, &len), *url = upstream_url(rt, m, r), err[300];
+    char *owned = NULL, *url = upstream_url(rt, m, r), err[300];
+    const char *body = upstream_body(rt, r, &len, &owned);
     httpc_request req = {.method = http_req_method(r), .url = url, .headers = (const char *const *)u.lines,
                          .body = body, .body_len = len, .timeout_ms = rt->timeout_ms,
-                         .ca_file = sv->gw->ca_file, .cancel = &sv->gw->stopping};
-    httpc_stream *st = NULL;
-    httpc_result res = httpc_stream_open(&req, &st, err, sizeof err);
-    free(body);
+                         .ca_file = sv->gw->ca_file};
+    pstream *p = xcalloc(1, sizeof *p);
+    p->w = http_req_waker(r);
+    p->t0 = t0;
+    p->cors = rt->cors != NULL;
+    snprintf(p->route, sizeof p->route, "%s", rt->name);
+    /* Host backends, on a loop thread: the loop's own client, no other thread involved, and
+     * upstream connections kept alive per loop (as nginx's per worker). AI backends, and
+     * everything on a deferred worker: the shared client thread, whose one pool of kept-alive
+     * connections serves every loop — a provider is far away and its TLS handshake costly,
+     * so reusing its connections matters more there than the hand-off between threads. */
+    httpc_loop *L = rt->backend.kind == GW_BACKEND_HOST ? http_loop_state() : NULL;
+    p->a = httpc_async_start_on(L, &req, proxy_notify, p, err, sizeof err); /* copies */
+    free(owned);
     free(url);
     for (size_t i = 0; i < u.n; i++) free(u.lines[i]);
-    if (res != HTTPC_OK) {
+    if (!p->a) {
         log_msg(LOG_WARN, "upstream_failed", "route %s: %s", rt->name, err);
-        if (res == HTTPC_TIMEOUT) http_reply_text(r, 504, "upstream request timeout");
-        else http_reply_text(r, 502, "upstream connect error");
-        return;
+        http_reply_text(r, 502, "upstream connect error");
+        free(p);
+        return false;
     }
-
-    /* The answer's headers, minus hop-by-hop ones and what the server sets itself. */
-    const char *hdrs = httpc_stream_headers(st);
-    char *conn = NULL, *ctype = NULL;
-    {
-        httpc_response tmp = {.headers = (char *)hdrs};
-        conn = httpc_response_header(&tmp, "Connection");
-        ctype = httpc_response_header(&tmp, "Content-Type");
+    if (!may_block) return proxy_try(r, p);
+    if (httpc_async_wait(p->a, &sv->gw->stopping) == HTTPC_ASYNC_WAITING) {
+        http_reply_text(r, 503, "the gateway is stopping");
+        proxy_free(p);
+        return false;
     }
-    for (const char *line = hdrs; *line;) {
-        size_t llen = strcspn(line, "\r\n");
-        const char *colon = memchr(line, ':', llen);
-        if (colon && colon > line) {
-            char name[128];
-            size_t nlen = (size_t)(colon - line);
-            if (nlen < sizeof name) {
-                memcpy(name, line, nlen);
-                name[nlen] = '\0';
-                const char *v = colon + 1, *ve = line + llen;
-                while (v < ve && (*v == ' ' || *v == '\t')) v++;
-                bool skip = hop_by_hop(name, conn) || !strcasecmp(name, "Content-Length") ||
-                            !strcasecmp(name, "Content-Type") ||
-                            (rt->cors && !strncasecmp(name, "Access-Control-", 15));
-                if (!skip) {
-                    char *val = xstrndup(v, (size_t)(ve - v));
-                    http_add_header(r, name, val);
-                    free(val);
-                }
-            }
-        }
-        line += llen;
-        line += strspn(line, "\r\n");
-    }
-    free(conn);
-    long status = httpc_stream_status(st);
-    bool no_body = !strcmp(http_req_method(r), "HEAD") || status == 204 || status == 304;
-    if (no_body) {
-        httpc_stream_close(st);
-        http_reply(r, (int)status, ctype, "", 0);
-    } else {
-        pstream *p = xcalloc(1, sizeof *p);
-        p->st = st;
-        snprintf(p->route, sizeof p->route, "%s", rt->name);
-        http_reply_stream(r, (int)status, ctype, proxy_read, p, proxy_done);
-    }
-    free(ctype);
+    proxy_answer(r, p);
+    return false;
 }
 
 /* ---- RFC 9728 protected-resource metadata --------------------------------------------------- */
@@ -835,24 +953,36 @@ static void serve_prm(server *sv, const gw_bind *b, http_req *r, const char *res
 
 /* ---- one request ------------------------------------------------------------------------- */
 
-/* scope: names the configuration and the route, for the cache of verified tokens. */
-static void serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r, uint64_t scope)
-{
-    if (cors(r, rt->cors)) return;
-    if (!rate_limit(r, rt)) return;
+/* A route's request past CORS and the rate limit; scope names the configuration and the route,
+ * for the cache of verified tokens. Copied to the heap when the request goes to a worker. */
+typedef struct {
+    server *sv;
+    gw_route *rt;
+    const gw_match *m;
+    uint64_t scope;
+    int64_t t0;
+} route_ctx;
 
+/* jwtAuth (with the claims of a cached token in *cached, if any), authorization, then the
+ * backend. may_block: on a worker, where checking a token in full (which may fetch the JWKS),
+ * MCP calls and waiting for an upstream are allowed. True if the answer comes later (the
+ * proxy waits for the upstream; its log line is written then). */
+static bool serve_checked(const route_ctx *c, http_req *r, jwt *cached, bool may_block)
+{
+    gw_route *rt = c->rt;
     jwt t = {0};
-    bool validated = false;
+    bool validated = false, later = false;
     const char *token = bearer(r);
     if (rt->jwt) {
         verdict v = {0};
-        if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
-        else if (check_token(sv->gw, scope, rt, token, &t, &v) == 0) validated = true;
+        if (cached) t = *cached, validated = true;
+        else if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
+        else if (check_token(c->sv->gw, c->scope, rt, token, &t, &v) == 0) validated = true;
         /* optional lets a request without a token through; permissive any request. */
         bool pass = rt->jwt->mode == GW_JWT_PERMISSIVE || (rt->jwt->mode == GW_JWT_OPTIONAL && !token);
         if (!validated && !pass) {
-            reject(r, sv, rt, &v);
-            return;
+            reject(r, c->sv, rt, &v);
+            return false;
         }
         if (!validated && token)
             log_msg(LOG_INFO, "token_ignored", "route %s (%s): %s: %s", rt->name,
@@ -874,17 +1004,62 @@ static void serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r
     if (rt->backend.kind == GW_BACKEND_MCP)
         mcp_mux_handle(rt->backend.mcp->mux, r, validated ? t.claims : NULL, validated ? token : NULL, req);
     else
-        proxy(sv, rt, m, r, validated ? &t : NULL, validated && !rt->passthrough);
+        later = proxy(c->sv, rt, c->m, r, validated ? &t : NULL, validated && !rt->passthrough, c->t0, may_block);
 end:
     json_decref(req);
     jwt_clear(&t);
+    return later;
+}
+
+/* On a worker (http_defer): everything that may block. */
+static void serve_deferred(http_req *r, void *arg, bool cancelled)
+{
+    route_ctx *c = arg;
+    if (!cancelled) serve_checked(c, r, NULL, true); /* answers before it returns */
+    log_line(r, c->t0);
+    free(c);
+}
+
+/* True if the answer comes later (from a worker, or once the upstream answered). */
+static bool serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r, uint64_t scope, int64_t t0)
+{
+    if (cors(r, rt->cors)) return false;
+    if (!rate_limit(r, rt)) return false;
+
+    route_ctx c = {.sv = sv, .rt = rt, .m = m, .scope = scope, .t0 = t0};
+    const char *token = bearer(r);
+    jwt t = {0};
+    bool cached = rt->jwt && token && token_cached(sv->gw, scope, rt, token, &t);
+    /* MCP calls block, and so may a token's first check (a JWKS fetch): a worker's job. */
+    if (rt->backend.kind == GW_BACKEND_MCP || (rt->jwt && token && !cached)) {
+        jwt_clear(&t);
+        route_ctx *d = xmalloc(sizeof *d);
+        *d = c;
+        if (http_defer(r, serve_deferred, d)) return true;
+        free(d); /* no workers (not expected): inline */
+        return serve_checked(&c, r, NULL, true);
+    }
+    return serve_checked(&c, r, cached ? &t : NULL, false);
+}
+
+/* The request's log line, once its answer is made. */
+static void log_line(http_req *r, int64_t t0)
+{
+    const char *tp = http_req_header(r, "traceparent");
+    char trace[33] = "";
+    if (traceparent_ok(tp)) {
+        memcpy(trace, tp + 3, 32);
+        trace[32] = '\0';
+    }
+    log_request(http_req_method(r), http_req_path(r), http_reply_status(r), (double)(mono_ms() - t0),
+                *trace ? trace : NULL);
 }
 
 static void handle(http_req *r, void *ctx)
 {
     server *sv = ctx;
     int64_t t0 = mono_ms();
-    const char *path = http_req_path(r), *method = http_req_method(r);
+    const char *path = http_req_path(r);
     uint64_t gen;
     gw_config *c = acquire(sv->gw, &gen);
     http_req_on_done(r, release, c); /* kept until the answer is out: streams use the config */
@@ -900,15 +1075,31 @@ static void handle(http_req *r, void *ctx)
         const gw_match *m = NULL;
         gw_route *rt = route_for(b, path, r, false, &m);
         if (!rt) http_reply_text(r, 404, "route not found");
-        else serve_route(sv, rt, m, r, gen << 32 | (uint64_t)sv->bind << 16 | (uint64_t)(rt - b->routes));
+        else if (serve_route(sv, rt, m, r, gen << 32 | (uint64_t)sv->bind << 16 | (uint64_t)(rt - b->routes), t0))
+            return; /* answered later, and logged then */
     }
-    const char *tp = http_req_header(r, "traceparent");
-    char trace[33] = "";
-    if (traceparent_ok(tp)) snprintf(trace, sizeof trace, "%.32s", tp + 3);
-    log_request(method, path, http_reply_status(r), (double)(mono_ms() - t0), *trace ? trace : NULL);
+    log_line(r, t0);
 }
 
 /* ---- main ------------------------------------------------------------------------------- */
+
+/* Each event loop of the servers drives an HTTP client of its own (http_server.h, http_client.h). */
+static void *loop_client_new(void *ctx) { (void)ctx; return httpc_loop_new(); }
+static int loop_client_fd(void *L) { return httpc_loop_fd(L); }
+static long loop_client_timeout(void *L) { return httpc_loop_timeout(L); }
+static void loop_client_run(void *L) { httpc_loop_run(L); }
+static void loop_client_free(void *L) { httpc_loop_free(L); }
+static const http_loop_source CLIENT_LOOP = {
+    .start = loop_client_new, .fd = loop_client_fd, .timeout_ms = loop_client_timeout,
+    .run = loop_client_run, .stop = loop_client_free,
+};
+
+/* One loop per CPU. */
+static unsigned event_loops(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
 
 int gateway_main(int argc, char **argv)
 {
@@ -966,8 +1157,10 @@ int gateway_main(int argc, char **argv)
         if (gw.listen_override) snprintf(s->listen, sizeof s->listen, "%s", gw.listen_override);
         else snprintf(s->listen, sizeof s->listen, strchr(c->binds[i].address, ':') ? "[%s]:%u" : "%s:%u",
                       c->binds[i].address, c->binds[i].port);
-        http_server_opts so = {.listen = s->listen, .thread_per_connection = true, .max_body = MAX_BODY,
-                               .timeout_s = IDLE_S};
+        http_server_opts so = {.listen = s->listen, .event_loops = event_loops(),
+                               .loop_source = &CLIENT_LOOP,
+                               .defer_workers = (DEFER_WORKERS + event_loops() - 1) / event_loops(),
+                               .max_body = MAX_BODY, .timeout_s = IDLE_S};
         if (!(s->srv = http_server_start(&so, handle, s, err, sizeof err))) {
             fprintf(stderr, "agentid gateway: %s\n", err);
             goto end;
