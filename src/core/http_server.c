@@ -459,9 +459,11 @@ static struct MHD_Daemon *start_daemon(http_server *s, unsigned int flags,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
                             MHD_OPTION_THREAD_POOL_SIZE, pool, /* 0 or 1: no pool */
                             MHD_OPTION_THREAD_STACK_SIZE, stack, /* 0: default */
-                            MHD_OPTION_LISTENING_ADDRESS_REUSE, reuse ? 1u : 0u,
                             MHD_OPTION_HTTPS_MEM_KEY, s->key,
                             MHD_OPTION_HTTPS_MEM_CERT, s->cert,
+                            /* Last, and only when asked: an explicit 0 would also turn off MHD's
+                             * default SO_REUSEADDR (a restarted server could not bind its port). */
+                            reuse ? MHD_OPTION_LISTENING_ADDRESS_REUSE : MHD_OPTION_END, 1u,
                             MHD_OPTION_END);
 }
 
