@@ -157,8 +157,15 @@ static void put_json_string(char *b, size_t *k, size_t max, const char *s)
 void log_request(const char *method, const char *path, int status, double ms,
                  const char *correlation_id)
 {
+    log_request_fields(method, path, status, ms, correlation_id, NULL);
+}
+
+void log_request_fields(const char *method, const char *path, int status, double ms,
+                        const char *correlation_id, const char *const *fields)
+{
     if (LOG_INFO < g_min) return;
-    char ts[40], num[64], line[6144];
+    /* At most 5.1 KiB up to correlation_id, then 8 fields of at most 64 + 2 + 256 bytes. */
+    char ts[40], num[64], line[8192];
     timestamp(ts);
     size_t k = (size_t)snprintf(line, 128, "{\"ts\":\"%s\",\"level\":\"info\",\"component\":", ts);
     put_json_string(line, &k, 128, g_component);
@@ -173,6 +180,13 @@ void log_request(const char *method, const char *path, int status, double ms,
     if (correlation_id) {
         k += (size_t)snprintf(line + k, 64, ",\"correlation_id\":");
         put_json_string(line, &k, 256, correlation_id);
+    }
+    for (int i = 0; fields && i < 16 && fields[i]; i += 2) {
+        if (!fields[i + 1]) continue;
+        line[k++] = ',';
+        put_json_string(line, &k, 64, fields[i]);
+        line[k++] = ':';
+        put_json_string(line, &k, 256, fields[i + 1]);
     }
     line[k++] = '}';
     line[k] = '\0';

@@ -26,6 +26,13 @@ void log_msg(log_level level, const char *event, const char *fmt, ...)
 void log_request(const char *method, const char *path, int status, double ms,
                  const char *correlation_id);
 
+/* log_request with more fields after correlation_id, so that a request's details go on its one
+ * line: fields holds name, value pairs ending with a NULL name (at most 8 pairs are printed);
+ * each value is printed as a JSON string cut at 256 bytes, a pair with a NULL value is left out.
+ * fields may be NULL (then this is log_request). Same rules: no secrets, no whole tokens. */
+void log_request_fields(const char *method, const char *path, int status, double ms,
+                        const char *correlation_id, const char *const *fields);
+
 /* Replace JWT-shaped runs in s, in place. Returns s. Exposed for tests. */
 char *log_redact(char *s);
 

@@ -208,7 +208,7 @@ static json_t *instance_discovery(const issuer *is)
     return o;
 }
 
-static void token(http_req *r, issuer *is, const directory *d, const char *tenant, bool v1)
+static void token(http_req *r, issuer *is, const directory *d, const char *tenant, bool v1, token_log *log)
 {
     if (strcmp(http_req_method(r), "POST") != 0) {
         http_add_header(r, "Allow", "POST");
@@ -251,6 +251,7 @@ static void token(http_req *r, issuer *is, const directory *d, const char *tenan
         .v1_endpoint = v1,
         .az = is->az,
         .dev = is->dev,
+        .log = log,
     };
     json_t *out = NULL;
     int status = util_str_ends_with(http_req_path(r), "/devicecode")
@@ -303,15 +304,16 @@ static void handle(http_req *r, void *ctx)
     bool known = rest && (dir_is_tenant(d, tenant) || strcmp(tenant, "common") == 0 ||
                           strcmp(tenant, "organizations") == 0);
     bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    token_log tl = {0};   /* a token request's outcome, for its one log line */
 
     if (!strcmp(path, "/devicelogin") || (known && !strcmp(rest, "/oauth2/deviceauth"))) {
         device_page(is->dev, r, d);   /* the device code flow's verification page */
     } else if (!rest) {
         http_reply_json(r, 404, json_pack("{s:s}", "error", "not_found"));
     } else if (!strcmp(rest, "/oauth2/v2.0/token") || !strcmp(rest, "/oauth2/token")) {
-        token(r, is, d, tenant, strcmp(rest, "/oauth2/token") == 0);
+        token(r, is, d, tenant, strcmp(rest, "/oauth2/token") == 0, &tl);
     } else if (!strcmp(rest, "/oauth2/v2.0/devicecode") || !strcmp(rest, "/oauth2/devicecode")) {
-        token(r, is, d, tenant, strcmp(rest, "/oauth2/devicecode") == 0);
+        token(r, is, d, tenant, strcmp(rest, "/oauth2/devicecode") == 0, &tl);
     } else if (!strcmp(rest, "/oauth2/v2.0/authorize") || !strcmp(rest, "/oauth2/authorize")) {
         authz_handle(is->az, r, d, is->base_url, tenant);
     } else if (!strcmp(rest, "/oauth2/v2.0/logout") || !strcmp(rest, "/oauth2/logout")) {
@@ -334,7 +336,7 @@ static void handle(http_req *r, void *ctx)
         http_reply_json(r, 404, json_pack("{s:s, s:s}", "error", "not_found", "error_description",
                                           "No such endpoint on this issuer."));
     }
-    log_request(method, path, http_reply_status(r), 0, http_req_header(r, "client-request-id"));
+    log_request_fields(method, path, http_reply_status(r), 0, http_req_header(r, "client-request-id"), tl.fields);
     state_unref(s);
 }
 
@@ -364,6 +366,7 @@ static void mi_handle(http_req *r, void *ctx)
     if (!res_id) res_id = http_req_query(r, "msi_res_id");
     const dir_app *mi = dir_managed_identity(s->d, http_req_query(r, "client_id"),
                                              http_req_query(r, "object_id"), res_id);
+    token_log tl = {0};
     if (!imds && !appsvc) {
         http_reply_json(r, 404, json_pack("{s:s}", "error", "not_found"));
     } else if (strcmp(http_req_method(r), "GET") != 0) {
@@ -383,10 +386,10 @@ static void mi_handle(http_req *r, void *ctx)
                                           "Identity not found"));
     } else {
         json_t *out = NULL;
-        int status = token_managed_identity(s->d, is->base_url, mi, resource, &out);
+        int status = token_managed_identity(s->d, is->base_url, mi, resource, &out, &tl);
         http_reply_json(r, status, out);
     }
-    log_request(http_req_method(r), path, http_reply_status(r), 0, NULL);
+    log_request_fields(http_req_method(r), path, http_reply_status(r), 0, NULL, tl.fields);
     state_unref(s);
 }
 

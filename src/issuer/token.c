@@ -1089,6 +1089,20 @@ json_t *token_error_json(const char *base_url, const char *error, int code, cons
     return o;
 }
 
+/* Add name = a copy of value to the request's log line (token_log in token.h). A NULL value,
+ * a full list or a full buffer leaves the field out. */
+static void tlog(token_log *l, const char *name, const char *value)
+{
+    size_t len = value ? strlen(value) + 1 : 0;
+    if (!l || !value || l->n + 3 > sizeof l->fields / sizeof l->fields[0] || len > sizeof l->buf - l->used)
+        return;
+    char *copy = memcpy(l->buf + l->used, value, len);
+    l->used += len;
+    l->fields[l->n++] = name;
+    l->fields[l->n++] = copy;
+    l->fields[l->n] = NULL;
+}
+
 int token_endpoint(const token_req *r, json_t **out)
 {
     tctx c = {.r = r, .d = r->dir, .now = util_now()};
@@ -1128,15 +1142,23 @@ int token_endpoint(const token_req *r, json_t **out)
     int status = 200;
     if (ok) {
         *out = ok;
-        log_msg(LOG_INFO, "token_issued", "grant=%s client=%s credential=%s azpacr=%s resource=%s%s%s", gt,
-                c.client ? c.client->app_id : "-", c.cred ? c.cred : "-", c.acr ? c.acr : "-",
-                c.resource ? c.resource->app_id : "-", c.fmi ? " fmi_path=" : "", c.fmi ? c.fmi : "");
+        tlog(r->log, "token", "issued");
+        tlog(r->log, "grant", gt);
+        tlog(r->log, "client", c.client ? c.client->app_id : "-");
+        tlog(r->log, "credential", c.cred ? c.cred : "-");
+        tlog(r->log, "azpacr", c.acr ? c.acr : "-");
+        tlog(r->log, "resource", c.resource ? c.resource->app_id : "-");
+        tlog(r->log, "fmi_path", c.fmi);
     } else {
         status = e.status ? e.status : 500;
         *out = token_error_json(r->base_url, e.error ? e.error : "server_error", e.code, e.suberror,
                                 c.corr, e.msg);
-        log_msg(LOG_INFO, "token_refused", "grant=%s client=%s AADSTS%d", gt ? gt : "-",
-                c.client ? c.client->app_id : (param(&c, P_CLIENT_ID) ? "unknown" : "-"), e.code);
+        char code[24];
+        snprintf(code, sizeof code, "AADSTS%d", e.code);
+        tlog(r->log, "token", "refused");
+        tlog(r->log, "grant", gt ? gt : "-");
+        tlog(r->log, "client", c.client ? c.client->app_id : (param(&c, P_CLIENT_ID) ? "unknown" : "-"));
+        tlog(r->log, "aadsts", code);
     }
     json_decref(c.scopes);
     free(c.resource_name);
@@ -1193,7 +1215,7 @@ int token_device_authorization(const token_req *r, json_t **out)
 }
 
 int token_managed_identity(const directory *d, const char *base_url, const dir_app *mi,
-                           const char *resource, json_t **out)
+                           const char *resource, json_t **out, token_log *log)
 {
     form none = {0};
     token_req r = {.dir = d, .base_url = base_url, .body = &none};
@@ -1219,8 +1241,10 @@ int token_managed_identity(const directory *d, const char *base_url, const dir_a
                          "expires_on", eon, "ext_expires_in", ein, "not_before", nb, "resource",
                          resource, "token_type", "Bearer", "client_id", mi->app_id);
         json_decref(ok);
-        log_msg(LOG_INFO, "token_issued", "grant=managed_identity client=%s resource=%s", mi->app_id,
-                c.resource->app_id);
+        tlog(log, "token", "issued");
+        tlog(log, "grant", "managed_identity");
+        tlog(log, "client", mi->app_id);
+        tlog(log, "resource", c.resource->app_id);
     } else {
         status = 400;
         *out = json_pack("{s:s, s:s}", "error", "invalid_resource", "error_description", e.msg);

@@ -34,7 +34,18 @@ typedef struct {
     bool v1_endpoint;              /* /oauth2/token (resource=) rather than /oauth2/v2.0/token */
     authz *az;                     /* authorization codes, for grant_type=authorization_code */
     device_store *dev;             /* device codes, for /devicecode and the device_code grant */
+    struct token_log *log;         /* where the outcome goes for the request's log line; may be NULL */
 } token_req;
+
+/* What a token request adds to the issuer's one log line for it (log_request_fields):
+ * "token":"issued" with grant, client, credential, azpacr, resource and fmi_path, or
+ * "token":"refused" with grant, client and aadsts. fields ends with a NULL name; the values
+ * are copies in buf, so they outlive the request's form and directory. Zero it before use. */
+typedef struct token_log {
+    const char *fields[2 * 7 + 1];
+    char buf[768];
+    size_t used, n;
+} token_log;
 
 /* Handle one token request. Returns the HTTP status; *out gets the JSON body (new ref). */
 int token_endpoint(const token_req *r, json_t **out);
@@ -53,7 +64,7 @@ int token_device_authorization(const token_req *r, json_t **out);
 /* The managed-identity endpoint (IMDS, App Service): an app token for the managed identity mi
  * on resource, in IMDS's shape (all values strings). Returns the HTTP status. */
 int token_managed_identity(const directory *d, const char *base_url, const dir_app *mi,
-                           const char *resource, json_t **out);
+                           const char *resource, json_t **out, token_log *log);
 
 /* An Entra error body, for the server's other errors (unknown tenant, bad form).
  * New reference. */

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+static const char *const *g_fields;   /* extra fields for the next logged() (log_request_fields) */
+
 /* Run log_request with stderr on a pipe; the line it wrote, parsed (decref it). */
 static json_t *logged(const char *method, const char *path, int status, double ms, const char *corr,
                       char *raw, size_t rawlen)
@@ -21,7 +23,8 @@ static json_t *logged(const char *method, const char *path, int status, double m
     int p[2], saved = dup(2);
     assert_int_equal(pipe(p), 0);
     dup2(p[1], 2);
-    log_request(method, path, status, ms, corr);
+    if (g_fields) log_request_fields(method, path, status, ms, corr, g_fields);
+    else log_request(method, path, status, ms, corr);
     dup2(saved, 2);
     close(saved);
     close(p[1]);
@@ -93,6 +96,44 @@ static void test_hostile_paths(void **state)
     free(longp);
 }
 
+/* log_request_fields: the extra pairs after the fixed ones, in order, as strings; NULL values left
+ * out; at most 8 pairs, values cut at 256 bytes; hostile values and the longest path still make
+ * one JSON line, and a JWT in a value is redacted. */
+static void test_extra_fields(void **state)
+{
+    (void)state;
+    char raw[16384];
+    const char *const f[] = {"token", "issued", "grant", "client_credentials", "fmi_path", NULL,
+                             "client", "11111111-2222-3333-4444-555555555555", NULL};
+    g_fields = f;
+    json_t *o = logged("POST", "/t/oauth2/v2.0/token", 200, 0, "id", raw, sizeof raw);
+    assert_string_equal(json_string_value(json_object_get(o, "token")), "issued");
+    assert_string_equal(json_string_value(json_object_get(o, "grant")), "client_credentials");
+    assert_string_equal(json_string_value(json_object_get(o, "client")), "11111111-2222-3333-4444-555555555555");
+    assert_null(json_object_get(o, "fmi_path"));
+    assert_string_equal(json_string_value(json_object_get(o, "correlation_id")), "id");
+    assert_non_null(strstr(raw, "\"correlation_id\":\"id\",\"token\":\"issued\",\"grant\":"));
+    json_decref(o);
+
+    /* hostile and long values, more pairs than are printed, the longest path, a JWT */
+    char *longp = malloc(20000), big[1000], jwt[] = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+    memset(longp, '"', 19999);
+    longp[19999] = '\0';
+    memset(big, '\n', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    const char *const g[] = {"a", big, "b", big, "c", big, "d", big, "e", big, "f", big, "g", jwt,
+                             "h", "\xff\"", "i", "never", NULL};
+    g_fields = g;
+    o = logged("POST", longp, 200, 0, "id", raw, sizeof raw);
+    g_fields = NULL;
+    assert_true(strlen(json_string_value(json_object_get(o, "a"))) < 256 / 6 + 1);
+    assert_string_equal(json_string_value(json_object_get(o, "g")), "[redacted-jwt]");
+    assert_string_equal(json_string_value(json_object_get(o, "h")), "\xef\xbf\xbd\"");
+    assert_null(json_object_get(o, "i"));
+    json_decref(o);
+    free(longp);
+}
+
 static void test_level_off(void **state)
 {
     (void)state;
@@ -117,6 +158,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fields_and_order),
         cmocka_unit_test(test_hostile_paths),
+        cmocka_unit_test(test_extra_fields),
         cmocka_unit_test(test_level_off),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
