@@ -37,7 +37,27 @@ struct jwk {
     char *kid;   /* may be NULL */
     char *x5t;   /* base64url SHA-1 of the certificate DER, may be NULL */
     char *x5c;   /* standard base64 certificate DER, may be NULL */
+    /* Private keys, set up once in jwk_new (NULL if that failed: jwt_sign then does it all per
+     * token). hdr64: the default header {"typ","alg":"RS256","kid"} as base64url JSON, which
+     * is what jwt_sign writes when it is given no header_extra. rs256: a DigestSign context
+     * for RS256 with this key, which jwt_sign copies for each signature instead of building
+     * one (the copy only reads it: EVP_MD_CTX_copy_ex takes it const, so threads may share
+     * it); each token is still signed afresh, with the key's blinding. */
+    char *hdr64;
+    EVP_MD_CTX *rs256;
 };
+
+static char *b64url_json(const json_t *j);
+
+/* RFC 7515 §4.1: typ, alg, kid in the order Entra writes them (jwt_sign adds extra fields). */
+static json_t *default_header(const char *kid)
+{
+    json_t *hdr = json_object();
+    json_object_set_new(hdr, "typ", json_string("JWT"));
+    json_object_set_new(hdr, "alg", json_string("RS256"));
+    if (kid) json_object_set_new(hdr, "kid", json_string(kid));
+    return hdr;
+}
 
 static void set_err(char *err, size_t errlen, const char *msg)
 {
@@ -79,6 +99,17 @@ static jwk *jwk_new(EVP_PKEY *pkey, bool priv, const char *kid, char *err, size_
     k->pkey = pkey;
     k->priv = priv;
     k->kid = kid ? xstrdup(kid) : NULL;
+    if (priv) {
+        json_t *hdr = default_header(k->kid);
+        k->hdr64 = b64url_json(hdr);
+        json_decref(hdr);
+        k->rs256 = EVP_MD_CTX_new();
+        if (k->rs256 && EVP_DigestSignInit_ex(k->rs256, NULL, "SHA256", NULL, NULL, pkey, NULL) != 1) {
+            EVP_MD_CTX_free(k->rs256);
+            k->rs256 = NULL;
+        }
+        ERR_clear_error();
+    }
     return k;
 }
 
@@ -203,6 +234,8 @@ void jwk_unref(jwk *k)
 {
     /* acq_rel: the last owner must see every other owner's writes before freeing */
     if (!k || atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel) != 1) return;
+    EVP_MD_CTX_free(k->rs256);
+    free(k->hdr64);
     EVP_PKEY_free(k->pkey);
     free(k->kid);
     free(k->x5t);
@@ -308,6 +341,17 @@ static int rsa_op(bool sign, const char *alg, EVP_PKEY *pkey, const char *input,
     return ok == 1 ? 0 : -1;
 }
 
+/* RS256 with the key's prepared context (struct jwk): sig_len in/out, 0 or -1. */
+static int sign_rs256(const EVP_MD_CTX *prepared, const char *input, unsigned char *sig, size_t *sig_len)
+{
+    EVP_MD_CTX *mctx = EVP_MD_CTX_new();
+    int ok = mctx && EVP_MD_CTX_copy_ex(mctx, prepared) == 1 &&
+             EVP_DigestSign(mctx, sig, sig_len, (const unsigned char *)input, strlen(input)) == 1;
+    EVP_MD_CTX_free(mctx);
+    ERR_clear_error();
+    return ok ? 0 : -1;
+}
+
 static char *b64url_json(const json_t *j)
 {
     char *s = json_dumps(j, JSON_COMPACT);
@@ -323,19 +367,21 @@ char *jwt_sign(const jwk *k, const json_t *header_extra, const json_t *claims,
         set_err(err, errlen, "header and claims must be JSON objects");
         return NULL;
     }
-    /* RFC 7515 §4.1: typ, alg, kid in the order Entra writes them; extra fields after. */
-    json_t *hdr = json_object();
-    json_object_set_new(hdr, "typ", json_string("JWT"));
-    json_object_set_new(hdr, "alg", json_string("RS256"));
-    if (k && k->kid) json_object_set_new(hdr, "kid", json_string(k->kid));
-    if (header_extra) {   /* a private copy: header_extra may be shared by other threads */
-        json_t *extra = json_deep_copy(header_extra);
-        json_object_update(hdr, extra);
-        json_decref(extra);
+    /* The default header was written once by jwk_new (k->hdr64); with header_extra, the
+     * extra fields go after the default ones and may replace them. */
+    json_t *hdr = NULL;
+    const char *alg = "RS256";
+    if (header_extra || !k || !k->hdr64) {
+        hdr = default_header(k ? k->kid : NULL);
+        if (header_extra) {   /* a private copy: header_extra may be shared by other threads */
+            json_t *extra = json_deep_copy(header_extra);
+            json_object_update(hdr, extra);
+            json_decref(extra);
+        }
+        alg = json_string_value(json_object_get(hdr, "alg"));
     }
 
     bool pss;
-    const char *alg = json_string_value(json_object_get(hdr, "alg"));
     char *h64 = NULL, *p64 = NULL, *input = NULL, *out = NULL;
     unsigned char *sig = NULL;
     if (!alg_digest(alg, &pss)) {   /* before the key is looked at */
@@ -346,7 +392,7 @@ char *jwt_sign(const jwk *k, const json_t *header_extra, const json_t *claims,
         set_err(err, errlen, "signing needs a private key");
         goto done;
     }
-    h64 = b64url_json(hdr);
+    h64 = hdr ? b64url_json(hdr) : xstrdup(k->hdr64);
     p64 = b64url_json(claims);
     if (!h64 || !p64) {
         set_err(err, errlen, "cannot serialise header or claims");
@@ -355,7 +401,8 @@ char *jwt_sign(const jwk *k, const json_t *header_extra, const json_t *claims,
     input = xasprintf("%s.%s", h64, p64);
     size_t sig_len = (size_t)EVP_PKEY_get_size(k->pkey);
     sig = xmalloc(sig_len);
-    if (rsa_op(true, alg, k->pkey, input, sig, &sig_len) != 0) {
+    if ((k->rs256 && !strcmp(alg, "RS256") ? sign_rs256(k->rs256, input, sig, &sig_len)
+                                           : rsa_op(true, alg, k->pkey, input, sig, &sig_len)) != 0) {
         set_err(err, errlen, "signing failed");
         goto done;
     }
