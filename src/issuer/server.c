@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* What one load of the directory serves; the JSON documents are rendered once per load. */
 #define MAX_DISCOVERY 16
@@ -208,20 +209,51 @@ static json_t *instance_discovery(const issuer *is)
     return o;
 }
 
-static void token(http_req *r, issuer *is, const directory *d, const char *tenant, bool v1, token_log *log)
+typedef struct {
+    issuer *is;
+    state *s;   /* a reference of its own */
+    char tenant[128];
+    bool v1;
+} deferred_token;
+
+static bool token(http_req *r, issuer *is, state *s, const char *tenant, bool v1, token_log *log,
+                  bool may_defer);
+
+/* On a deferred worker: a token request that may call another server (token() says which). */
+static void token_deferred(http_req *r, void *arg, bool cancelled)
 {
+    deferred_token *dt = arg;
+    if (!cancelled) {   /* else the server answers 503 */
+        token_log tl = {0};
+        token(r, dt->is, dt->s, dt->tenant, dt->v1, &tl, false);
+        log_request_fields(http_req_method(r), http_req_path(r), http_reply_status(r), 0,
+                           http_req_header(r, "client-request-id"), tl.fields);
+    }
+    state_unref(dt->s);
+    free(dt);
+}
+
+/* The token and devicecode endpoints. The handlers run on event loops, which must not block:
+ * a client assertion may be a federated credential, whose check can fetch the other issuer's
+ * keys, so with may_defer such a request goes to a deferred worker (token_deferred) and this
+ * returns true: the request is answered and logged there. Everything else is CPU work (the
+ * RSA signature included) and is answered here. */
+static bool token(http_req *r, issuer *is, state *s, const char *tenant, bool v1, token_log *log,
+                  bool may_defer)
+{
+    const directory *d = s->d;
     if (strcmp(http_req_method(r), "POST") != 0) {
         http_add_header(r, "Allow", "POST");
         reply_error(r, is, 405, "invalid_request", 900561,
                     "The endpoint only accepts %s requests.", "POST");
-        return;
+        return false;
     }
     if (!dir_is_tenant(d, tenant) && strcmp(tenant, "organizations") != 0 &&
         strcmp(tenant, "common") != 0) {
         reply_error(r, is, 400, "invalid_request", 90002,
                     "Tenant '%s' not found. Check to make sure you have the correct tenant ID and "
                     "are signing into the correct cloud.", tenant);
-        return;
+        return false;
     }
     /* The media type exactly (any case), then nothing or parameters (RFC 9110 §8.3.1). */
     const char *ct = http_req_header(r, "Content-Type");
@@ -229,7 +261,7 @@ static void token(http_req *r, issuer *is, const directory *d, const char *tenan
         (ct[33] && ct[33] != ';' && ct[33] != ' ' && ct[33] != '\t')) {
         reply_error(r, is, 400, "invalid_request", 900144,
                     "The request body must be %s.", "application/x-www-form-urlencoded");
-        return;
+        return false;
     }
     size_t len;
     const char *body = http_req_body(r, &len);
@@ -238,7 +270,19 @@ static void token(http_req *r, issuer *is, const directory *d, const char *tenan
         reply_error(r, is, 400, "invalid_request", 900144,
                     "The request body is not valid %s (bad escape, NUL byte, or too many fields).",
                     "application/x-www-form-urlencoded");
-        return;
+        return false;
+    }
+    if (may_defer && form_get(f, "client_assertion")) {
+        deferred_token *dt = xcalloc(1, sizeof *dt);
+        *dt = (deferred_token){.is = is, .s = s, .v1 = v1};
+        snprintf(dt->tenant, sizeof dt->tenant, "%s", tenant);
+        atomic_fetch_add(&s->refs, 1);
+        if (http_defer(r, token_deferred, dt)) {
+            form_free(f);
+            return true;
+        }
+        state_unref(s);   /* not deferred (no workers): answered here */
+        free(dt);
     }
     token_req tr = {
         .dir = d,
@@ -266,6 +310,7 @@ static void token(http_req *r, issuer *is, const directory *d, const char *tenan
     if (text) http_reply(r, status, "application/json; charset=utf-8", text, n);
     else http_reply_json(r, 500, NULL);   /* answers the server error */
     free(text);
+    return false;
 }
 
 static void handle(http_req *r, void *ctx)
@@ -305,15 +350,16 @@ static void handle(http_req *r, void *ctx)
                           strcmp(tenant, "organizations") == 0);
     bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
     token_log tl = {0};   /* a token request's outcome, for its one log line */
+    bool deferred = false;   /* then token_deferred answers and logs it */
 
     if (!strcmp(path, "/devicelogin") || (known && !strcmp(rest, "/oauth2/deviceauth"))) {
         device_page(is->dev, r, d);   /* the device code flow's verification page */
     } else if (!rest) {
         http_reply_json(r, 404, json_pack("{s:s}", "error", "not_found"));
     } else if (!strcmp(rest, "/oauth2/v2.0/token") || !strcmp(rest, "/oauth2/token")) {
-        token(r, is, d, tenant, strcmp(rest, "/oauth2/token") == 0, &tl);
+        deferred = token(r, is, s, tenant, strcmp(rest, "/oauth2/token") == 0, &tl, true);
     } else if (!strcmp(rest, "/oauth2/v2.0/devicecode") || !strcmp(rest, "/oauth2/devicecode")) {
-        token(r, is, d, tenant, strcmp(rest, "/oauth2/devicecode") == 0, &tl);
+        deferred = token(r, is, s, tenant, strcmp(rest, "/oauth2/devicecode") == 0, &tl, true);
     } else if (!strcmp(rest, "/oauth2/v2.0/authorize") || !strcmp(rest, "/oauth2/authorize")) {
         authz_handle(is->az, r, d, is->base_url, tenant);
     } else if (!strcmp(rest, "/oauth2/v2.0/logout") || !strcmp(rest, "/oauth2/logout")) {
@@ -336,7 +382,8 @@ static void handle(http_req *r, void *ctx)
         http_reply_json(r, 404, json_pack("{s:s, s:s}", "error", "not_found", "error_description",
                                           "No such endpoint on this issuer."));
     }
-    log_request_fields(method, path, http_reply_status(r), 0, http_req_header(r, "client-request-id"), tl.fields);
+    if (!deferred)
+        log_request_fields(method, path, http_reply_status(r), 0, http_req_header(r, "client-request-id"), tl.fields);
     state_unref(s);
 }
 
@@ -445,8 +492,14 @@ int issuer_run(const issuer_opts *o)
     sigset_t set;
     args_block_stop_signals(&set, true);
 
+    /* One event loop per CPU, each accepting on its own socket (SO_REUSEPORT: the kernel spreads
+     * connections, where a shared socket let a burst of them land on one thread). The handlers
+     * only compute, except token requests with a client assertion (token()), which go to a
+     * few deferred workers per loop. */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     http_server_opts so = {.listen = o->listen, .tls_cert_pem = cert, .tls_key_pem = key,
-                           .max_body = 256 * 1024};
+                           .max_body = 256 * 1024, .event_loops = ncpu > 0 ? (unsigned)ncpu : 1,
+                           .defer_workers = 4};
     if (!(srv = http_server_start(&so, handle, &is, err, sizeof err))) {
         fprintf(stderr, "agentid issuer: %s\n", err);
         goto end;
