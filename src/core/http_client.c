@@ -503,6 +503,7 @@ struct httpc_async {
     struct curl_slist *hl;
     char *url;
     bool in_multi;               /* loop thread only */
+    bool plain;                  /* plain_req(): its handle needs no reset for the next plain one */
     /* guarded by aloop.mu */
     unsigned cmds;
     bool queued, loop_released;  /* loop_released: the loop is done and will not look again */
@@ -529,12 +530,15 @@ struct httpc_loop {
     bool bound;                  /* run by its owner's thread (httpc_loop_new), not aloop_main */
     CURLM *m;
     httpc_async *qhead, *qtail;
-    CURL *easy[EASY_POOL_MAX];   /* idle easy handles, reset */
+    CURL *easy[EASY_POOL_MAX];   /* idle easy handles, not reset: */
+    bool easy_plain[EASY_POOL_MAX]; /* ... their last transfer was a plain one (see plain_req) */
     size_t neasy;
     bool started;
     bool asleep;                 /* in epoll_wait: queueing must write wakefd */
     int ep, wakefd;
     int64_t deadline;            /* monotonic ms curl wants to be called at; -1: none (loop only) */
+    unsigned char *idle;         /* idle[fd]: curl stopped watching fd, which is still in ep with */
+    size_t idle_cap;             /* no events (see on_socket); loop thread only */
     struct httpc_async *news;    /* changed by the callbacks of the current socket_action (loop only) */
 };
 static struct httpc_loop aloop = {.mu = PTHREAD_MUTEX_INITIALIZER, .ep = -1, .wakefd = -1};
@@ -644,27 +648,47 @@ static size_t async_on_body(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
-static void easy_give(httpc_loop *L, CURL *h)
+/* A GET without a body or CA file: setup() and async_new() set every option of such a
+ * transfer anew, so a handle whose last transfer was plain needs no curl_easy_reset() for
+ * the next plain one (reusing a handle with its options is libcurl's own pattern; the reset,
+ * which frees and re-creates all of them, is a measurable part of a proxied request). */
+static bool plain_req(const httpc_request *req)
+{
+    return !req->body && !req->ca_file && (!req->method || strcmp(req->method, "GET") == 0);
+}
+
+static void easy_give(httpc_loop *L, CURL *h, bool plain)
 {
     if (!h) return;
-    curl_easy_reset(h);
     pthread_mutex_lock(&L->mu);
-    if (L->neasy < EASY_POOL_MAX) L->easy[L->neasy++] = h, h = NULL;
+    if (L->neasy < EASY_POOL_MAX) {
+        L->easy_plain[L->neasy] = plain;
+        L->easy[L->neasy++] = h;
+        h = NULL;
+    }
     pthread_mutex_unlock(&L->mu);
     if (h) curl_easy_cleanup(h);
 }
 
-static CURL *easy_take(httpc_loop *L)
+/* A handle with no options left over from its last transfer but those a plain one sets. */
+static CURL *easy_take(httpc_loop *L, bool plain)
 {
     pthread_mutex_lock(&L->mu);
-    CURL *h = L->neasy ? L->easy[--L->neasy] : NULL;
+    CURL *h = NULL;
+    bool was_plain = false;
+    if (L->neasy) {
+        h = L->easy[--L->neasy];
+        was_plain = L->easy_plain[L->neasy];
+    }
     pthread_mutex_unlock(&L->mu);
-    return h ? h : curl_easy_init();
+    if (!h) return curl_easy_init();
+    if (!(plain && was_plain)) curl_easy_reset(h);
+    return h;
 }
 
 static void async_free(httpc_async *a)
 {
-    easy_give(a->L, a->h);
+    easy_give(a->L, a->h, a->plain);
     curl_slist_free_all(a->hl);
     free(a->url);
     free(a->hdrs);
@@ -745,19 +769,59 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* curl: watch socket s for what (or stop watching it). */
+static bool is_idle(const httpc_loop *L, int fd)
+{
+    return fd >= 0 && (size_t)fd < L->idle_cap && L->idle[fd];
+}
+
+static void set_idle(httpc_loop *L, int fd, bool on)
+{
+    if (fd < 0) return;
+    if ((size_t)fd >= L->idle_cap) {
+        if (!on) return;
+        size_t c = L->idle_cap ? L->idle_cap : 256;
+        while (c <= (size_t)fd) c *= 2;
+        L->idle = xrealloc(L->idle, c);
+        memset(L->idle + L->idle_cap, 0, c - L->idle_cap);
+        L->idle_cap = c;
+    }
+    L->idle[fd] = on;
+}
+
+/* curl: watch socket s for what (or stop watching it).
+ * A kept-alive upstream connection goes idle after every transfer and is watched again by
+ * the next: instead of taking it out of the epoll set and adding it back (ADD is the costly
+ * one), it stays in with no events, marked idle. The mark is only a hint: if curl closed the
+ * socket meanwhile (which takes it out of the set) and the number came back, MOD fails and ADD
+ * follows, as for any new socket. An idle socket may still report an error or hang-up (those
+ * need no asking): loop_socket_event takes it out then, without bothering curl. */
 static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
 {
     httpc_loop *L = userp;
     (void)e, (void)socketp;
+    struct epoll_event ev = {.data.fd = s};
     if (what == CURL_POLL_REMOVE) {
-        epoll_ctl(L->ep, EPOLL_CTL_DEL, s, NULL);
+        if (epoll_ctl(L->ep, EPOLL_CTL_MOD, s, &ev) == 0) set_idle(L, s, true);
+        else epoll_ctl(L->ep, EPOLL_CTL_DEL, s, NULL);
         return 0;
     }
-    struct epoll_event ev = {.data.fd = s};
+    set_idle(L, s, false);
     ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
     if (epoll_ctl(L->ep, EPOLL_CTL_MOD, s, &ev) != 0) epoll_ctl(L->ep, EPOLL_CTL_ADD, s, &ev);
     return 0;
+}
+
+/* An event on one of L's sockets: to curl, unless curl stopped watching the socket. */
+static void loop_socket_event(httpc_loop *L, int fd, uint32_t e, int *running)
+{
+    if (is_idle(L, fd)) { /* an idle connection's error or hang-up: curl finds out on reuse */
+        epoll_ctl(L->ep, EPOLL_CTL_DEL, fd, NULL);
+        set_idle(L, fd, false);
+        return;
+    }
+    int mask = (e & EPOLLIN ? CURL_CSELECT_IN : 0) | (e & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+               (e & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+    curl_multi_socket_action(L->m, fd, mask, running);
 }
 
 /* curl: call curl_multi_socket_action(CURL_SOCKET_TIMEOUT) in ms (-1: no timer). */
@@ -828,10 +892,7 @@ static void *aloop_main(void *arg)
                 (void)k;
                 continue;
             }
-            uint32_t e = evs[i].events;
-            int mask = (e & EPOLLIN ? CURL_CSELECT_IN : 0) | (e & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
-                       (e & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
-            curl_multi_socket_action(L->m, fd, mask, &running);
+            loop_socket_event(L, fd, evs[i].events, &running);
         }
         loop_finished(L);
     }
@@ -873,7 +934,7 @@ static void aloop_init(void)
 static httpc_async *async_new(httpc_loop *L, const httpc_request *req, void (*notify)(void *ctx),
                               void *ctx, char *err, size_t errlen)
 {
-    CURL *h = easy_take(L);
+    CURL *h = easy_take(L, plain_req(req));
     if (!h) {
         set_err(err, errlen, "curl init failed", req->url);
         return NULL;
@@ -883,6 +944,7 @@ static httpc_async *async_new(httpc_loop *L, const httpc_request *req, void (*no
     pthread_cond_init(&a->cond, NULL);
     a->L = L;
     a->h = h;
+    a->plain = plain_req(req);
     a->url = xstrdup(req->url);
     a->notify = notify;
     a->ctx = ctx;
@@ -950,12 +1012,7 @@ void httpc_loop_run(httpc_loop *L)
     struct epoll_event evs[64];
     int running = 0;
     int n = epoll_wait(L->ep, evs, 64, 0);
-    for (int i = 0; i < n; i++) {
-        uint32_t e = evs[i].events;
-        int mask = (e & EPOLLIN ? CURL_CSELECT_IN : 0) | (e & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
-                   (e & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
-        curl_multi_socket_action(L->m, evs[i].data.fd, mask, &running);
-    }
+    for (int i = 0; i < n; i++) loop_socket_event(L, evs[i].data.fd, evs[i].events, &running);
     if (L->deadline >= 0 && now_ms() >= L->deadline) {
         L->deadline = -1;
         curl_multi_socket_action(L->m, CURL_SOCKET_TIMEOUT, 0, &running);
@@ -970,6 +1027,7 @@ void httpc_loop_free(httpc_loop *L)
     for (size_t i = 0; i < L->neasy; i++) curl_easy_cleanup(L->easy[i]);
     if (L->ep >= 0) close(L->ep);
     pthread_mutex_destroy(&L->mu);
+    free(L->idle);
     free(L);
 }
 

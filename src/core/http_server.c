@@ -126,10 +126,6 @@ struct http_waker {
 
 enum { D_NONE = 0, D_PARKED, D_DONE }; /* http_req.dstate */
 
-typedef struct {
-    char *name, *value;
-} pending_header;
-
 typedef struct done_hook {
     void (*fn)(void *ctx);
     void *ctx;
@@ -165,8 +161,8 @@ struct http_req {
 
     struct MHD_Response *resp;   /* the reply, once http_reply* ran */
     int status;
-    pending_header *hdrs;        /* http_add_header calls made before the reply */
-    size_t nhdrs;
+    char *hdrs;                  /* http_add_header calls made before the reply, one buffer: */
+    size_t nhdrs, hlen, hcap;    /* nhdrs times "name\0value\0" in hdrs[0..hlen) */
     stream *stream;              /* a streamed reply's state, while it lives */
     done_hook *hooks;            /* http_req_on_done, in registration order */
 
@@ -263,13 +259,9 @@ static void set_peer(http_req *r)
 
 static void free_pending(http_req *r)
 {
-    for (size_t i = 0; i < r->nhdrs; i++) {
-        free(r->hdrs[i].name);
-        free(r->hdrs[i].value);
-    }
     free(r->hdrs);
     r->hdrs = NULL;
-    r->nhdrs = 0;
+    r->nhdrs = r->hlen = r->hcap = 0;
 }
 
 static void run_hooks(done_hook *h)
@@ -1100,9 +1092,18 @@ void http_add_header(http_req *r, const char *name, const char *value)
         MHD_add_response_header(r->resp, name, value);
         return;
     }
-    r->hdrs = xrealloc(r->hdrs, (r->nhdrs + 1) * sizeof *r->hdrs);
-    r->hdrs[r->nhdrs].name = xstrdup(name);
-    r->hdrs[r->nhdrs].value = xstrdup(value);
+    /* one buffer for all of them: a proxied answer forwards several, an allocation each
+     * would cost more than the copy */
+    size_t nl = strlen(name) + 1, vl = strlen(value) + 1;
+    if (r->hlen + nl + vl > r->hcap) {
+        size_t c = r->hcap ? r->hcap : 512;
+        while (c < r->hlen + nl + vl) c *= 2;
+        r->hdrs = xrealloc(r->hdrs, c);
+        r->hcap = c;
+    }
+    memcpy(r->hdrs + r->hlen, name, nl);
+    memcpy(r->hdrs + r->hlen + nl, value, vl);
+    r->hlen += nl + vl;
     r->nhdrs++;
 }
 
@@ -1111,8 +1112,12 @@ static void set_reply(http_req *r, struct MHD_Response *resp, int status, const 
 {
     if (content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     /* MHD refuses names/values with CR or LF, so a handler cannot split the response. */
-    for (size_t i = 0; i < r->nhdrs; i++)
-        MHD_add_response_header(resp, r->hdrs[i].name, r->hdrs[i].value);
+    const char *h = r->hdrs;
+    for (size_t i = 0; i < r->nhdrs; i++) {
+        const char *v = h + strlen(h) + 1;
+        MHD_add_response_header(resp, h, v);
+        h = v + strlen(v) + 1;
+    }
     free_pending(r);
     r->resp = resp;
     /* 1xx would leave the exchange unfinished and MHD rejects odd codes: keep it sane. */
