@@ -592,24 +592,54 @@ static bool hop_by_hop(const char *name, const char *connection)
     return false;
 }
 
+/* The header lines sent upstream. Most live in arena (no allocation per line); a line that
+ * does not fit any more is allocated on its own (heap[i]). */
 typedef struct {
     char *lines[MAX_UP_HDRS + 16];
-    size_t n;
+    bool heap[MAX_UP_HDRS + 16];
+    size_t n, used;
+    char arena[8192];
     const gw_route *rt;
     const char *connection;
     bool strip_auth, has_accept, has_ctype;
 } up_headers;
 
-static void up_add(up_headers *u, char *line)
+/* One line, printf-style; dropped when there are too many. */
+static void up_addf(up_headers *u, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void up_addf(up_headers *u, const char *fmt, ...)
 {
-    if (u->n < ARRAY_LEN(u->lines) - 1) u->lines[u->n++] = line;
-    else free(line);
+    if (u->n >= ARRAY_LEN(u->lines) - 1) return;
+    size_t room = sizeof u->arena - u->used;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(u->arena + u->used, room, fmt, ap);
+    va_end(ap);
+    if (k < 0) return;
+    if ((size_t)k < room) {
+        u->lines[u->n] = u->arena + u->used;
+        u->heap[u->n++] = false;
+        u->used += (size_t)k + 1;
+        return;
+    }
+    char *line = xmalloc((size_t)k + 1);
+    va_start(ap, fmt);
+    vsnprintf(line, (size_t)k + 1, fmt, ap);
+    va_end(ap);
+    u->lines[u->n] = line;
+    u->heap[u->n++] = true;
+}
+
+static void up_free(up_headers *u)
+{
+    for (size_t i = 0; i < u->n; i++)
+        if (u->heap[i]) free(u->lines[i]);
 }
 
 /* curl: "Name:" would remove a header, "Name;" sends it empty. */
 static void up_set(up_headers *u, const char *name, const char *value)
 {
-    up_add(u, *value ? xasprintf("%s: %s", name, value) : xasprintf("%s;", name));
+    if (*value) up_addf(u, "%s: %s", name, value);
+    else up_addf(u, "%s;", name);
 }
 
 static void copy_header(void *ctx, const char *name, const char *value)
@@ -800,14 +830,19 @@ static void proxy_answer(http_req *r, pstream *p)
     }
     /* What of the body is here already: if that is all of it, one plain answer (status, headers
      * and body in one send, with Content-Length) instead of a chunked stream of several. */
-    p->pre = xmalloc(WHOLE_MAX);
+    /* Read into the thread's buffer (http_reply copies; a 16 KiB malloc per request costs
+     * more than the copy), onto the heap only what a stream still has to send. */
+    static _Thread_local char whole[WHOLE_MAX];
+    size_t got = 0;
     long n;
-    while (p->pre_len < WHOLE_MAX && (n = httpc_async_read(p->a, p->pre + p->pre_len, WHOLE_MAX - p->pre_len)) > 0)
-        p->pre_len += (size_t)n;
-    if (p->pre_len < WHOLE_MAX && n == 0) {
-        http_reply(r, (int)status, ctype, p->pre, p->pre_len);
+    while (got < WHOLE_MAX && (n = httpc_async_read(p->a, whole + got, WHOLE_MAX - got)) > 0)
+        got += (size_t)n;
+    if (got < WHOLE_MAX && n == 0) {
+        http_reply(r, (int)status, ctype, whole, got);
         proxy_free(p);
     } else { /* more to come (or a failure, which the stream's next read reports) */
+        if (got) p->pre = memcpy(xmalloc(got), whole, got);
+        p->pre_len = got;
         http_reply_stream(r, (int)status, ctype, proxy_read, p, proxy_done);
     }
     free(ctype);
@@ -847,34 +882,39 @@ static void proxy_resumed(http_req *r, void *arg, bool cancelled)
 static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r, const jwt *t, bool strip_auth,
                   int64_t t0, bool may_block)
 {
-    up_headers u = {.rt = rt, .connection = http_req_header(r, "Connection"), .strip_auth = strip_auth || rt->backend_key};
+    up_headers u; /* not "= {...}": that would clear the arena on every request */
+    u.n = u.used = 0;
+    u.rt = rt;
+    u.connection = http_req_header(r, "Connection");
+    u.strip_auth = strip_auth || rt->backend_key;
+    u.has_accept = u.has_ctype = false;
     http_req_header_each(r, copy_header, &u);
 
     /* Who asked, as de-facto standard proxies say it (RFC 7239 §5 names the same three). */
     const char *xff = http_req_header(r, "X-Forwarded-For"), *host = http_req_header(r, "Host");
-    up_add(&u, xff ? xasprintf("X-Forwarded-For: %s, %s", xff, http_req_peer(r))
-                   : xasprintf("X-Forwarded-For: %s", http_req_peer(r)));
-    up_add(&u, xstrdup(http_req_is_tls(r) ? "X-Forwarded-Proto: https" : "X-Forwarded-Proto: http"));
-    if (host) up_add(&u, xasprintf("X-Forwarded-Host: %s", host));
+    if (xff) up_addf(&u, "X-Forwarded-For: %s, %s", xff, http_req_peer(r));
+    else up_addf(&u, "X-Forwarded-For: %s", http_req_peer(r));
+    up_addf(&u, "%s", http_req_is_tls(r) ? "X-Forwarded-Proto: https" : "X-Forwarded-Proto: http");
+    if (host) up_addf(&u, "X-Forwarded-Host: %s", host);
     const char *tp = http_req_header(r, "traceparent");
     char gen[56];
     if (traceparent_ok(tp)) {
-        up_add(&u, xasprintf("traceparent: %s", tp));
+        up_addf(&u, "traceparent: %s", tp);
         const char *ts = http_req_header(r, "tracestate");
-        if (ts) up_add(&u, xasprintf("tracestate: %s", ts));
+        if (ts) up_addf(&u, "tracestate: %s", ts);
     } else {
         new_traceparent(gen);
-        up_add(&u, xasprintf("traceparent: %s", gen));
+        up_addf(&u, "traceparent: %s", gen);
     }
     for (size_t i = 0; t && i < rt->n_claim_headers; i++) {
         char *v = claim_header_value(t->claims, rt->claim_headers[i].claim);
         if (v) up_set(&u, rt->claim_headers[i].header, v);
         free(v);
     }
-    if (rt->backend_key) up_add(&u, xasprintf("Authorization: Bearer %s", rt->backend_key));
+    if (rt->backend_key) up_addf(&u, "Authorization: Bearer %s", rt->backend_key);
     /* Without these curl would add "Accept: any" and a form Content-Type to a body. */
-    if (!u.has_accept) up_add(&u, xstrdup("Accept:"));
-    if (!u.has_ctype) up_add(&u, xstrdup("Content-Type:"));
+    if (!u.has_accept) up_addf(&u, "%s", "Accept:");
+    if (!u.has_ctype) up_addf(&u, "%s", "Content-Type:");
     u.lines[u.n] = NULL;
 
     size_t len = 0;
@@ -897,7 +937,7 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
     p->a = httpc_async_start_on(L, &req, proxy_notify, p, err, sizeof err); /* copies */
     free(owned);
     free(url);
-    for (size_t i = 0; i < u.n; i++) free(u.lines[i]);
+    up_free(&u);
     if (!p->a) {
         log_msg(LOG_WARN, "upstream_failed", "route %s: %s", rt->name, err);
         http_reply_text(r, 502, "upstream connect error");
