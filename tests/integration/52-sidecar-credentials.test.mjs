@@ -14,7 +14,7 @@ import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import http from 'node:http';
-import { initDirectory, start, run, demo, request, freePort, waitFor } from './harness.mjs';
+import { initDirectory, start, run, demo, request, postForm, freePort, waitFor } from './harness.mjs';
 import { saveDirectory, signJwt, now, TOKEN_EXCHANGE_APPID } from './tokens.mjs';
 import { authHeader, problem, facets } from './sidecar.mjs';
 
@@ -36,6 +36,7 @@ async function startSaIssuer() {
   const jwk = { ...key.export({ format: 'jwk' }), use: 'sig', alg: 'RS256', kid };
   for (const f of ['d', 'p', 'q', 'dp', 'dq', 'qi']) delete jwk[f];
   const hits = { discovery: 0, jwks: 0 };
+  const self = { jwksDelayMs: 0, jwksWaiting: false };   // a slow key endpoint, when set
   const srv = http.createServer((req, res) => {
     const send = (o) => {
       res.writeHead(200, { 'Content-Type': 'application/json' });
@@ -49,7 +50,8 @@ async function startSaIssuer() {
       });
     } else if (req.url === '/openid/v1/jwks') {
       hits.jwks++;
-      send({ keys: [jwk] });
+      self.jwksWaiting = true;
+      setTimeout(() => { self.jwksWaiting = false; send({ keys: [jwk] }); }, self.jwksDelayMs);
     } else {
       res.writeHead(404);
       res.end();
@@ -57,7 +59,7 @@ async function startSaIssuer() {
   });
   await new Promise((ok) => srv.listen(0, '127.0.0.1', ok));
   const url = `http://127.0.0.1:${srv.address().port}`;
-  return {
+  return Object.assign(self, {
     url, hits,
     /** A projected service-account token (audience api://AzureADTokenExchange, 1 h). */
     mint({ sub = SA_SUBJECT, aud = [EXCHANGE], iat = now(), exp = iat + 3600, signWith = key } = {}) {
@@ -71,7 +73,7 @@ async function startSaIssuer() {
       }, signWith);
     },
     close: () => new Promise((ok) => { srv.closeAllConnections(); srv.close(() => ok()); }),
-  };
+  });
 }
 
 /** Write the token file the way the kubelet does: a new file renamed over the old one. */
@@ -324,6 +326,39 @@ test('SignedAssertionFileDiskPath: a service-account token file is the blueprint
     assert.equal(again.claims.azpacr, '2');
     // The agent's token (T1 cached) keeps being served meanwhile.
     assertAgentToken(st, await agentToken(s, st.d.agent.app_id), st.d.agent.app_id);
+  } finally {
+    await st.stop();
+    await sa.close();
+  }
+});
+
+test('a federated credential whose issuer is slow to give its keys does not hold up other token requests', async () => {
+  // The issuer serves on event loops; a client assertion's check may fetch the other issuer's
+  // keys, so it must run on a deferred worker. While that fetch hangs, client-secret token
+  // requests on new connections (which the kernel spreads over every loop) are answered at once.
+  const sa = await startSaIssuer();
+  const st = await stack({ mutate: k8sFic(sa) });
+  try {
+    const ca = st.dir.ca, url = `${st.iss.url}/${st.d.tenant}/oauth2/v2.0/token`;
+    sa.jwksDelayMs = 2000;
+    const t0 = Date.now();
+    const fed = postForm(url, {
+      client_id: st.d.blueprint.app_id, scope: 'api://AzureADTokenExchange/.default',
+      grant_type: 'client_credentials', fmi_path: st.d.agent.app_id,
+      client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+      client_assertion: sa.mint(),
+    }, { ca }).then((r) => ({ r, at: Date.now() - t0 }));
+    await waitFor(() => sa.jwksWaiting, 5000, 'the issuer asks the slow issuer for its keys');
+    const quick = await Promise.all(Array.from({ length: 16 }, () => postForm(url, {
+      client_id: st.d.blueprint.app_id, scope: st.apiScope, grant_type: 'client_credentials',
+      client_secret: st.d.blueprint.secrets[0],
+    }, { ca }).then((r) => ({ r, at: Date.now() - t0 }))));
+    for (const { r } of quick) assert.equal(r.status, 200, r.text);
+    const { r, at } = await fed;
+    assert.equal(r.status, 200, r.text);
+    assert.ok(at >= 2000, `the federated request waited for the keys (${at} ms)`);
+    const last = Math.max(...quick.map((q) => q.at));
+    assert.ok(last < at - 500, `client-secret tokens answered while the keys were awaited (last at ${last} ms, federated at ${at} ms)`);
   } finally {
     await st.stop();
     await sa.close();
