@@ -210,7 +210,7 @@ test('a user\'s token, exchanged by the sidecar for the agent, lists and calls b
   assert.equal(claims.idtyp, 'user');
   assert.ok(claims.xms_act_fct.split(' ').includes('11'), claims.xms_act_fct);
   assert.equal(claims.scp, 'Tools.Call');
-  assert.match(stderr, /"component":"issuer".*credential=federated/, 'the blueprint signed in with the projected token');
+  assert.match(stderr, /"component":"issuer".*"token":"issued".*"credential":"federated"/, 'the blueprint signed in with the projected token');
 
   const session = await mcpSession(header);
   const gw = local(ports.gateway, '/mcp');
