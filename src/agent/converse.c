@@ -169,20 +169,8 @@ static void take_bytes(stream_state *st, const char *buf, size_t n)
 static void llm_refusal(const converse_opts *o, long status, const char *headers, const char *body, char *err,
                         size_t errlen)
 {
-    char reason[300] = "";
-    const char *d = headers ? strcasestr(headers, "error_description=\"") : NULL;
-    if (d) {
-        d += 19;
-        snprintf(reason, sizeof reason, "%.*s", (int)strcspn(d, "\""), d);
-    } else {
-        json_t *j = json_loads(body, 0, NULL);
-        json_t *e = json_object_get(j, "error");
-        const char *m = json_is_string(e) ? json_string_value(e) : json_string_value(json_object_get(e, "message"));
-        if (!m) m = json_string_value(json_object_get(j, "detail"));
-        snprintf(reason, sizeof reason, "%.*s", (int)(m ? strlen(m) < 280 ? strlen(m) : 280 : strcspn(body, "\r\n") < 280 ? strcspn(body, "\r\n") : 280),
-                 m ? m : body);
-        json_decref(j);
-    }
+    char reason[300];
+    httpc_refusal(headers, body, strlen(body), reason, sizeof reason);
     if (status == 401)
         snprintf(err, errlen, "the gateway refused the LLM token (HTTP 401): %s", reason);
     else if (status == 403)

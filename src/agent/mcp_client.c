@@ -45,34 +45,6 @@ const char *mcpc_name(const mcpc *c) { return c->name; }
 const char *mcpc_url(const mcpc *c) { return c->url; }
 void mcpc_set_token(mcpc *c, const char *token) { c->token = token; }
 
-/* The reason a refusing server gave: a WWW-Authenticate error_description, a JSON body's
- * error_description/detail/message, or the first line of a text body. */
-static void refusal(const httpc_response *rs, char *out, size_t outlen)
-{
-    char *wa = httpc_response_header(rs, "WWW-Authenticate");
-    const char *d = wa ? strstr(wa, "error_description=\"") : NULL;
-    if (d) {
-        d += 19;
-        snprintf(out, outlen, "%.*s", (int)strcspn(d, "\""), d);
-        free(wa);
-        return;
-    }
-    free(wa);
-    json_t *j = rs->body ? json_loadb(rs->body, rs->body_len, 0, NULL) : NULL;
-    const char *keys[] = {"error_description", "detail", "message", "error"};
-    for (size_t i = 0; j && i < ARRAY_LEN(keys); i++) {
-        const char *v = json_string_value(json_object_get(j, keys[i]));
-        if (v) {
-            snprintf(out, outlen, "%s", v);
-            json_decref(j);
-            return;
-        }
-    }
-    json_decref(j);
-    const char *b = rs->body ? rs->body : "";
-    snprintf(out, outlen, "%.*s", (int)(strcspn(b, "\r\n") < 200 ? strcspn(b, "\r\n") : 200), b);
-}
-
 /* The JSON-RPC message with this id from an SSE stream: each event's data lines joined. */
 static json_t *from_sse(const char *body, json_int_t id)
 {
@@ -146,7 +118,7 @@ static json_t *post(mcpc *c, const char *method, json_t *params, json_int_t id, 
     }
     *status = rs.status;
     if (rs.status == 401 || rs.status == 403) {
-        refusal(&rs, why, sizeof why);
+        httpc_refusal(rs.headers, rs.body, rs.body_len, why, sizeof why);
         snprintf(err, errlen, "%s refused the MCP token for %s (HTTP %ld%s): %s", c->url, method, rs.status,
                  rs.status == 403 ? ", an authorization rule" : "", why);
         goto end;
@@ -165,7 +137,7 @@ static json_t *post(mcpc *c, const char *method, json_t *params, json_int_t id, 
     else if (rs.body) m = json_loadb(rs.body, rs.body_len, 0, NULL);
     if (!json_is_object(m)) {
         if (rs.status / 100 != 2) {
-            refusal(&rs, why, sizeof why);
+            httpc_refusal(rs.headers, rs.body, rs.body_len, why, sizeof why);
             snprintf(err, errlen, "MCP server %s answered %s with HTTP %ld: %s", c->name, method, rs.status, why);
         } else {
             snprintf(err, errlen, "MCP server %s sent no JSON-RPC answer to %s", c->name, method);

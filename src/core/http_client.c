@@ -15,6 +15,7 @@
 #include "core/util.h"
 
 #include <curl/curl.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -316,6 +317,29 @@ char *httpc_response_header(const httpc_response *resp, const char *name)
         if (*line == '\n') line++;
     }
     return NULL;
+}
+
+void httpc_refusal(const char *headers, const char *body, size_t body_len, char *out, size_t outlen)
+{
+    httpc_response rs = {.headers = (char *)headers};
+    char *wa = httpc_response_header(&rs, "WWW-Authenticate");
+    const char *d = wa ? strstr(wa, "error_description=\"") : NULL;
+    if (d) {
+        d += 19;
+        snprintf(out, outlen, "%.*s", (int)strcspn(d, "\""), d);
+        free(wa);
+        return;
+    }
+    free(wa);
+    body = body ? body : "";
+    json_t *j = json_loadb(body, body_len, 0, NULL), *e = json_object_get(j, "error");
+    const char *m = NULL;
+    static const char *const keys[] = {"error_description", "detail", "message", "error"};
+    for (size_t i = 0; !m && i < ARRAY_LEN(keys); i++) m = json_string_value(json_object_get(j, keys[i]));
+    if (!m) m = json_string_value(json_object_get(e, "message"));
+    size_t n = m ? strlen(m) : strcspn(body, "\r\n");
+    snprintf(out, outlen, "%.*s", (int)(n < 280 ? n : 280), m ? m : body);
+    json_decref(j);
 }
 
 /* ---- streaming ------------------------------------------------------------------------- */

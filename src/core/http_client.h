@@ -60,6 +60,12 @@ void httpc_response_free(httpc_response *resp);
 /* A response header value (case-insensitive), copied; NULL if absent. */
 char *httpc_response_header(const httpc_response *resp, const char *name);
 
+/* Why a server refused, in one line for a person: the error_description of its
+ * WWW-Authenticate header, else a JSON body's error_description, detail, message or error
+ * (a string, or an object's message, as OpenAI-compatible APIs send it), else the body's
+ * first line (at most 280 bytes). headers is a raw header block as in httpc_response. */
+void httpc_refusal(const char *headers, const char *body, size_t body_len, char *out, size_t outlen);
+
 /* ---- streaming ----------------------------------------------------------------------------
  * Usage
  *     httpc_stream *st;
