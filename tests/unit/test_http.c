@@ -6,6 +6,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include "core/http_client.h"
 #include "core/http_server.h"
 
@@ -141,13 +143,6 @@ static json_t *parse_json(const httpc_response *resp)
     json_t *j = json_loadb(resp->body, resp->body_len, 0, &je);
     if (!j) fail_msg("bad JSON from server: %s", je.text);
     return j;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
 }
 
 /* ---- tests ---------------------------------------------------------------------- */

@@ -8,6 +8,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include "core/http_client.h"
 
 #include <arpa/inet.h>
@@ -30,22 +32,6 @@ static atomic_int accepts, closes;
 static atomic_long big_sent;
 
 /* ---- the test server: one thread per connection, keep-alive ---------------------------- */
-
-static bool send_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
-        if (k <= 0) return false;
-        p += k, n -= (size_t)k;
-    }
-    return true;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 /* Serve one request from the head in req (body, if any, already read into body). */
 static bool serve(int fd, const char *path, const char *body, size_t blen)

@@ -6,6 +6,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include "core/http_server.h"
 
 #include <arpa/inet.h>
@@ -20,13 +22,6 @@
 #include <unistd.h>
 
 static atomic_int fn_runs, fn_cancelled, inline_calls;
-
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
 
 /* ---- the server side ---------------------------------------------------------- */
 

@@ -10,6 +10,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include "core/http_client.h"
 #include "core/http_server.h"
 
@@ -29,29 +31,6 @@ static int up_fd;
 static unsigned up_port;
 static atomic_int up_gone;       /* /endless connections the upstream saw closed */
 static atomic_int dones;         /* proxied transfers closed by the proxy */
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
-static bool send_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
-        if (k <= 0) return false;
-        p += k, n -= (size_t)k;
-    }
-    return true;
-}
 
 /* ---- the upstream: one thread per connection, keep-alive -------------------------------- */
 
@@ -341,7 +320,7 @@ typedef struct {
 static void *fetch_main(void *arg)
 {
     fetch *f = arg;
-    long t0 = now_ms();
+    double t0 = now_ms();
     f->answer = get(f->port, f->path);
     f->ms = now_ms() - t0;
     return NULL;
@@ -360,7 +339,7 @@ static void test_slow_upstream_does_not_stall(void **state)
     }
     sleep_ms(200);
     for (int i = 0; i < 5; i++) {
-        long t0 = now_ms();
+        double t0 = now_ms();
         char *a = get(http_server_port(s), "/p/hello");
         assert_non_null(strstr(a, "hello"));
         free(a);
@@ -410,7 +389,7 @@ static void test_stop_with_transfers_in_flight(void **state)
     pthread_t t[2];
     for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&t[i], NULL, fetch_main, &f[i]), 0);
     sleep_ms(300);
-    long t0 = now_ms();
+    double t0 = now_ms();
     http_server_stop(s);
     assert_true(now_ms() - t0 < 3000);
     for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);

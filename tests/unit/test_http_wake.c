@@ -7,6 +7,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include "core/http_client.h"
 #include "core/http_server.h"
 
@@ -21,19 +23,6 @@
 static http_server *srv;
 static char base[64];
 static atomic_int dones, waited_ok, waited_cancelled, live_producers;
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* A producer: a thread that makes `count` pieces, one every `every_ms`, and wakes the
  * request's waker after each (count < 0: forever; every_ms < 0: never a piece). */
@@ -210,7 +199,7 @@ static void test_wait_then_answer(void **state)
     (void)state;
     quiet();
     int w0 = atomic_load(&waited_ok), d0 = atomic_load(&dones);
-    long t0 = now_ms();
+    double t0 = now_ms();
     get(base, "/wait?ms=150", 200, "waited");
     assert_true(now_ms() - t0 >= 140);
     get(base, "/wait-early", 200, "waited");
@@ -264,7 +253,7 @@ static void test_slow_producers_do_not_block(void **state)
     sleep_ms(100); /* all of them are waiting now */
     long worst = 0;
     for (int i = 0; i < 20; i++) {
-        long t0 = now_ms();
+        double t0 = now_ms();
         get(base, "/fast", 200, "fast");
         if (now_ms() - t0 > worst) worst = now_ms() - t0;
     }
@@ -322,7 +311,7 @@ static void test_stop_with_pending(void **state)
     pthread_create(&ft, NULL, fetch_main, &f);
     sleep_ms(200);
 
-    long t0 = now_ms();
+    double t0 = now_ms();
     pthread_t stopper;
     pthread_create(&stopper, NULL, stop_main, s);
     char buf[64];

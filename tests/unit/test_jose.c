@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include "core/b64.h"
 #include "core/http_client.h"
 #include "core/http_server.h"
@@ -1130,12 +1132,6 @@ static int cache_verify(jwks_cache *c, const jwk *k, const char *kid_override, c
     }
     free(tok);
     return rc;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
 }
 
 static void test_cache_fetch_and_verify(void **state)
