@@ -1390,6 +1390,19 @@ static val logic(ctx *c, const node *n)
     return pending.err ? pending : ok(json_boolean(is_and));
 }
 
+/* Both operands of a two-operand node, left to right: true with *a and *b to free; false with
+ * the first error in *a (nothing else to free). */
+static bool operands(ctx *c, const node *n, val *a, val *b)
+{
+    *a = eval(c, n->kid[0]);
+    if (a->err) return false;
+    *b = eval(c, n->kid[1]);
+    if (!b->err) return true;
+    val_free(*a);
+    *a = *b;
+    return false;
+}
+
 static val eval(ctx *c, const node *n)
 {
     if (!charge(c, 1)) return steps_exceeded(c, n);
@@ -1441,13 +1454,7 @@ static val eval(ctx *c, const node *n)
         return r;
 
     case N_INDEX:
-        a = eval(c, n->kid[0]);
-        if (a.err) return a;
-        b = eval(c, n->kid[1]);
-        if (b.err) {
-            val_free(a);
-            return b;
-        }
+        if (!operands(c, n, &a, &b)) return a;
         if (json_is_array(a.v)) {
             json_int_t i = json_is_integer(b.v) ? json_integer_value(b.v) : -1;
             if (!json_is_integer(b.v))
@@ -1522,13 +1529,7 @@ static val eval(ctx *c, const node *n)
         return r;
 
     case N_BIN:
-        a = eval(c, n->kid[0]);
-        if (a.err) return a;
-        b = eval(c, n->kid[1]);
-        if (b.err) {
-            val_free(a);
-            return b;
-        }
+        if (!operands(c, n, &a, &b)) return a;
         r = binary(c, n, a, b);
         val_free(a);
         val_free(b);
