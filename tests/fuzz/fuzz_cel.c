@@ -20,15 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef FUZZ_ASSERT
-#define FUZZ_ASSERT(c)                                                                       \
-    do {                                                                                     \
-        if (!(c)) {                                                                          \
-            fprintf(stderr, "fuzz property failed: %s (%s:%d)\n", #c, __FILE__, __LINE__);   \
-            abort();                                                                         \
-        }                                                                                    \
-    } while (0)
-#endif
+#include "fuzz_assert.h"
 
 static json_t *fuzz_cel_act;
 
