@@ -11,11 +11,10 @@
 // the other's DELETE); the caller's token never reaching an upstream; 401 without a token.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BIN, demo, freePort, initDirectory, request, startIssuer } from '../integration/harness.mjs';
+import { demo, freePort, initDirectory, request, start, startIssuer } from '../integration/harness.mjs';
 import { ok, token } from '../integration/tokens.mjs';
 
 const HERE = import.meta.dirname;
@@ -25,36 +24,8 @@ const SDK = join(HERE, 'node_modules/@modelcontextprotocol/sdk/package.json');
 let dir, iss, up, gw, tmp, tok, Client, StreamableHTTPClientTransport, startHttpMcpServer;
 const clients = [];
 
-/** Start `agentid gateway --config FILE --listen 127.0.0.1:PORT`; resolves once it answers HTTP. */
-async function startGateway(config, port) {
-  const proc = spawn(BIN, ['gateway', '--config', config, '--listen', `127.0.0.1:${port}`],
-    { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  proc.stdout.on('data', (b) => { out += b; });
-  proc.stderr.on('data', (b) => { out += b; });
-  const exited = new Promise((res) => proc.on('exit', (code, sig) => res(code ?? sig)));
-  const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 10000;
-  for (;;) {
-    if (proc.exitCode !== null) throw new Error(`agentid gateway exited: ${out}`);
-    try {
-      await request(`${url}/healthz`, { timeout: 500 });   // any HTTP answer: it is up
-      break;
-    } catch { /* not yet */ }
-    if (Date.now() > deadline) { proc.kill('SIGKILL'); throw new Error(`gateway not up in 10s: ${out}`); }
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return {
-    url, proc, logs: () => out,
-    async stop() {
-      if (proc.exitCode === null) proc.kill('SIGTERM');
-      const t = setTimeout(() => proc.kill('SIGKILL'), 10000);
-      const code = await exited;
-      clearTimeout(t);
-      return code;
-    },
-  };
-}
+/** Start `agentid gateway --config FILE --listen 127.0.0.1:PORT`; resolves once /healthz answers. */
+const startGateway = (config, port) => start(['gateway', '--config', config], { port });
 
 /** A connected SDK client with the caller's token on every request. */
 async function connect(name) {
