@@ -5,7 +5,7 @@
 CC      ?= cc
 Q       ?= @
 BUILD   ?= build
-PKGS    := libmicrohttpd libcurl jansson openssl yaml-0.1
+PKGS    := libmicrohttpd libcurl jansson openssl yaml-0.1 gnutls
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo 0.1.0)
 
 CFLAGS  ?= -O2 -g

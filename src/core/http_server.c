@@ -35,10 +35,13 @@
  * the request and its stream, which may outlive it.
  */
 #include "core/http_server.h"
+#include "core/log.h"
 #include "core/util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <gnutls/gnutls.h>
+#include <linux/sockios.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -50,6 +53,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -158,6 +162,9 @@ struct http_req {
     bool too_large;              /* body passed the cap: answer 413, skip the handler */
     size_t discarded;
     bool queued;                 /* a response went to MHD already */
+    size_t reply_len;            /* http_reply's body length (a buffered reply) */
+    bool buffered;               /* the reply is http_reply's, all in memory */
+    void *corked;                /* the TLS session corked for this reply (see cork_reply) */
 
     struct MHD_Response *resp;   /* the reply, once http_reply* ran */
     int status;
@@ -309,12 +316,48 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
     return r;
 }
 
+static void uncork_reply(struct MHD_Connection *c, void *session);
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls, (void)c, (void)toe;
+    (void)cls, (void)toe;
+    http_req *r = *req_cls;
+    if (r && r->corked) uncork_reply(c, r->corked);
     req_free(*req_cls);
     *req_cls = NULL;
+}
+
+/* HTTPS: one TLS record per small answer.
+ * libmicrohttpd hands GnuTLS the headers and the body of an answer as two sends, so each
+ * answer went out as two records in two system calls, and a client woke for each. A small
+ * answer that is all in memory is sent with the session corked instead: GnuTLS gathers both
+ * sends, and uncork_reply (libmicrohttpd's completion callback, called once the answer is
+ * "sent" and before any close) writes them as one record. Only when nothing is waiting in
+ * the socket's send queue (SIOCOUTQ 0): then the kernel takes the few KiB at once and the
+ * uncork cannot find the socket full. Should it ever fail, the connection is shut down, so
+ * the client sees a closed connection rather than waiting for an answer that never comes. */
+enum { CORK_MAX = 8192 };
+
+static void cork_reply(http_req *r)
+{
+    if (!r->srv->tls || !r->buffered || r->reply_len > CORK_MAX) return;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *ti =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    int queued = 1;
+    if (!ci || !ti || !ti->tls_session || ioctl(ci->connect_fd, SIOCOUTQ, &queued) != 0 || queued)
+        return;
+    gnutls_record_cork((gnutls_session_t)ti->tls_session);
+    r->corked = ti->tls_session;
+}
+
+static void uncork_reply(struct MHD_Connection *c, void *session)
+{
+    if (gnutls_record_uncork((gnutls_session_t)session, 0) >= 0) return;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci) shutdown(ci->connect_fd, SHUT_RDWR);
 }
 
 /* Queue a fixed JSON answer (413, 500) that does not come from the handler. */
@@ -430,6 +473,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     free_pending(r); /* headers added but never followed by a reply */
     if (!r->resp) return queue_static(r, MHD_HTTP_INTERNAL_SERVER_ERROR, BODY_SERVER_ERROR);
 
+    cork_reply(r);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, r->resp);
     r->queued = true;
     return ret;
@@ -638,7 +682,9 @@ static void *loop_main(void *arg)
         epoll_ctl(ep, EPOLL_CTL_ADD, srcfd, &ev);
     }
     bool stop = false;
+    log_batch(true); /* this round's lines in one write, before the loop sleeps */
     while (!stop) {
+        log_flush();
         long wait = -1;
         MHD_UNSIGNED_LONG_LONG mt;
         if (MHD_get_timeout(c->d, &mt) == MHD_YES) wait = mt > 1000 ? 1000 : (long)mt;
@@ -660,6 +706,7 @@ static void *loop_main(void *arg)
         if (src_ready && src->run) src->run(c->src_state);
         MHD_run(c->d);
     }
+    log_batch(false);
     close(ep);
     loop_state_tl = NULL;
     loop_self_tl = NULL;
@@ -675,10 +722,32 @@ static void child_free(http_server *c)
     server_free(c);
 }
 
+/* SO_REUSEPORT lets any socket of the same user join a port, so a second server started on a
+ * port the loops serve would quietly take a share of their connections. The port is bound once
+ * without it first: a port in use is refused as it is for a server without loops. */
+static bool port_in_use(const struct sockaddr_storage *ss)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false; /* the daemon's own bind says what is wrong */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one); /* as MHD: TIME_WAIT is no user */
+    socklen_t len = ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    bool used = bind(fd, (const struct sockaddr *)ss, len) != 0 && errno == EADDRINUSE;
+    close(fd);
+    return used;
+}
+
 static http_server *loops_start(http_server *p, const http_server_opts *opts,
                                 struct sockaddr_storage *ss, unsigned int flags,
                                 char *err, size_t errlen)
 {
+    in_port_t port = ss->ss_family == AF_INET ? ((struct sockaddr_in *)ss)->sin_port
+                                              : ((struct sockaddr_in6 *)ss)->sin6_port;
+    if (port && port_in_use(ss)) {
+        snprintf(err, errlen, "cannot serve on %s: %s", opts->listen, strerror(EADDRINUSE));
+        server_free(p);
+        return NULL;
+    }
     if (opts->loop_source) p->src = *opts->loop_source;
     p->nloops = opts->event_loops;
     p->loops = xcalloc(p->nloops, sizeof *p->loops);
@@ -1132,6 +1201,8 @@ void http_reply(http_req *r, int status, const char *content_type, const char *b
         len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
     if (!resp) return; /* out of memory: on_access answers 500 */
     set_reply(r, resp, status, content_type);
+    r->buffered = true;
+    r->reply_len = len;
 }
 
 /* The stream is finished with: the body ended or failed, or the client went away. While it

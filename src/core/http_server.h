@@ -29,6 +29,9 @@
  *  - Waiting without a thread (opts.async; see http_wait, http_wake): a request, or a streamed
  *    reply, that waits for something another thread produces (an upstream's answer) parks its
  *    connection instead of a thread, and the producer wakes it.
+ *  - HTTPS: a reply of at most 8 KiB given with http_reply (or the http_reply_* helpers) goes
+ *    out as one TLS record in one send, headers and body together (libmicrohttpd alone sends
+ *    them as two, and a client wakes for each).
  *  - Only this module includes <microhttpd.h>.
  */
 #ifndef AGENTID_CORE_HTTP_SERVER_H
@@ -68,7 +71,9 @@ typedef struct {
  * may also run the caller's loop source, e.g. an HTTP client bound to it (httpc_loop), whose
  * sockets then share the loop's epoll set: a proxied request starts its upstream transfer on
  * its own loop, waits (http_wait / HTTP_STREAM_AGAIN), and the transfer's notify, running on
- * the same thread, wakes it with http_wake — no other thread and no hand-off.
+ * the same thread, wakes it with http_wake — no other thread and no hand-off. A port that is
+ * in use is refused, as without loops (SO_REUSEPORT alone would let another server join it).
+ * Each loop batches its log lines (log_batch) and writes them once per round.
  * The source's callbacks: start(ctx) on the loop thread before it serves (its result is the
  * loop's state; NULL: none for this loop); fd(state): a descriptor the loop waits on for
  * reading; timeout_ms(state): ms until run is due anyway (-1: no timer); run(state): do what

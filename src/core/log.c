@@ -4,6 +4,7 @@
 #include "core/util.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -66,6 +67,39 @@ const char *log_fingerprint(const char *data, char out[20])
     return out;
 }
 
+/* A thread that batches (log_batch) collects its lines here and writes them with one
+ * write(2) per log_flush. At most PIPE_BUF bytes, so that a batch written to a pipe is as
+ * atomic as a single line is: batches and other threads' lines never interleave. */
+static _Thread_local char batch_buf[PIPE_BUF];
+static _Thread_local size_t batch_len;
+static _Thread_local bool batching;
+
+void log_flush(void)
+{
+    if (batch_len) (void)!write(2, batch_buf, batch_len);
+    batch_len = 0;
+}
+
+void log_batch(bool on)
+{
+    if (!on) log_flush();
+    batching = on;
+}
+
+/* One whole line (newline included) to stderr, or into this thread's batch. */
+static void out(const char *line, size_t n)
+{
+    if (batching) {
+        if (batch_len + n > sizeof batch_buf) log_flush();
+        if (n <= sizeof batch_buf) {
+            memcpy(batch_buf + batch_len, line, n);
+            batch_len += n;
+            return;
+        }
+    }
+    (void)!write(2, line, n);   /* one write: lines from threads never interleave */
+}
+
 static void emit(json_t *o)
 {
     char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
@@ -75,7 +109,7 @@ static void emit(json_t *o)
     size_t n = strlen(line);
     line = xrealloc(line, n + 2);
     line[n] = '\n';
-    (void)!write(2, line, n + 1);   /* one write: lines from threads never interleave */
+    out(line, n + 1);
     free(line);
 }
 
@@ -193,5 +227,5 @@ void log_request_fields(const char *method, const char *path, int status, double
     log_redact(line);
     k = strlen(line);
     line[k++] = '\n';
-    (void)!write(2, line, k);   /* one write: lines from threads never interleave */
+    out(line, k);
 }

@@ -12,6 +12,7 @@
 #include "core/http_server.h"
 
 #include <arpa/inet.h>
+#include <openssl/ssl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -496,6 +497,76 @@ static char *read_all(const char *path)
     return buf;
 }
 
+/* ---- TLS records per answer: a raw OpenSSL client that counts the records it reads ---------- */
+
+static int records_read;
+
+static void on_tls_msg(int write_p, int version, int content_type, const void *buf, size_t len,
+                       SSL *ssl, void *arg)
+{
+    (void)version, (void)buf, (void)len, (void)ssl, (void)arg;
+    if (!write_p && content_type == SSL3_RT_HEADER) records_read++;
+}
+
+/* Read one HTTP answer (headers with Content-Length, then that many bytes); its body size. */
+static long read_answer(SSL *ssl)
+{
+    char buf[70000];
+    size_t got = 0;
+    char *end = NULL;
+    long clen = -1;
+    for (;;) {
+        if (end && got >= (size_t)(end + 4 - buf) + (size_t)clen) break;
+        int n = SSL_read(ssl, buf + got, (int)(sizeof buf - 1 - got));
+        if (n <= 0) return -1;
+        got += (size_t)n;
+        buf[got] = '\0';
+        if (!end && (end = strstr(buf, "\r\n\r\n"))) {
+            const char *cl = strcasestr(buf, "\r\nContent-Length:");
+            if (!cl) return -1;
+            clen = strtol(cl + 17, NULL, 10);
+        }
+    }
+    return got == (size_t)(end + 4 - buf) + (size_t)clen ? clen : -2;
+}
+
+/* A small answer that is all in memory goes out as one TLS record (headers and body corked
+ * together); bigger ones and answers to pipelined requests are still whole and in order. */
+static void tls_records(unsigned port)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    assert_int_equal(SSL_connect(ssl), 1);
+    const char get[] = "GET /big?n=300 HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(SSL_write(ssl, get, (int)strlen(get)), (int)strlen(get));
+    assert_int_equal(read_answer(ssl), 300); /* past the session tickets that follow the handshake */
+    SSL_set_msg_callback(ssl, on_tls_msg);
+    for (int i = 0; i < 3; i++) {
+        records_read = 0;
+        assert_int_equal(SSL_write(ssl, get, (int)strlen(get)), (int)strlen(get));
+        assert_int_equal(read_answer(ssl), 300);
+        assert_int_equal(records_read, 1);
+    }
+    const char big[] = "GET /big?n=60000 HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(SSL_write(ssl, big, (int)strlen(big)), (int)strlen(big));
+    assert_int_equal(read_answer(ssl), 60000);
+    char three[512];
+    snprintf(three, sizeof three, "%sGET /big?n=5000 HTTP/1.1\r\nHost: x\r\n\r\n%s", get, get);
+    assert_int_equal(SSL_write(ssl, three, (int)strlen(three)), (int)strlen(three));
+    assert_int_equal(read_answer(ssl), 300);
+    assert_int_equal(read_answer(ssl), 5000);
+    assert_int_equal(read_answer(ssl), 300);
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(ctx);
+}
+
 static void test_https(void **state)
 {
     (void)state;
@@ -530,6 +601,8 @@ static void test_https(void **state)
         json_decref(j);
         httpc_response_free(&resp);
     }
+
+    tls_records(http_server_port(s));
 
     /* Not trusted without the CA file: a TLS failure is a connect failure. */
     rq.ca_file = NULL;

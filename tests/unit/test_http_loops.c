@@ -411,6 +411,27 @@ static void test_bad_options(void **state)
     assert_null(http_loop_state()); /* not a loop thread */
 }
 
+/* A port the loops serve is in use: a second server (loops or not) is refused, it does not join
+ * the loops' SO_REUSEPORT group and take some of their connections. */
+static void test_port_in_use(void **state)
+{
+    (void)state;
+    http_server *s = start_proxy(2);
+    char listen[64], err[256];
+    snprintf(listen, sizeof listen, "127.0.0.1:%u", http_server_port(s));
+    http_server_opts o = {.listen = listen, .event_loops = 2, .loop_source = &SRC};
+    assert_null(http_server_start(&o, handler, NULL, err, sizeof err));
+    assert_non_null(strstr(err, "in use"));
+    http_server_opts plain = {.listen = listen};
+    assert_null(http_server_start(&plain, handler, NULL, err, sizeof err));
+    http_server_stop(s);
+    /* once it is free again, the loops get it */
+    http_server *again = http_server_start(&o, handler, NULL, err, sizeof err);
+    if (!again) fprintf(stderr, "start: %s\n", err);
+    assert_non_null(again);
+    http_server_stop(again);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -420,6 +441,7 @@ int main(void)
         cmocka_unit_test(test_client_gone_mid_stream),
         cmocka_unit_test(test_stop_with_transfers_in_flight),
         cmocka_unit_test(test_bad_options),
+        cmocka_unit_test(test_port_in_use),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }

@@ -9,9 +9,12 @@
 #include "core/log.h"
 
 #include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static const char *const *g_fields;   /* extra fields for the next logged() (log_request_fields) */
@@ -151,6 +154,84 @@ static void test_level_off(void **state)
     log_init("test", LOG_INFO);
 }
 
+/* log_batch: a thread's lines wait for log_flush, then go out together, whole and in order, in
+ * writes of at most PIPE_BUF bytes; a line longer than that goes out at once; log_batch(false)
+ * flushes. Another thread's lines are not batched. stderr is a SOCK_SEQPACKET socket here, so
+ * every read returns exactly one write. */
+static void *other_thread(void *arg)
+{
+    (void)arg;
+    log_request("GET", "/other", 200, 0, NULL);
+    return NULL;
+}
+
+static ssize_t one_write(int fd, char *buf, size_t cap)
+{
+    ssize_t n = recv(fd, buf, cap - 1, MSG_DONTWAIT);
+    if (n >= 0) buf[n] = '\0';
+    return n;
+}
+
+static void test_batch(void **state)
+{
+    (void)state;
+    int sp[2], saved = dup(2);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp), 0);
+    int big = 1 << 20;
+    setsockopt(sp[1], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    dup2(sp[1], 2);
+    static char buf[65536];
+    log_batch(true);
+    log_request("GET", "/one", 200, 0, NULL);
+    log_msg(LOG_WARN, "note", "between");
+    log_request("GET", "/two", 200, 0, NULL);
+    assert_int_equal(one_write(sp[0], buf, sizeof buf), -1); /* nothing yet */
+    pthread_t t;
+    pthread_create(&t, NULL, other_thread, NULL);
+    pthread_join(t, NULL);
+    assert_true(one_write(sp[0], buf, sizeof buf) > 0);     /* the other thread's, at once */
+    assert_non_null(strstr(buf, "\"/other\""));
+    log_flush();
+    assert_true(one_write(sp[0], buf, sizeof buf) > 0);     /* one write, three lines, in order */
+    char *one = strstr(buf, "\"/one\""), *mid = strstr(buf, "between"), *two = strstr(buf, "\"/two\"");
+    assert_true(one && mid && two && one < mid && mid < two);
+    log_flush();                                              /* nothing left */
+    assert_int_equal(one_write(sp[0], buf, sizeof buf), -1);
+    /* 40 lines of about 400 bytes: written as the batch fills, each write whole lines */
+    char path[300];
+    memset(path, 'p', sizeof path - 1);
+    path[0] = '/', path[sizeof path - 1] = '\0';
+    for (int i = 0; i < 40; i++) log_request("GET", path, 200, 0, NULL);
+    /* a line longer than PIPE_BUF: what was batched goes first, then the line, at once */
+    char longp[6000];
+    memset(longp, 'q', sizeof longp - 1);
+    longp[0] = '/', longp[sizeof longp - 1] = '\0';
+    log_request("GET", longp, 200, 0, NULL);
+    log_batch(false);
+    dup2(saved, 2);
+    close(saved);
+    close(sp[1]);
+    int lines = 0, writes = 0;
+    ssize_t n;
+    bool long_seen = false;
+    while ((n = one_write(sp[0], buf, sizeof buf)) > 0) {
+        writes++;
+        assert_int_equal(buf[n - 1], '\n');
+        for (char *q = buf; (q = strchr(q, '\n')); q++) lines++;
+        if (strstr(buf, "qqqq")) {
+            long_seen = true;
+            assert_true(n > PIPE_BUF);
+            assert_null(strstr(buf, "pppp"));
+        } else {
+            assert_true(n <= PIPE_BUF);
+        }
+    }
+    close(sp[0]);
+    assert_true(long_seen);
+    assert_int_equal(lines, 41);
+    assert_true(writes > 2 && writes < 41);
+}
+
 int main(void)
 {
     unsetenv("AGENTID_LOG_LEVEL");
@@ -160,6 +241,7 @@ int main(void)
         cmocka_unit_test(test_hostile_paths),
         cmocka_unit_test(test_extra_fields),
         cmocka_unit_test(test_level_off),
+        cmocka_unit_test(test_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
