@@ -35,8 +35,31 @@ static void test_hit_and_misses(void **state)
     assert_true(tokcache_get(c, 3, "no.claims.here", 100, &claims));
     assert_null(claims);
     assert_int_equal(tokcache_count(c), 2);
+    /* Long tokens: the slot comes from the end (the signature), the match from every byte. A
+     * token that differs only in its header or claims lands in the same slot and still misses. */
+    char tok[1200], other[1200];
+    memset(tok, 'h', sizeof tok - 1);
+    tok[sizeof tok - 1] = '\0';
+    tok[100] = '.', tok[1100] = '.';
+    memcpy(other, tok, sizeof tok);
+    other[50] = 'X';
+    tokcache_put(c, 1, tok, NULL, 200);
+    assert_true(tokcache_get(c, 1, tok, 100, NULL));
+    assert_false(tokcache_get(c, 1, other, 100, NULL));
+    tokcache_put(c, 1, other, NULL, 200);        /* replaces tok: same slot */
+    assert_true(tokcache_get(c, 1, other, 100, NULL));
+    assert_false(tokcache_get(c, 1, tok, 100, NULL));
     tokcache_free(c);
     tokcache_free(NULL);
+
+    /* Tokens with different signatures spread over the slots. */
+    c = tokcache_new(64);
+    for (int i = 0; i < 32; i++) {
+        snprintf(tok + 1168, 32, "%031d", i * 7919);
+        tokcache_put(c, 1, tok, NULL, 200);
+    }
+    assert_true(tokcache_count(c) >= 20);
+    tokcache_free(c);
 }
 
 /* Never more entries than slots; a new entry replaces the one in its slot; one slot works. */
