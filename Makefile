@@ -39,6 +39,15 @@ $(BUILD)/libagentid.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# The files that print the version are rebuilt when it changes (a commit, a dirty tree): the
+# stamp is rewritten only then, so `agentid version` never names an older commit.
+VERSION_STAMP := $(BUILD)/gen/version
+$(VERSION_STAMP): FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(VERSION)' | cmp -s - $@ || echo '$(VERSION)' >$@
+FORCE:
+$(patsubst %.c,$(BUILD)/%.o,$(shell grep -l AGENTID_VERSION $(LIB_SRC))): $(VERSION_STAMP)
+
 $(BUILD)/%.o: %.c $(wildcard src/*/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
