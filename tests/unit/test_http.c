@@ -562,6 +562,13 @@ static void tls_records(unsigned port)
     assert_int_equal(read_answer(ssl), 300);
     assert_int_equal(read_answer(ssl), 5000);
     assert_int_equal(read_answer(ssl), 300);
+    /* the last answer on a connection the server closes still arrives whole, then the end */
+    const char last[] = "GET /big?n=300 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    records_read = 0;
+    assert_int_equal(SSL_write(ssl, last, (int)strlen(last)), (int)strlen(last));
+    assert_int_equal(read_answer(ssl), 300);
+    char rest[16];
+    assert_true(SSL_read(ssl, rest, sizeof rest) <= 0);
     SSL_free(ssl);
     close(fd);
     SSL_CTX_free(ctx);
