@@ -8,12 +8,14 @@
 
 #include "core/log.h"
 
+#include <ctype.h>
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -59,6 +61,17 @@ static void test_fields_and_order(void **state)
     assert_string_equal(json_string_value(json_object_get(o, "correlation_id")),
                         "0f8fad5b-d9cb-469f-a165-70867728950e");
     assert_int_equal(strncmp(raw, "{\"ts\":\"", 7), 0);
+    /* ts: UTC with milliseconds, e.g. 2026-11-26T03:45:07.123Z, and now */
+    const char *ts = json_string_value(json_object_get(o, "ts"));
+    assert_non_null(ts);
+    assert_int_equal(strlen(ts), 24);
+    struct tm tm = {0};
+    const char *end = strptime(ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    assert_non_null(end);
+    assert_true(end[0] == '.' && isdigit((unsigned char)end[1]) && isdigit((unsigned char)end[2]) &&
+                isdigit((unsigned char)end[3]) && end[4] == 'Z');
+    time_t then = timegm(&tm), now = time(NULL);
+    assert_true(then <= now && now - then <= 2);
     assert_non_null(strstr(raw, "\"component\":\"test\",\"event\":\"request\",\"method\":\"GET\",\"path\":"));
     assert_non_null(strstr(raw, ",\"status\":200,\"ms\":1.23,\"correlation_id\":"));
     json_decref(o);
