@@ -201,15 +201,30 @@ static void set_err(char *err, size_t errlen, const char *what, const char *url)
 
 /* The options a request and a stream share: URL, method, headers, body, timeouts, trust.
  * timeout 0 = no bound on the whole exchange. copy_body: curl keeps its own copy of the body.
- * Returns the header list, which must outlive the transfer (caller frees). */
+ * Returns the header list, which must outlive the transfer (caller frees it with free()). */
+/* The request's header lines as curl's list, nodes and strings in one allocation (free() it):
+ * curl only reads the list while the transfer runs, and curl_slist_append would make two
+ * allocations per line. "Expect:" (empty) stops curl from waiting for "100 Continue". */
+static struct curl_slist *header_list(const char *const *headers)
+{
+    static const char expect[] = "Expect:";
+    size_t n = 1, bytes = sizeof expect;
+    for (const char *const *p = headers; p && *p; p++) n++, bytes += strlen(*p) + 1;
+    struct curl_slist *hl = xmalloc(n * sizeof *hl + bytes);
+    char *text = (char *)(hl + n);
+    for (size_t i = 0; i < n; i++) {
+        const char *line = i ? headers[i - 1] : expect;
+        size_t len = strlen(line) + 1;
+        hl[i].data = memcpy(text, line, len);
+        hl[i].next = i + 1 < n ? &hl[i + 1] : NULL;
+        text += len;
+    }
+    return hl;
+}
+
 static struct curl_slist *setup(CURL *h, const httpc_request *req, long timeout, bool copy_body)
 {
-    /* "Expect:" (empty) stops curl from waiting for "100 Continue" before a body. */
-    struct curl_slist *hl = curl_slist_append(NULL, "Expect:");
-    for (const char *const *p = req->headers; p && *p; p++) {
-        struct curl_slist *t = curl_slist_append(hl, *p);
-        if (t) hl = t;
-    }
+    struct curl_slist *hl = header_list(req->headers);
 
     curl_easy_setopt(h, CURLOPT_URL, req->url);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -267,7 +282,7 @@ httpc_result httpc_do(const httpc_request *req, httpc_response *resp, char *err,
     CURLcode rc = curl_easy_perform(h);
     /* The idle handle keeps pointers to hl and req->body; the curl_easy_reset()
      * at the start of the next call on this thread forgets them before any use. */
-    curl_slist_free_all(hl);
+    free(hl);
 
     if (rc != CURLE_OK) {
         httpc_result r = k.too_large ? HTTPC_TOO_LARGE : map_error(rc);
@@ -428,7 +443,7 @@ void httpc_stream_close(httpc_stream *s)
     if (s->m && s->h) curl_multi_remove_handle(s->m, s->h);
     if (s->h) curl_easy_cleanup(s->h);
     if (s->m) pool_give(s->m);
-    curl_slist_free_all(s->hl);
+    free(s->hl);
     free(s->url);
     free(s->body);
     free(s->hdrs);
@@ -713,7 +728,7 @@ static CURL *easy_take(httpc_loop *L, bool plain)
 static void async_free(httpc_async *a)
 {
     easy_give(a->L, a->h, a->plain);
-    curl_slist_free_all(a->hl);
+    free(a->hl);
     free(a->url);
     free(a->hdrs);
     free(a->buf);
