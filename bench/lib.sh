@@ -101,7 +101,8 @@ best_line() { awk -v n="${1// /_}" '$1 == n && $2 + 0 > b { b = $2 + 0; r = $0 }
 best() { best_line "$1" | awk '{print $2 + 0}'; }
 best_field() { best_line "$1" | awk -v f="$2" '{print $f}'; }
 all_field() { awk -v n="${1// /_}" -v f="$2" '$1 == n { s = s (s ? ", " : "") $f } END {print s}' "$WORK/runs"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
+# Two decimals, cut rather than rounded: a ratio of 0.798 reads 0.79, never a goal of 0.8 met.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? int(a / b * 100 + 1e-9) / 100 : 0)}'; }
 ms() {   # ms "1.23ms" | "870.00us" | "1.02s" — milliseconds
     awk -v v="$1" 'BEGIN { u = v; sub(/^[0-9.]+/, "", u); x = v + 0
         printf "%.3f", (u == "us" ? x / 1000 : u == "s" ? x * 1000 : u == "m" ? x * 60000 : x) }'
