@@ -1,5 +1,5 @@
-# bench/lib.sh — helpers for the benchmarks in bench/ (sourced, not run). bench/gateway uses
-# it; bench/issuer and bench/sidecar still carry their own copies of the same helpers.
+# bench/lib.sh — helpers for the benchmarks in bench/ (sourced, not run): bench/gateway,
+# bench/issuer and bench/sidecar.
 #
 # Before sourcing: BENCH_NAME (for messages and the work directory), WORK is made here and
 # removed on exit with every process in PIDS. Functions that measure leave their figures in
@@ -71,6 +71,9 @@ cpu_ticks() {   # cpu_ticks PID... — user+system clock ticks of these processe
     done
     echo "$t"
 }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+mb() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 pids_of() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }   # a process and its children
 
