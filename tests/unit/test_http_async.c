@@ -26,9 +26,6 @@
 
 #define BIG_SIZE (32L * 1024 * 1024)
 
-static int lfd;
-static unsigned port;
-static atomic_int accepts, closes;
 static atomic_long big_sent;
 
 /* ---- the test server: one thread per connection, keep-alive ---------------------------- */
@@ -83,69 +80,13 @@ static bool serve(int fd, const char *path, const char *body, size_t blen)
     return send_all(fd, NF, sizeof NF - 1);
 }
 
-static void *conn_main(void *arg)
-{
-    int fd = (int)(intptr_t)arg;
-    char req[16384];
-    size_t have = 0;
-    for (;;) {
-        char *end;
-        while (!(end = memmem(req, have, "\r\n\r\n", 4))) {
-            if (have == sizeof req) goto out;
-            ssize_t k = recv(fd, req + have, sizeof req - have, 0);
-            if (k <= 0) goto out;
-            have += (size_t)k;
-        }
-        size_t head = (size_t)(end + 4 - req), blen = 0;
-        char path[256] = "";
-        sscanf(req, "%*s %255s", path);
-        const char *cl = strcasestr(req, "\r\nContent-Length:");
-        if (cl && cl < end) blen = strtoul(cl + 17, NULL, 10);
-        if (blen > sizeof req - head) goto out;
-        while (have < head + blen) {
-            ssize_t k = recv(fd, req + have, sizeof req - have, 0);
-            if (k <= 0) goto out;
-            have += (size_t)k;
-        }
-        if (!serve(fd, path, req + head, blen)) goto out;
-        memmove(req, req + head + blen, have - head - blen);
-        have -= head + blen;
-    }
-out:
-    close(fd);
-    atomic_fetch_add(&closes, 1);
-    return NULL;
-}
-
-static void *accept_main(void *arg)
-{
-    (void)arg;
-    for (;;) {
-        int fd = accept(lfd, NULL, NULL);
-        if (fd < 0) return NULL;
-        atomic_fetch_add(&accepts, 1);
-        pthread_t t;
-        pthread_create(&t, NULL, conn_main, (void *)(intptr_t)fd);
-        pthread_detach(t);
-    }
-}
+static test_upstream up = {.serve = serve};
 
 static int group_setup(void **state)
 {
     (void)state;
     httpc_global_init();
-    lfd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    if (bind(lfd, (struct sockaddr *)&a, sizeof a) || listen(lfd, 64) ||
-        getsockname(lfd, (struct sockaddr *)&a, &al))
-        fail_msg("cannot listen");
-    port = ntohs(a.sin_port);
-    pthread_t t;
-    pthread_create(&t, NULL, accept_main, NULL);
-    pthread_detach(t);
+    if (!test_upstream_start(&up)) fail_msg("cannot listen");
     return 0;
 }
 
@@ -175,7 +116,7 @@ static void wait_note(waiter *w)
 static httpc_async *start(const char *path, long timeout_ms, waiter *w)
 {
     char url[128], err[256] = "";
-    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", port, path);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", up.port, path);
     httpc_request rq = {.url = url, .timeout_ms = timeout_ms};
     sem_init(&w->sem, 0, 0);
     atomic_init(&w->notes, 0);
@@ -239,7 +180,7 @@ static void test_post_body_copied(void **state)
 {
     (void)state;
     char url[128], err[256], *b = strdup("payload-123");
-    snprintf(url, sizeof url, "http://127.0.0.1:%u/echo", port);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/echo", up.port);
     waiter w;
     sem_init(&w.sem, 0, 0);
     httpc_request rq = {.url = url, .method = "POST", .body = b, .body_len = strlen(b)};
@@ -264,14 +205,14 @@ static void test_keepalive_reuse(void **state)
     headers(a, &w);
     body(a, &w, NULL, 0, NULL);
     httpc_async_close(a);
-    int before = atomic_load(&accepts);
+    int before = atomic_load(&up.accepts);
     for (int i = 0; i < 10; i++) {
         a = start("/hello", 5000, &w);
         assert_int_equal(headers(a, &w), HTTPC_ASYNC_HEADERS);
         assert_int_equal(body(a, &w, NULL, 0, NULL), 5);
         httpc_async_close(a);
     }
-    assert_int_equal(atomic_load(&accepts), before);
+    assert_int_equal(atomic_load(&up.accepts), before);
 }
 
 /* A chunked answer arrives piece by piece: the reader is told "again" and notified. */
@@ -384,7 +325,7 @@ static void test_cancel(void **state)
 {
     (void)state;
     waiter w;
-    int c0 = atomic_load(&closes);
+    int c0 = atomic_load(&up.closes);
     httpc_async *a = start("/hang", 0, &w);
     assert_int_equal(httpc_async_poll(a), HTTPC_ASYNC_WAITING);
     atomic_bool cancel;
@@ -392,19 +333,19 @@ static void test_cancel(void **state)
     assert_int_equal(httpc_async_wait(a, &cancel), HTTPC_ASYNC_WAITING); /* gives up at once */
     sleep_ms(100);
     httpc_async_close(a);
-    wait_for(&closes, c0 + 1);
+    wait_for(&up.closes, c0 + 1);
     int notes = atomic_load(&w.notes);
     sleep_ms(100);
     assert_int_equal(atomic_load(&w.notes), notes);
 
     /* and mid-body */
-    c0 = atomic_load(&closes);
+    c0 = atomic_load(&up.closes);
     a = start("/big", 0, &w);
     assert_int_equal(headers(a, &w), HTTPC_ASYNC_HEADERS);
     char buf[1024];
     while (httpc_async_read(a, buf, sizeof buf) == HTTPC_AGAIN) wait_note(&w);
     httpc_async_close(a);
-    wait_for(&closes, c0 + 1);
+    wait_for(&up.closes, c0 + 1);
 }
 
 static void test_connect_refused(void **state)

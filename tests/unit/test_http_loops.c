@@ -27,15 +27,14 @@
 #include <time.h>
 #include <unistd.h>
 
-static int up_fd;
-static unsigned up_port;
 static atomic_int up_gone;       /* /endless connections the upstream saw closed */
 static atomic_int dones;         /* proxied transfers closed by the proxy */
 
 /* ---- the upstream: one thread per connection, keep-alive -------------------------------- */
 
-static bool up_serve(int fd, const char *path)
+static bool up_serve(int fd, const char *path, const char *body, size_t blen)
 {
+    (void)body, (void)blen; /* GETs only */
     static const char HELLO[] = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
     if (!strcmp(path, "/hello")) return send_all(fd, HELLO, sizeof HELLO - 1);
     if (!strcmp(path, "/slow")) { /* the answer after 1.5 s */
@@ -67,42 +66,7 @@ static bool up_serve(int fd, const char *path)
     return send_all(fd, NF, sizeof NF - 1);
 }
 
-static void *up_conn(void *arg)
-{
-    int fd = (int)(intptr_t)arg;
-    char buf[8192];
-    size_t len = 0;
-    for (;;) {
-        char *end = memmem(buf, len, "\r\n\r\n", 4);
-        if (!end) {
-            if (len == sizeof buf) break;
-            ssize_t k = recv(fd, buf + len, sizeof buf - len, 0);
-            if (k <= 0) break;
-            len += (size_t)k;
-            continue;
-        }
-        char path[256] = "";
-        sscanf(buf, "%*s %255s", path);
-        size_t used = (size_t)(end + 4 - buf);
-        memmove(buf, buf + used, len - used); /* GETs only: no bodies */
-        len -= used;
-        if (!up_serve(fd, path)) break;
-    }
-    close(fd);
-    return NULL;
-}
-
-static void *up_accept(void *arg)
-{
-    (void)arg;
-    for (;;) {
-        int fd = accept(up_fd, NULL, NULL);
-        if (fd < 0) return NULL;
-        pthread_t t;
-        if (pthread_create(&t, NULL, up_conn, (void *)(intptr_t)fd) == 0) pthread_detach(t);
-        else close(fd);
-    }
-}
+static test_upstream up = {.serve = up_serve};
 
 /* ---- the proxy: /p/PATH goes to the upstream's PATH, /loop names the loop --------------- */
 
@@ -169,7 +133,7 @@ static void handler(http_req *r, void *ctx)
         return;
     }
     char url[300], err[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", up_port, path + 2);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", up.port, path + 2);
     httpc_request req = {.url = url, .timeout_ms = 0};
     px *p = calloc(1, sizeof *p);
     p->w = http_req_waker(r);
@@ -241,19 +205,7 @@ static int group_setup(void **state)
 {
     (void)state;
     httpc_global_init();
-    up_fd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(up_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(up_fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(up_fd, 128) != 0) return -1;
-    socklen_t al = sizeof a;
-    getsockname(up_fd, (struct sockaddr *)&a, &al);
-    up_port = ntohs(a.sin_port);
-    pthread_t t;
-    if (pthread_create(&t, NULL, up_accept, NULL) != 0) return -1;
-    pthread_detach(t);
-    return 0;
+    return test_upstream_start(&up) ? 0 : -1;
 }
 
 static void wait_for(atomic_int *v, int want)
