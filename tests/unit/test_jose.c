@@ -512,23 +512,36 @@ static void test_sign_verify_rs256(void **state)
 }
 
 /* RS256 made independently with OpenSSL over literal header and claims text. */
-static char *raw_rs256(const char *key_pem, const char *hdr, const char *claims)
+/* A JWS made independently with OpenSSL: RS256, or PS256 with the salt length given. */
+static char *raw_sign(const char *key_pem, const char *hdr, const char *claims, bool pss, int saltlen)
 {
     char *h = b64url_encode(hdr, strlen(hdr)), *c = b64url_encode(claims, strlen(claims));
     char *input = xasprintf("%s.%s", h, c);
     EVP_PKEY *k = pkey_of(key_pem);
     EVP_MD_CTX *m = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *p = NULL;
     unsigned char sig[512];
     size_t len = sizeof sig;
-    assert_int_equal(EVP_DigestSignInit(m, NULL, EVP_sha256(), NULL, k), 1);
+    assert_int_equal(EVP_DigestSignInit(m, &p, EVP_sha256(), NULL, k), 1);
+    if (pss) {
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(p, RSA_PKCS1_PSS_PADDING), 1);
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_pss_saltlen(p, saltlen), 1);
+    }
     assert_int_equal(EVP_DigestSign(m, sig, &len, (unsigned char *)input, strlen(input)), 1);
-    char *tok = compact(hdr, claims, sig, len);
+    char *s = b64url_encode(sig, len);
+    char *tok = xasprintf("%s.%s", input, s);
+    free(s);
     free(h);
     free(c);
     free(input);
     EVP_MD_CTX_free(m);
     EVP_PKEY_free(k);
     return tok;
+}
+
+static char *raw_rs256(const char *key_pem, const char *hdr, const char *claims)
+{
+    return raw_sign(key_pem, hdr, claims, false, 0);
 }
 
 typedef struct {
@@ -603,29 +616,9 @@ static void test_sign_rs256_prepared(void **state)
     jwk_unref(pub);
 }
 
-/* PS256 made independently with OpenSSL, salt length as given. */
 static char *raw_ps256(const char *key_pem, const char *hdr, const char *claims, int saltlen)
 {
-    char *h = b64url_encode(hdr, strlen(hdr)), *c = b64url_encode(claims, strlen(claims));
-    char *input = xasprintf("%s.%s", h, c);
-    EVP_PKEY *k = pkey_of(key_pem);
-    EVP_MD_CTX *m = EVP_MD_CTX_new();
-    EVP_PKEY_CTX *p = NULL;
-    unsigned char sig[512];
-    size_t len = sizeof sig;
-    assert_int_equal(EVP_DigestSignInit(m, &p, EVP_sha256(), NULL, k), 1);
-    assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(p, RSA_PKCS1_PSS_PADDING), 1);
-    assert_int_equal(EVP_PKEY_CTX_set_rsa_pss_saltlen(p, saltlen), 1);
-    assert_int_equal(EVP_DigestSign(m, sig, &len, (unsigned char *)input, strlen(input)), 1);
-    char *s = b64url_encode(sig, len);
-    char *tok = xasprintf("%s.%s", input, s);
-    free(s);
-    free(h);
-    free(c);
-    free(input);
-    EVP_MD_CTX_free(m);
-    EVP_PKEY_free(k);
-    return tok;
+    return raw_sign(key_pem, hdr, claims, true, saltlen);
 }
 
 static void test_sign_verify_ps256(void **state)
