@@ -162,8 +162,7 @@ struct http_req {
     bool too_large;              /* body passed the cap: answer 413, skip the handler */
     size_t discarded;
     bool queued;                 /* a response went to MHD already */
-    size_t reply_len;            /* http_reply's body length (a buffered reply) */
-    bool buffered;               /* the reply is http_reply's, all in memory */
+    size_t reply_len;            /* http_reply's body length (a reply all in memory) */
     void *corked;                /* the TLS session corked for this reply (see cork_reply) */
 
     struct MHD_Response *resp;   /* the reply, once http_reply* ran */
@@ -341,7 +340,7 @@ enum { CORK_MAX = 8192 };
 
 static void cork_reply(http_req *r)
 {
-    if (!r->srv->tls || !r->buffered || r->reply_len > CORK_MAX) return;
+    if (!r->srv->tls || r->stream || r->reply_len > CORK_MAX) return;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     const union MHD_ConnectionInfo *ti =
@@ -1201,7 +1200,6 @@ void http_reply(http_req *r, int status, const char *content_type, const char *b
         len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
     if (!resp) return; /* out of memory: on_access answers 500 */
     set_reply(r, resp, status, content_type);
-    r->buffered = true;
     r->reply_len = len;
 }
 
