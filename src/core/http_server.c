@@ -44,6 +44,7 @@
 #include <linux/sockios.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -352,11 +353,117 @@ static void cork_reply(http_req *r)
     r->corked = ti->tls_session;
 }
 
+static _Thread_local http_server *loop_self_tl; /* the child whose loop runs on this thread */
+
+/* Event loops: a loop round's HTTPS answers leave together.
+ * On loopback, every answer that reaches a sleeping client wakes it, and the woken client
+ * preempts the loop, which still has the round's other requests to serve (the issuer signs
+ * for ~0.2 ms each). So, as redis writes its replies just before it sleeps, a loop holds its
+ * answers back with TCP_CORK and lets them go when the round ends (round_flush, before
+ * epoll_wait), or earlier once the first held one has waited ROUND_HOLD_NS: a busy round
+ * then wakes each client about once, and an answer never waits long for the others.
+ * HTTPS only, where a small answer is one corked GnuTLS record written after libmicrohttpd's
+ * own push (see cork_reply): on plain connections libmicrohttpd writes the answer itself and
+ * pushes it with TCP_NODELAY, which overrides the cork. The kernel sends corked bytes on
+ * close and shutdown, so a connection libmicrohttpd closes loses nothing; its descriptor
+ * leaves the list when it is closed (on_connection), before the number can name another
+ * socket. Thread-local: each loop holds only its own connections. */
+enum { ROUND_MAX = 64 };
+static const long ROUND_HOLD_NS = 2000000;
+static _Thread_local struct {
+    int fd[ROUND_MAX];
+    unsigned n;
+    struct timespec first; /* when fd[0] was corked */
+} round_tl;
+
+static void round_flush(void)
+{
+    static const int off = 0;
+    for (unsigned i = 0; i < round_tl.n; i++)
+        setsockopt(round_tl.fd[i], IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+    round_tl.n = 0;
+}
+
+static bool round_holds(int fd)
+{
+    for (unsigned i = 0; i < round_tl.n; i++)
+        if (round_tl.fd[i] == fd) return true;
+    return false;
+}
+
+static void round_hold(http_req *r)
+{
+    if (!loop_self_tl || !r->srv->tls) return;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return;
+    int fd = ci->connect_fd;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (round_tl.n == ROUND_MAX ||
+        (round_tl.n && (now.tv_sec - round_tl.first.tv_sec) * 1000000000L +
+                               (now.tv_nsec - round_tl.first.tv_nsec) >= ROUND_HOLD_NS))
+        round_flush();
+    if (round_holds(fd)) return;
+    static const int on = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) != 0) return;
+    if (!round_tl.n) round_tl.first = now;
+    round_tl.fd[round_tl.n++] = fd;
+}
+
+/* TLS 1.3: the server's Finished comes before the client's, so once the client's has arrived
+ * the server has nothing to send, and the kernel delays its ACK (40 ms at least); a client
+ * that leaves Nagle's algorithm on (OpenSSL's and Python's do) holds its first request back
+ * until that ACK comes. nginx is not hit because OpenSSL sends session tickets right then;
+ * libmicrohttpd's GnuTLS sessions send none. So the client's Finished is ACKed at once. */
+static int ack_finished(gnutls_session_t session, unsigned int htype, unsigned when,
+                        unsigned int incoming, const gnutls_datum_t *msg)
+{
+    (void)htype, (void)when, (void)msg;
+    static const int on = 1;
+    if (incoming) setsockopt(gnutls_transport_get_int(session), IPPROTO_TCP, TCP_QUICKACK, &on, sizeof on);
+    return 0;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)socket_context;
+    http_server *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ti =
+            s->tls ? MHD_get_connection_info(c, MHD_CONNECTION_INFO_GNUTLS_SESSION) : NULL;
+        if (ti && ti->tls_session)
+            gnutls_handshake_set_hook_function((gnutls_session_t)ti->tls_session,
+                                               GNUTLS_HANDSHAKE_FINISHED, GNUTLS_HOOK_POST,
+                                               ack_finished);
+        return;
+    }
+    if (!round_tl.n) return;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    for (unsigned i = 0; ci && i < round_tl.n; i++)
+        if (round_tl.fd[i] == ci->connect_fd) {
+            round_tl.fd[i] = round_tl.fd[--round_tl.n];
+            break;
+        }
+}
+
+/* The corked record goes out now. libmicrohttpd has run its own push logic already (it saw
+ * only GnuTLS's buffer), and it may have left TCP_CORK on the socket: after an answer it sent
+ * as headers and body apart, it keeps the socket corked and pushes with TCP_NODELAY, which
+ * does nothing for bytes written after it. So unless the loop holds the socket until the round
+ * ends (round_hold), the cork is taken off here; else the record waited 200 ms, the kernel's
+ * limit for a corked socket. */
 static void uncork_reply(struct MHD_Connection *c, void *session)
 {
-    if (gnutls_record_uncork((gnutls_session_t)session, 0) >= 0) return;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci) shutdown(ci->connect_fd, SHUT_RDWR);
+    if (gnutls_record_uncork((gnutls_session_t)session, 0) < 0) {
+        if (ci) shutdown(ci->connect_fd, SHUT_RDWR);
+        return;
+    }
+    static const int off = 0;
+    if (ci && !round_holds(ci->connect_fd))
+        setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
 }
 
 /* Queue a fixed JSON answer (413, 500) that does not come from the handler. */
@@ -473,6 +580,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     if (!r->resp) return queue_static(r, MHD_HTTP_INTERNAL_SERVER_ERROR, BODY_SERVER_ERROR);
 
     cork_reply(r);
+    round_hold(r);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, r->resp);
     r->queued = true;
     return ret;
@@ -490,6 +598,7 @@ static struct MHD_Daemon *start_daemon(http_server *s, unsigned int flags,
                             MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)ss,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                             MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
                             MHD_OPTION_CONNECTION_TIMEOUT, s->timeout_s,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
                             MHD_OPTION_THREAD_POOL_SIZE, pool, /* 0 or 1: no pool */
@@ -653,7 +762,6 @@ void http_server_stop(http_server *s)
  * another thread holds, unless a deferred worker or a foreign http_wake is involved. */
 
 static _Thread_local void *loop_state_tl;
-static _Thread_local http_server *loop_self_tl; /* the child whose loop runs on this thread */
 static void loop_kick(http_server *s);
 
 void *http_loop_state(void) { return loop_state_tl; }
@@ -683,6 +791,7 @@ static void *loop_main(void *arg)
     bool stop = false;
     log_batch(true); /* this round's lines in one write, before the loop sleeps */
     while (!stop) {
+        round_flush();
         log_flush();
         long wait = -1;
         MHD_UNSIGNED_LONG_LONG mt;

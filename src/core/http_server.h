@@ -73,7 +73,9 @@ typedef struct {
  * its own loop, waits (http_wait / HTTP_STREAM_AGAIN), and the transfer's notify, running on
  * the same thread, wakes it with http_wake — no other thread and no hand-off. A port that is
  * in use is refused, as without loops (SO_REUSEPORT alone would let another server join it).
- * Each loop batches its log lines (log_batch) and writes them once per round.
+ * Each loop batches its log lines (log_batch) and writes them once per round, and holds its
+ * HTTPS answers back (TCP_CORK) until the round ends or the first held one has waited 2 ms,
+ * so a busy round wakes each client about once instead of once per answer.
  * The source's callbacks: start(ctx) on the loop thread before it serves (its result is the
  * loop's state; NULL: none for this loop); fd(state): a descriptor the loop waits on for
  * reading; timeout_ms(state): ms until run is due anyway (-1: no timer); run(state): do what

@@ -12,6 +12,7 @@
 #include "core/http_server.h"
 
 #include <arpa/inet.h>
+#include <linux/sockios.h>
 #include <openssl/ssl.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -29,6 +31,10 @@
 static http_server *srv;
 static char base[64];
 static atomic_int handler_calls;
+static atomic_int waiting, go;  /* /wait is running; it may return */
+/* /hold (see tls_round_hold): the clients' sockets, their order of arrival, how many came, and
+ * what the third saw: 1 the first answer still held, 2 sent, 3 no such socket */
+static atomic_int held_fd[3], held_order[3], held_n, held_seen;
 
 /* ---- the server side ---------------------------------------------------------- */
 
@@ -53,6 +59,22 @@ static void reply_echo(http_req *r)
                           "peer", http_req_peer(r), "loopback", http_req_peer_is_loopback(r),
                           "tls", http_req_is_tls(r));
     http_reply_json(r, 200, o);
+}
+
+/* The server's end of a client's connection (both live in this process): the socket whose
+ * peer is the client's own address; -1 if none. */
+static int server_side(int client_fd)
+{
+    struct sockaddr_in me, peer;
+    socklen_t len = sizeof me;
+    if (getsockname(client_fd, (struct sockaddr *)&me, &len) != 0) return -1;
+    for (int fd = 3; fd < 1024; fd++) {
+        len = sizeof peer;
+        if (fd != client_fd && getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
+            peer.sin_family == AF_INET && peer.sin_port == me.sin_port)
+            return fd;
+    }
+    return -1;
 }
 
 static void handler(http_req *r, void *ctx)
@@ -84,6 +106,25 @@ static void handler(http_req *r, void *ctx)
         memset(b, 'x', n);
         http_reply(r, 200, "text/plain", b, n);
         free(b);
+    } else if (strcmp(p, "/wait") == 0) { /* keeps its loop busy until the test says go */
+        atomic_store(&waiting, 1);
+        for (int i = 0; i < 5000 && !atomic_load(&go); i++) usleep(1000);
+        http_reply_text(r, 200, "went");
+    } else if (strcmp(p, "/hold") == 0) { /* see tls_round_hold */
+        int n = atomic_fetch_add(&held_n, 1), spin = atoi(http_req_query(r, "spin") ?: "0");
+        if (n < 3) atomic_store(&held_order[n], atoi(http_req_query(r, "i") ?: "0"));
+        if (n == 1 && spin) { /* busy for 3 ms, as a token signature is for 0.2 */
+            struct timespec t0, t;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            do clock_gettime(CLOCK_MONOTONIC, &t);
+            while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 3000000L);
+        }
+        if (n == 2) { /* is the first one's answer still held in the server's send queue? */
+            int fd = server_side(atomic_load(&held_fd[atomic_load(&held_order[0])])), unsent = -1;
+            if (fd >= 0) ioctl(fd, SIOCOUTQNSD, &unsent);
+            atomic_store(&held_seen, unsent > 0 ? 1 : unsent == 0 ? 2 : 3);
+        }
+        http_reply_text(r, 200, "held");
     } else if (strcmp(p, "/sleep") == 0) {
         const char *ms = http_req_query(r, "ms");
         usleep((useconds_t)(ms ? atoi(ms) : 0) * 1000);
@@ -574,6 +615,123 @@ static void tls_records(unsigned port)
     SSL_CTX_free(ctx);
 }
 
+static SSL *tls_dial(SSL_CTX *ctx, unsigned port, int *fdp)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    assert_int_equal(SSL_connect(ssl), 1);
+    const char get[] = "GET /big?n=300 HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(SSL_write(ssl, get, (int)strlen(get)), (int)strlen(get));
+    assert_int_equal(read_answer(ssl), 300); /* past the session tickets */
+    *fdp = fd;
+    return ssl;
+}
+
+static double ms_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* One request on ssl and its answer, whole: milliseconds taken, or a failed assertion. */
+static double timed_get(SSL *ssl, const char *path, long want_len)
+{
+    char rq[128];
+    int n = snprintf(rq, sizeof rq, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(SSL_write(ssl, rq, n), n);
+    assert_int_equal(read_answer(ssl), want_len);
+    return ms_since(&t0);
+}
+
+/* No answer waits on a timer. The client, as OpenSSL's and Python's by default, leaves Nagle's
+ * algorithm on. Two stalls this catches: the first request after the TLS 1.3 handshake held
+ * back until the server's delayed ACK of the client's Finished (40 ms or more), and an answer
+ * written into a socket libmicrohttpd had left corked (after a 404 it sends headers and body
+ * apart), which the kernel sends after 200 ms. A stall is a timer, so it is there every time;
+ * the fastest of three tries is compared, which a busy machine does not slow down as much. */
+static void tls_no_stall(unsigned port)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    double first = 1e9, after404 = 1e9;
+    for (int t = 0; t < 3; t++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+        SSL *ssl = SSL_new(ctx);
+        SSL_set_fd(ssl, fd);
+        assert_int_equal(SSL_connect(ssl), 1);
+        double ms = timed_get(ssl, "/big?n=300", 300);
+        if (ms < first) first = ms;
+        timed_get(ssl, "/nothing", 9); /* "not found" */
+        double worst = 0;
+        for (int i = 0; i < 3; i++) {
+            ms = timed_get(ssl, i == 1 ? "/nothing" : "/big?n=300", i == 1 ? 9 : 300);
+            if (ms > worst) worst = ms;
+        }
+        if (worst < after404) after404 = worst;
+        SSL_free(ssl);
+        close(fd);
+    }
+    if (first >= 30 || after404 >= 150)
+        fprintf(stderr, "first answer %.1f ms, answers after a 404 up to %.1f ms\n", first, after404);
+    assert_true(first < 30);
+    assert_true(after404 < 150);
+    SSL_CTX_free(ctx);
+}
+
+/* Event loops hold a round's HTTPS answers back until the round ends. Three requests on three
+ * connections reach a loop while it is busy (/wait), so it serves them in one round: when the
+ * third runs, the first one's answer is still unsent in its socket (TCP_CORK). Unless it has
+ * waited 2 ms already (the second is busy for 3): then it went out. Every answer arrives. */
+static void tls_round_hold(unsigned port)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    for (int spin = 0; spin < 2; spin++) {
+        int wfd, fd[3];
+        SSL *w = tls_dial(ctx, port, &wfd), *c[3];
+        for (int i = 0; i < 3; i++) {
+            c[i] = tls_dial(ctx, port, &fd[i]);
+            atomic_store(&held_fd[i], fd[i]);
+        }
+        atomic_store(&held_n, 0);
+        atomic_store(&held_seen, 0);
+        atomic_store(&waiting, 0);
+        atomic_store(&go, 0);
+        const char wait[] = "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_int_equal(SSL_write(w, wait, (int)strlen(wait)), (int)strlen(wait));
+        for (int i = 0; i < 500 && !atomic_load(&waiting); i++) usleep(10000);
+        assert_true(atomic_load(&waiting));
+        for (int i = 0; i < 3; i++) {
+            char rq[128];
+            int n = snprintf(rq, sizeof rq, "GET /hold?i=%d&spin=%d HTTP/1.1\r\nHost: x\r\n\r\n", i, spin);
+            assert_int_equal(SSL_write(c[i], rq, n), n);
+        }
+        atomic_store(&go, 1);
+        assert_int_equal(read_answer(w), 4);
+        for (int i = 0; i < 500 && !atomic_load(&held_seen); i++) usleep(10000);
+        assert_int_equal(atomic_load(&held_n), 3);
+        assert_int_equal(atomic_load(&held_seen), spin ? 2 : 1);
+        for (int i = 0; i < 3; i++) {
+            assert_int_equal(read_answer(c[i]), 4);
+            SSL_free(c[i]);
+            close(fd[i]);
+        }
+        SSL_free(w);
+        close(wfd);
+    }
+    SSL_CTX_free(ctx);
+}
+
 static void test_https(void **state)
 {
     (void)state;
@@ -610,6 +768,17 @@ static void test_https(void **state)
     }
 
     tls_records(http_server_port(s));
+    tls_no_stall(http_server_port(s));
+
+    /* The same over event loops, where answers also wait for the end of a round. */
+    http_server_opts lo = { .listen = "127.0.0.1:0", .tls_cert_pem = cert, .tls_key_pem = key,
+                            .event_loops = 1 };
+    char lurl[64];
+    http_server *ls = start(&lo, lurl, sizeof lurl, "https");
+    tls_records(http_server_port(ls));
+    tls_no_stall(http_server_port(ls));
+    tls_round_hold(http_server_port(ls));
+    http_server_stop(ls);
 
     /* Not trusted without the CA file: a TLS failure is a connect failure. */
     rq.ca_file = NULL;
