@@ -286,6 +286,11 @@ static void waker_unref(http_waker *w);
 static void req_free(http_req *r)
 {
     if (!r) return;
+    if (r->wfn) { /* it waited (http_wait) when its connection closed: fn releases its arg */
+        http_waited fn = r->wfn;
+        r->wfn = NULL;
+        fn(r, r->warg, true);
+    }
     waker_unref(r->w);
     if (atomic_load(&r->dstate) != D_NONE) {
         http_server *s = r->srv;

@@ -200,7 +200,9 @@ bool http_defer(http_req *r, http_deferred fn, void *arg);
  * server thread, as a handler does: it answers, or waits again, or hands over to http_defer.
  * Returns false, having done nothing, when the server is not async or is stopping, or r was
  * answered, deferred or is waiting already; the caller then carries on inline. When the server
- * stops, fn runs with cancelled = true after a 503: it only releases arg (no blocking). */
+ * stops, fn runs with cancelled = true after a 503, and when the connection closes while the
+ * request waits (the client went away; noticed once woken), with cancelled = true and no answer
+ * possible: either way it only releases arg (no blocking, no reply). */
 typedef struct http_waker http_waker;
 typedef void (*http_waited)(http_req *r, void *arg, bool cancelled);
 #define HTTP_STREAM_AGAIN (-2L)

@@ -1091,8 +1091,9 @@ static void log_line(http_req *r, int64_t t0)
         memcpy(trace, tp + 3, 32);
         trace[32] = '\0';
     }
-    log_request(http_req_method(r), http_req_path(r), http_reply_status(r), (double)(mono_ms() - t0),
-                *trace ? trace : NULL);
+    int status = http_reply_status(r);
+    log_request(http_req_method(r), http_req_path(r), status ? status : 499 /* client went away, as nginx */,
+                (double)(mono_ms() - t0), *trace ? trace : NULL);
 }
 
 static void handle(http_req *r, void *ctx)

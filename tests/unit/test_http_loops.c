@@ -29,6 +29,7 @@
 
 static atomic_int up_gone;       /* /endless connections the upstream saw closed */
 static atomic_int dones;         /* proxied transfers closed by the proxy */
+static atomic_int started;       /* proxied transfers started */
 
 /* ---- the upstream: one thread per connection, keep-alive -------------------------------- */
 
@@ -143,6 +144,7 @@ static void handler(http_req *r, void *ctx)
         http_reply_text(r, 502, err);
         return;
     }
+    atomic_fetch_add(&started, 1);
     px_resumed(r, p, false);
 }
 
@@ -331,6 +333,28 @@ static void test_client_gone_mid_stream(void **state)
 
 /* Stopping with a request waiting for its upstream and a stream still running: the first is
  * answered 503, the second cut; both transfers are closed before the loops' clients go. */
+/* Clients that go away (a reset) while their requests wait for the upstream: whether
+ * libmicrohttpd then calls the handler again or closes the connection at once (as it does when
+ * it sees the reset first), every transfer is released (the second way leaked it before). */
+static void test_client_gone_while_waiting(void **state)
+{
+    (void)state;
+    http_server *s = start_proxy(1);
+    static const char rq[] = "GET /p/hello HTTP/1.1\r\nHost: t\r\n\r\n";
+    for (int round = 0; round < 20; round++) { /* as wrk ends a run: requests out, then close */
+        int fd[32];
+        for (int i = 0; i < 32; i++) fd[i] = dial(http_server_port(s));
+        for (int i = 0; i < 32; i++) assert_true(send_all(fd[i], rq, sizeof rq - 1));
+        for (int i = 0; i < 32; i++) close(fd[i]);
+    }
+    char *a = get(http_server_port(s), "/p/hello"); /* the loop still serves */
+    assert_non_null(strstr(a, "HTTP/1.1 200"));
+    free(a);
+    for (int i = 0; i < 500 && atomic_load(&dones) < atomic_load(&started); i++) sleep_ms(10);
+    assert_int_equal(atomic_load(&dones), atomic_load(&started));
+    http_server_stop(s);
+}
+
 static void test_stop_with_transfers_in_flight(void **state)
 {
     (void)state;
@@ -391,6 +415,7 @@ int main(void)
         cmocka_unit_test(test_connections_spread),
         cmocka_unit_test(test_slow_upstream_does_not_stall),
         cmocka_unit_test(test_client_gone_mid_stream),
+        cmocka_unit_test(test_client_gone_while_waiting),
         cmocka_unit_test(test_stop_with_transfers_in_flight),
         cmocka_unit_test(test_bad_options),
         cmocka_unit_test(test_port_in_use),
