@@ -4,7 +4,12 @@
  *  - A client session (session) is created by an initialize POST without Mcp-Session-Id and
  *    holds one upstream session (upstream) per target. Sessions live in one list under the
  *    mux lock, are reference-counted by the requests using them, and end on DELETE, after
- *    MCP_SESSION_TTL_S idle seconds (a reaper thread) or in mcp_mux_free().
+ *    MCP_SESSION_TTL_S idle seconds (a reaper thread) or in mcp_mux_free(). There are at most
+ *    MCP_MAX_SESSIONS, and one client identity (iss + sub) holds at most a quarter of them:
+ *    an initialize past either limit ends the least recently used idle session (the client's
+ *    own, or anyone's), whose client gets 404 and starts again, as the transport spec says.
+ *    So a client that never closes its sessions churns its own, and cannot lock others out
+ *    for the idle lifetime; only when every session is in use does initialize get 503.
  *  - Each upstream has its own lock: it serialises the upstream's initialisation and, for a
  *    stdio target, the exchange on the child's pipes. A slow child therefore blocks only
  *    the requests of its own client session to that target, never the mux.
@@ -113,6 +118,7 @@ typedef struct session {
     int refs;              /* requests using it (mux lock) */
     bool gone;             /* unlinked from the list (mux lock) */
     int64_t last_ms;       /* last use (mux lock) */
+    uint64_t last_use;     /* the mux's use count then: orders sessions for eviction */
     size_t n;
     upstream *ups;
 } session;
@@ -123,6 +129,8 @@ struct mcp_mux {
     const cel_rules *authz;
     long timeout_ms;
     int ttl_s;
+    size_t max_sessions, max_per_client; /* MCP_MAX_SESSIONS, a quarter of it */
+    uint64_t uses;         /* session uses so far (lock) */
     atomic_llong next_id;
 
     pthread_mutex_t lock;  /* sessions, n_sessions, stopping */
@@ -1063,6 +1071,7 @@ static session *session_get(mcp_mux *m, const char *id, const char *bind)
         if ((s->bind == NULL) != (bind == NULL) || (bind && strcmp(s->bind, bind) != 0)) break;
         s->refs++;
         s->last_ms = now_ms();
+        s->last_use = ++m->uses;
         found = s;
         break;
     }
@@ -1075,6 +1084,7 @@ static void session_put(mcp_mux *m, session *s, const call_ctx *cx)
     pthread_mutex_lock(&m->lock);
     bool last = --s->refs == 0 && s->gone;
     s->last_ms = now_ms();
+    s->last_use = ++m->uses;
     pthread_mutex_unlock(&m->lock);
     if (last) session_destroy(m, s, cx);
 }
@@ -1109,6 +1119,49 @@ static session *reap_locked(mcp_mux *m, int64_t now)
             pp = &s->next;
         }
     }
+    return dead;
+}
+
+/* Unlink the least recently used session nobody uses, among those of bind (any if NULL);
+ * put it on *dead. False if there is none. Lock held. */
+static bool evict_lru_locked(mcp_mux *m, const char *bind, session **dead)
+{
+    session **victim = NULL;
+    for (session **pp = &m->sessions; *pp; pp = &(*pp)->next) {
+        const session *s = *pp;
+        if (s->refs || (bind && (!s->bind || strcmp(s->bind, bind) != 0))) continue;
+        if (!victim || s->last_use < (*victim)->last_use) victim = pp;
+    }
+    if (!victim) return false;
+    session *s = *victim;
+    *victim = s->next;
+    s->gone = true;
+    m->n_sessions--;
+    s->next = *dead;
+    *dead = s;
+    return true;
+}
+
+/* Room for one more session of bind: expired ones reaped, then the client's own least
+ * recently used one if it holds its share, then anyone's if the mux is full. Returns what to
+ * destroy (outside the lock), and in *evicted how many were evicted that were not idle long
+ * enough to expire. Lock held. */
+static session *make_room_locked(mcp_mux *m, const char *bind, size_t *evicted)
+{
+    session *dead = NULL;
+    *evicted = 0;
+    size_t mine = 0;
+    for (const session *s = m->sessions; bind && s; s = s->next)
+        if (s->bind && strcmp(s->bind, bind) == 0) mine++;
+    if (m->n_sessions >= m->max_sessions || mine >= m->max_per_client)
+        dead = reap_locked(m, now_ms());
+    if (bind && mine >= m->max_per_client) { /* count again: reaping may have made room */
+        mine = 0;
+        for (const session *s = m->sessions; s; s = s->next)
+            if (s->bind && strcmp(s->bind, bind) == 0) mine++;
+        if (mine >= m->max_per_client && evict_lru_locked(m, bind, &dead)) (*evicted)++;
+    }
+    if (m->n_sessions >= m->max_sessions && evict_lru_locked(m, NULL, &dead)) (*evicted)++;
     return dead;
 }
 
@@ -1173,18 +1226,21 @@ static void do_initialize(mcp_mux *m, http_req *r, const json_t *id, json_t *par
         return;
     }
 
+    char *bind = bind_key(claims);
+    size_t evicted;
     pthread_mutex_lock(&m->lock);
-    session *dead = m->n_sessions >= MCP_MAX_SESSIONS ? reap_locked(m, now_ms()) : NULL;
-    bool full = m->n_sessions >= MCP_MAX_SESSIONS;
+    session *dead = make_room_locked(m, bind, &evicted);
+    bool full = m->n_sessions >= m->max_sessions;
     pthread_mutex_unlock(&m->lock);
-    destroy_list(m, dead, "idle");
+    destroy_list(m, dead, evicted ? "evicted (the least recently used, to make room)" : "idle");
     if (full) {
-        reply_error(r, 503, id, RPC_INTERNAL_ERROR, "too many MCP sessions", NULL);
+        free(bind);
+        reply_error(r, 503, id, RPC_INTERNAL_ERROR, "too many MCP sessions, all in use", NULL);
         return;
     }
 
     session *s = session_new(m);
-    s->bind = bind_key(claims);
+    s->bind = bind;
     s->client_version = xstrdup(want);
     /* Upstreams see the client's version and clientInfo, but no client capabilities: we
      * cannot relay server-to-client requests (sampling, roots, elicitation). */
@@ -1235,18 +1291,21 @@ static void do_initialize(mcp_mux *m, http_req *r, const json_t *id, json_t *par
     }
 
     pthread_mutex_lock(&m->lock);
-    full = m->n_sessions >= MCP_MAX_SESSIONS;
+    dead = make_room_locked(m, s->bind, &evicted); /* others may have started meanwhile */
+    full = m->n_sessions >= m->max_sessions;
     if (!full) {
         s->next = m->sessions;
         m->sessions = s;
         m->n_sessions++;
         s->refs = 0;
         s->last_ms = now_ms();
+        s->last_use = ++m->uses;
     }
     pthread_mutex_unlock(&m->lock);
+    destroy_list(m, dead, evicted ? "evicted (the least recently used, to make room)" : "idle");
     if (full) {
         json_decref(result);
-        reply_error(r, 503, id, RPC_INTERNAL_ERROR, "too many MCP sessions", NULL);
+        reply_error(r, 503, id, RPC_INTERNAL_ERROR, "too many MCP sessions, all in use", NULL);
         goto end;
     }
     session_log("mcp_session_start", s, "started");
@@ -1676,6 +1735,10 @@ mcp_mux *mcp_mux_new(const mcp_config *c, char *err, size_t errlen)
     m->ttl_s = MCP_SESSION_TTL_S;
     const char *ttl = getenv("AGENTID_MCP_SESSION_TTL"); /* seconds; for tests */
     if (ttl && atoi(ttl) > 0) m->ttl_s = atoi(ttl);
+    m->max_sessions = MCP_MAX_SESSIONS;
+    const char *max = getenv("AGENTID_MCP_MAX_SESSIONS"); /* for tests */
+    if (max && atoi(max) > 0) m->max_sessions = (size_t)atoi(max);
+    m->max_per_client = m->max_sessions / 4 ? m->max_sessions / 4 : 1;
     atomic_init(&m->next_id, 1);
     pthread_mutex_init(&m->lock, NULL);
     pthread_condattr_t ca;

@@ -8,7 +8,10 @@
  *    target (unprefixed with one target);
  *  - tools/call is routed to its target with the unprefixed name;
  *  - Mcp-Session-Id of the client maps to one upstream session per target; sessions are kept
- *    apart; DELETE ends them;
+ *    apart; DELETE ends them, and so do 10 idle minutes. At most 1024 live at once, at most
+ *    256 per client identity (iss + sub): past either, initialize ends the least recently
+ *    used idle one (the client's own first), whose client then gets 404 and starts again;
+ *    503 only when all are in use;
  *  - authorization: a tool the caller may not call (cel_rules_decide false with
  *    mcp.tool.{name,target} and jwt.* in the activation) is hidden from tools/list and refused
  *    on tools/call with JSON-RPC -32602 "Unknown tool: <name>";

@@ -302,7 +302,7 @@ end:
 
 static http_server *gw;
 static char gw_base[64];
-static mcp_mux *mux_a, *mux_b, *mux_c, *mux_d, *mux_e, *mux_f;
+static mcp_mux *mux_a, *mux_b, *mux_c, *mux_d, *mux_e, *mux_f, *mux_g;
 static bool send_token = true;
 static cel_rules *rules_a, *rules_b;
 
@@ -314,7 +314,8 @@ static void gw_handler(http_req *r, void *ctx)
     (void)ctx;
     const char *p = http_req_path(r);
     mcp_mux *m = p[1] == 'a' ? mux_a : p[1] == 'b' ? mux_b : p[1] == 'c' ? mux_c
-               : p[1] == 'd' ? mux_d : p[1] == 'e' ? mux_e : p[1] == 'f' ? mux_f : NULL;
+               : p[1] == 'd' ? mux_d : p[1] == 'e' ? mux_e : p[1] == 'f' ? mux_f
+               : p[1] == 'g' ? mux_g : NULL;
     if (!m) {
         http_reply_text(r, 404, "no");
         return;
@@ -539,6 +540,13 @@ static int group_setup(void **state)
     mux_b = mcp_mux_new(&cb, err, sizeof err);
     assert_non_null(mux_b);
 
+    setenv("AGENTID_MCP_MAX_SESSIONS", "8", 1); /* 2 per client identity */
+    mcp_target tg[] = {{.name = "solo", .url = url_mcp}};
+    mcp_config cg = {.targets = tg, .n_targets = 1};
+    mux_g = mcp_mux_new(&cg, err, sizeof err);
+    unsetenv("AGENTID_MCP_MAX_SESSIONS");
+    assert_non_null(mux_g);
+
     mcp_target tc[] = {
         {.name = "pass", .url = url_pass, .identity = MCP_IDENTITY_PASSTHROUGH},
         {.name = "obo", .url = url_obo, .identity = MCP_IDENTITY_SIDECAR_OBO,
@@ -585,6 +593,7 @@ static int group_teardown(void **state)
     mcp_mux_free(mux_d);
     mcp_mux_free(mux_e);
     mcp_mux_free(mux_f);
+    mcp_mux_free(mux_g);
     cel_rules_free(rules_a);
     cel_rules_free(rules_b);
     http_server_stop(up_srv);
@@ -834,6 +843,48 @@ static void *worker(void *arg)
     return NULL;
 }
 
+static long session_status(const char *sid, const char *sub)
+{
+    resp r = rpc("/g", sid, sub, "tools/list", NULL);
+    long st = r.status;
+    resp_free(&r);
+    return st;
+}
+
+/* Sessions are bounded (8 here, 2 per client identity) without locking anyone out: a client
+ * past its share loses its own least recently used session, and a full mux the least
+ * recently used of all; the client of an evicted session gets 404 and starts again. */
+static void test_session_limits(void **state)
+{
+    (void)state;
+    char *a[3];
+    for (int i = 0; i < 3; i++) a[i] = open_session("/g", "spammer", NULL);
+    assert_int_equal(session_status(a[0], "spammer"), 404); /* its own oldest made room */
+    assert_int_equal(session_status(a[1], "spammer"), 200);
+    assert_int_equal(session_status(a[2], "spammer"), 200);
+
+    static const char *const who[] = {"u1", "u2", "u3"}; /* 2 + 3 * 2 = 8: full */
+    char *u[3][2];
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 2; j++) u[i][j] = open_session("/g", who[i], NULL);
+    assert_int_equal(session_status(a[1], "spammer"), 200); /* a[2] is now the oldest */
+    char *late = open_session("/g", "late", NULL); /* full: the least recently used goes */
+    assert_int_equal(session_status(a[2], "spammer"), 404);
+    assert_int_equal(session_status(late, "late"), 200);
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 2; j++) assert_int_equal(session_status(u[i][j], who[i]), 200);
+
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 2; j++) {
+            close_session("/g", u[i][j], who[i]);
+            free(u[i][j]);
+        }
+    close_session("/g", a[1], "spammer");
+    close_session("/g", late, "late");
+    for (int i = 0; i < 3; i++) free(a[i]);
+    free(late);
+}
+
 static void test_concurrent_sessions(void **state)
 {
     (void)state;
@@ -1028,6 +1079,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_tools_list_and_call),
         cmocka_unit_test(test_sessions_apart),
         cmocka_unit_test(test_concurrent_sessions),
+        cmocka_unit_test(test_session_limits),
         cmocka_unit_test(test_single_target),
         cmocka_unit_test(test_identities),
         cmocka_unit_test(test_upstream_401),
