@@ -34,7 +34,8 @@ static atomic_int handler_calls;
 static atomic_int waiting, go;  /* /wait is running; it may return */
 /* /hold (see tls_round_hold): the clients' sockets, their order of arrival, how many came, and
  * what the third saw: 1 the first answer still held, 2 sent, 3 no such socket */
-static atomic_int held_fd[3], held_order[3], held_n, held_seen;
+static atomic_int held_fd[3], held_order[3], held_n, held_seen, held_late;
+static atomic_llong held_t0;
 
 /* ---- the server side ---------------------------------------------------------- */
 
@@ -113,12 +114,17 @@ static void handler(http_req *r, void *ctx)
     } else if (strcmp(p, "/hold") == 0) { /* see tls_round_hold */
         int n = atomic_fetch_add(&held_n, 1), spin = atoi(http_req_query(r, "spin") ?: "0");
         if (n < 3) atomic_store(&held_order[n], atoi(http_req_query(r, "i") ?: "0"));
-        if (n == 1 && spin) { /* busy for 3 ms, as a token signature is for 0.2 */
-            struct timespec t0, t;
-            clock_gettime(CLOCK_MONOTONIC, &t0);
-            do clock_gettime(CLOCK_MONOTONIC, &t);
-            while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 3000000L);
-        }
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        long long now = (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+        if (n == 0) atomic_store(&held_t0, now);
+        if (n == 1 && spin) /* busy for 3 ms, as a token signature is for 0.2 */
+            for (long long until = now + 3000000LL; now < until;) {
+                clock_gettime(CLOCK_MONOTONIC, &t);
+                now = (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+            }
+        /* the first answer has waited 1.5 ms by the time the second is made (a busy machine) */
+        if (n == 1) atomic_store(&held_late, now - atomic_load(&held_t0) >= 1500000LL);
         if (n == 2) { /* is the first one's answer still held in the server's send queue? */
             int fd = server_side(atomic_load(&held_fd[atomic_load(&held_order[0])])), unsent = -1;
             if (fd >= 0) ioctl(fd, SIOCOUTQNSD, &unsent);
@@ -696,7 +702,7 @@ static void tls_round_hold(unsigned port)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
-    for (int spin = 0; spin < 2; spin++) {
+    for (int spin = 0, tries = 0; spin < 2; tries++) {
         int wfd, fd[3];
         SSL *w = tls_dial(ctx, port, &wfd), *c[3];
         for (int i = 0; i < 3; i++) {
@@ -720,7 +726,9 @@ static void tls_round_hold(unsigned port)
         assert_int_equal(read_answer(w), 4);
         for (int i = 0; i < 500 && !atomic_load(&held_seen); i++) usleep(10000);
         assert_int_equal(atomic_load(&held_n), 3);
-        assert_int_equal(atomic_load(&held_seen), spin ? 2 : 1);
+        /* Held, unless this machine was so slow that 2 ms passed: then try again. */
+        bool retry = !spin && atomic_load(&held_late) && tries < 5;
+        if (!retry) assert_int_equal(atomic_load(&held_seen), spin ? 2 : 1);
         for (int i = 0; i < 3; i++) {
             assert_int_equal(read_answer(c[i]), 4);
             SSL_free(c[i]);
@@ -728,6 +736,7 @@ static void tls_round_hold(unsigned port)
         }
         SSL_free(w);
         close(wfd);
+        if (!retry) spin++, tries = 0;
     }
     SSL_CTX_free(ctx);
 }
