@@ -389,11 +389,12 @@ static void round_flush(void)
     round_tl.n = 0;
 }
 
-static bool round_holds(int fd)
+/* fd's place in the round's list, or -1. */
+static int round_find(int fd)
 {
     for (unsigned i = 0; i < round_tl.n; i++)
-        if (round_tl.fd[i] == fd) return true;
-    return false;
+        if (round_tl.fd[i] == fd) return (int)i;
+    return -1;
 }
 
 static void round_hold(http_req *r)
@@ -409,7 +410,7 @@ static void round_hold(http_req *r)
         (round_tl.n && (now.tv_sec - round_tl.first.tv_sec) * 1000000000L +
                                (now.tv_nsec - round_tl.first.tv_nsec) >= ROUND_HOLD_NS))
         round_flush();
-    if (round_holds(fd)) return;
+    if (round_find(fd) >= 0) return;
     static const int on = 1;
     if (setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) != 0) return;
     if (!round_tl.n) round_tl.first = now;
@@ -446,11 +447,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     }
     if (!round_tl.n) return;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-    for (unsigned i = 0; ci && i < round_tl.n; i++)
-        if (round_tl.fd[i] == ci->connect_fd) {
-            round_tl.fd[i] = round_tl.fd[--round_tl.n];
-            break;
-        }
+    int i = ci ? round_find(ci->connect_fd) : -1;
+    if (i >= 0) round_tl.fd[i] = round_tl.fd[--round_tl.n];
 }
 
 /* The corked record goes out now. libmicrohttpd has run its own push logic already (it saw
@@ -467,7 +465,7 @@ static void uncork_reply(struct MHD_Connection *c, void *session)
         return;
     }
     static const int off = 0;
-    if (ci && !round_holds(ci->connect_fd))
+    if (ci && round_find(ci->connect_fd) < 0)
         setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
 }
 

@@ -1142,6 +1142,15 @@ static bool evict_lru_locked(mcp_mux *m, const char *bind, session **dead)
     return true;
 }
 
+/* How many sessions bind holds (0 for NULL: no identity to count by). Lock held. */
+static size_t sessions_of_locked(const mcp_mux *m, const char *bind)
+{
+    size_t n = 0;
+    for (const session *s = m->sessions; bind && s; s = s->next)
+        if (s->bind && strcmp(s->bind, bind) == 0) n++;
+    return n;
+}
+
 /* Room for one more session of bind: expired ones reaped, then the client's own least
  * recently used one if it holds its share, then anyone's if the mux is full. Returns what to
  * destroy (outside the lock), and in *evicted how many were evicted that were not idle long
@@ -1150,17 +1159,11 @@ static session *make_room_locked(mcp_mux *m, const char *bind, size_t *evicted)
 {
     session *dead = NULL;
     *evicted = 0;
-    size_t mine = 0;
-    for (const session *s = m->sessions; bind && s; s = s->next)
-        if (s->bind && strcmp(s->bind, bind) == 0) mine++;
-    if (m->n_sessions >= m->max_sessions || mine >= m->max_per_client)
+    if (m->n_sessions >= m->max_sessions || sessions_of_locked(m, bind) >= m->max_per_client)
         dead = reap_locked(m, now_ms());
-    if (bind && mine >= m->max_per_client) { /* count again: reaping may have made room */
-        mine = 0;
-        for (const session *s = m->sessions; s; s = s->next)
-            if (s->bind && strcmp(s->bind, bind) == 0) mine++;
-        if (mine >= m->max_per_client && evict_lru_locked(m, bind, &dead)) (*evicted)++;
-    }
+    /* counted again: reaping may have made room */
+    if (sessions_of_locked(m, bind) >= m->max_per_client && evict_lru_locked(m, bind, &dead))
+        (*evicted)++;
     if (m->n_sessions >= m->max_sessions && evict_lru_locked(m, NULL, &dead)) (*evicted)++;
     return dead;
 }

@@ -577,12 +577,9 @@ static long read_answer(SSL *ssl)
     return got == (size_t)(end + 4 - buf) + (size_t)clen ? clen : -2;
 }
 
-/* A small answer that is all in memory goes out as one TLS record (headers and body corked
- * together); bigger ones and answers to pipelined requests are still whole and in order. */
-static void tls_records(unsigned port)
+/* A TLS connection to 127.0.0.1:port, handshake done (no certificate check); its socket in *fdp. */
+static SSL *tls_connect(SSL_CTX *ctx, unsigned port, int *fdp)
 {
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -590,9 +587,29 @@ static void tls_records(unsigned port)
     SSL *ssl = SSL_new(ctx);
     SSL_set_fd(ssl, fd);
     assert_int_equal(SSL_connect(ssl), 1);
+    *fdp = fd;
+    return ssl;
+}
+
+/* tls_connect, then one answer read: past the session tickets that follow the handshake. */
+static SSL *tls_dial(SSL_CTX *ctx, unsigned port, int *fdp)
+{
+    SSL *ssl = tls_connect(ctx, port, fdp);
     const char get[] = "GET /big?n=300 HTTP/1.1\r\nHost: x\r\n\r\n";
     assert_int_equal(SSL_write(ssl, get, (int)strlen(get)), (int)strlen(get));
-    assert_int_equal(read_answer(ssl), 300); /* past the session tickets that follow the handshake */
+    assert_int_equal(read_answer(ssl), 300);
+    return ssl;
+}
+
+/* A small answer that is all in memory goes out as one TLS record (headers and body corked
+ * together); bigger ones and answers to pipelined requests are still whole and in order. */
+static void tls_records(unsigned port)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    int fd;
+    SSL *ssl = tls_dial(ctx, port, &fd);
+    const char get[] = "GET /big?n=300 HTTP/1.1\r\nHost: x\r\n\r\n";
     SSL_set_msg_callback(ssl, on_tls_msg);
     for (int i = 0; i < 3; i++) {
         records_read = 0;
@@ -621,21 +638,6 @@ static void tls_records(unsigned port)
     SSL_CTX_free(ctx);
 }
 
-static SSL *tls_dial(SSL_CTX *ctx, unsigned port, int *fdp)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    SSL *ssl = SSL_new(ctx);
-    SSL_set_fd(ssl, fd);
-    assert_int_equal(SSL_connect(ssl), 1);
-    const char get[] = "GET /big?n=300 HTTP/1.1\r\nHost: x\r\n\r\n";
-    assert_int_equal(SSL_write(ssl, get, (int)strlen(get)), (int)strlen(get));
-    assert_int_equal(read_answer(ssl), 300); /* past the session tickets */
-    *fdp = fd;
-    return ssl;
-}
 
 static double ms_since(const struct timespec *t0)
 {
@@ -668,13 +670,8 @@ static void tls_no_stall(unsigned port)
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     double first = 1e9, after404 = 1e9;
     for (int t = 0; t < 3; t++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-        SSL *ssl = SSL_new(ctx);
-        SSL_set_fd(ssl, fd);
-        assert_int_equal(SSL_connect(ssl), 1);
+        int fd;
+        SSL *ssl = tls_connect(ctx, port, &fd); /* the first request is the one timed */
         double ms = timed_get(ssl, "/big?n=300", 300);
         if (ms < first) first = ms;
         timed_get(ssl, "/nothing", 9); /* "not found" */
