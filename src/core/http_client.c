@@ -534,6 +534,7 @@ long httpc_stream_read(httpc_stream *s, char *buf, size_t max)
 
 enum { CMD_START = 1, CMD_UNPAUSE = 2, CMD_CANCEL = 4 };
 #define EASY_POOL_MAX 64
+#define LOOP_IDLE_CONNS 256 /* kept-alive upstream connections a loop keeps open while idle */
 
 struct httpc_async {
     /* set up by the starter, then the loop's */
@@ -950,6 +951,10 @@ static bool loop_setup(httpc_loop *L)
     curl_multi_setopt(L->m, CURLMOPT_SOCKETDATA, L);
     curl_multi_setopt(L->m, CURLMOPT_TIMERFUNCTION, on_timer);
     curl_multi_setopt(L->m, CURLMOPT_TIMERDATA, L);
+    /* libcurl's default cache keeps 4 idle connections per transfer in progress when one comes
+     * back, so a quiet moment closed what the busy one before had opened, and the next busy
+     * one connected again. A fixed size keeps them, as nginx's keepalive N per worker. */
+    curl_multi_setopt(L->m, CURLMOPT_MAXCONNECTS, (long)LOOP_IDLE_CONNS);
     return true;
 }
 
