@@ -608,6 +608,9 @@ static struct MHD_Daemon *start_daemon(http_server *s, unsigned int flags,
                             MHD_OPTION_THREAD_STACK_SIZE, stack, /* 0: default */
                             MHD_OPTION_HTTPS_MEM_KEY, s->key,
                             MHD_OPTION_HTTPS_MEM_CERT, s->cert,
+                            /* TLS 1.2 and 1.3 only (RFC 8996 retired 1.0 and 1.1; GnuTLS's NORMAL
+                             * still offers them), GnuTLS's usual ciphers for each. */
+                            MHD_OPTION_HTTPS_PRIORITIES, "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2",
                             /* Last, and only when asked: an explicit 0 would also turn off MHD's
                              * default SO_REUSEADDR (a restarted server could not bind its port). */
                             reuse ? MHD_OPTION_LISTENING_ADDRESS_REUSE : MHD_OPTION_END, 1u,
@@ -618,7 +621,7 @@ static struct MHD_Daemon *start_daemon(http_server *s, unsigned int flags,
 static void server_free(http_server *s)
 {
     free(s->cert);
-    free(s->key);
+    util_free_secret(s->key);
     free(s->workers);
     pthread_cond_destroy(&s->quiet);
     pthread_cond_destroy(&s->work);

@@ -229,3 +229,10 @@ int util_write_file(const char *path, const void *data, size_t len, unsigned mod
     free(tmp);
     return 0;
 }
+
+void util_free_secret(char *s)
+{
+    if (!s) return;
+    explicit_bzero(s, strlen(s));
+    free(s);
+}

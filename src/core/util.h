@@ -43,6 +43,8 @@ bool util_str_starts_with(const char *s, const char *prefix);
 
 /* Whole file into memory (NUL-terminated); NULL with errno on failure; cap in bytes. */
 char *util_read_file(const char *path, size_t cap, size_t *len);
+/* Overwrite the NUL-terminated secret s (a key, a token) and free it; NULL is fine. */
+void util_free_secret(char *s);
 /* Write atomically (temp file + rename) with the given mode. 0 or -1 with errno. */
 int util_write_file(const char *path, const void *data, size_t len, unsigned mode) WARN_UNUSED;
 

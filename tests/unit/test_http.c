@@ -601,6 +601,37 @@ static SSL *tls_dial(SSL_CTX *ctx, unsigned port, int *fdp)
     return ssl;
 }
 
+/* TLS 1.2 and 1.3 are served; 1.1 and 1.0 (RFC 8996) are refused in the handshake. Security
+ * level 0 on the client, which would otherwise refuse them itself first. */
+static void tls_versions(unsigned port)
+{
+    const int ok[] = {TLS1_2_VERSION, TLS1_3_VERSION}, old[] = {TLS1_VERSION, TLS1_1_VERSION};
+    for (int i = 0; i < 4; i++) {
+        int v = i < 2 ? ok[i] : old[i - 2];
+        SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+        SSL_CTX_set_security_level(ctx, 0);
+        SSL_CTX_set_min_proto_version(ctx, v);
+        SSL_CTX_set_max_proto_version(ctx, v);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+        SSL *ssl = SSL_new(ctx);
+        SSL_set_fd(ssl, fd);
+        int rc = SSL_connect(ssl);
+        if (i < 2) {
+            assert_int_equal(rc, 1);
+            assert_int_equal(SSL_version(ssl), v);
+        } else {
+            assert_int_not_equal(rc, 1);
+        }
+        SSL_free(ssl);
+        close(fd);
+        SSL_CTX_free(ctx);
+    }
+}
+
 /* A small answer that is all in memory goes out as one TLS record (headers and body corked
  * together); bigger ones and answers to pipelined requests are still whole and in order. */
 static void tls_records(unsigned port)
@@ -775,6 +806,7 @@ static void test_https(void **state)
 
     tls_records(http_server_port(s));
     tls_no_stall(http_server_port(s));
+    tls_versions(http_server_port(s));
 
     /* The same over event loops, where answers also wait for the end of a round. */
     http_server_opts lo = { .listen = "127.0.0.1:0", .tls_cert_pem = cert, .tls_key_pem = key,
