@@ -10,6 +10,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "jose/pki.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -22,6 +23,7 @@
 #include <yaml.h>
 
 #define MAX_LIST 256            /* entries in any list of the file */
+#define TLS_MAX_BYTES (256 * 1024) /* a listener's tls.cert or tls.key file */
 
 typedef struct {
     const char *path;
@@ -247,6 +249,23 @@ static bool parse_rules(loader *l, const yaml_node_t *n, const char *what, cel_r
     return true;
 }
 
+/* The file named by scalar n (what: its key, for errors), read whole; at most max bytes. A relative
+ * path is relative to the configuration file, as agentgateway's are to its working directory:
+ * the file's directory is the less surprising anchor. NULL (and the error set) if unreadable. */
+static char *read_file_at(loader *l, const yaml_node_t *n, const char *what, size_t max)
+{
+    char *file = NULL;
+    if (!str(l, n, what, &file)) return NULL;
+    char *full = file[0] == '/' || !strchr(l->path, '/')
+                     ? xstrdup(file)
+                     : xasprintf("%.*s/%s", (int)(strrchr(l->path, '/') - l->path), l->path, file);
+    char *text = util_read_file(full, max, NULL);
+    if (!text) fail(l, n, "%s: cannot read %s: %s", what, full, strerror(errno));
+    free(full);
+    free(file);
+    return text;
+}
+
 static bool parse_jwt(loader *l, const yaml_node_t *n, gw_route *rt)
 {
     static const char *const KEYS[] = {"mode", "issuer", "audiences", "jwks", "requireKid", NULL};
@@ -268,7 +287,7 @@ static bool parse_jwt(loader *l, const yaml_node_t *n, gw_route *rt)
 
     yaml_node_t *k = get(l, n, "jwks");
     if (!k) return fail(l, n, "jwtAuth: jwks is required ({url: ...} or {file: ...})");
-    char *text = NULL, *file = NULL;
+    char *text = NULL;
     bool ok = false;
     if (scalar(k)) { /* inline JSON, as agentgateway allows */
         text = xstrdup(scalar(k));
@@ -284,28 +303,14 @@ static bool parse_jwt(loader *l, const yaml_node_t *n, gw_route *rt)
                 return fail(l, u, "jwtAuth.jwks.url: must be https://, or http:// on loopback");
             return true;
         }
-        if (!str(l, f, "jwtAuth.jwks.file", &file)) return false;
-        /* A relative path is relative to the configuration file, as agentgateway's are to
-         * its working directory; the file's directory is the less surprising anchor. */
-        char *full = file[0] == '/' || !strchr(l->path, '/')
-                         ? xstrdup(file)
-                         : xasprintf("%.*s/%s", (int)(strrchr(l->path, '/') - l->path), l->path, file);
-        text = util_read_file(full, JWKS_MAX_BYTES, NULL);
-        if (!text) {
-            fail(l, f, "jwtAuth.jwks.file: cannot read %s: %s", full, strerror(errno));
-            free(full);
-            goto end;
-        }
-        free(full);
+        if (!(text = read_file_at(l, f, "jwtAuth.jwks.file", JWKS_MAX_BYTES))) return false;
     }
     char err[256];
     j->jwks_keys = jwks_parse(text, strlen(text), err, sizeof err);
     if (!j->jwks_keys) fail(l, k, "jwtAuth.jwks: %s", err);
     else if (!jwks_count(j->jwks_keys)) fail(l, k, "jwtAuth.jwks: no usable RSA signing key in the set");
     else ok = true;
-end:
     free(text);
-    free(file);
     return ok;
 }
 
@@ -800,10 +805,58 @@ static bool parse_route(loader *l, const yaml_node_t *n, gw_route *rt, size_t in
     return true;
 }
 
+/* A listener's protocol (HTTP, the default, or HTTPS) and, for HTTPS, tls: {cert, key}: PEM files
+ * read now, the key checked against the certificate. One bind is one port, and a port serves
+ * one certificate (no SNI selection by hostname here), so every listener of a bind must say
+ * the same: the first one's say is compared with the others'. */
+static bool parse_listener_tls(loader *l, const yaml_node_t *ln, gw_bind *b, bool first)
+{
+    static const char *const TKEYS[] = {"cert", "key", NULL};
+    yaml_node_t *v = get(l, ln, "protocol"), *t = get(l, ln, "tls");
+    const char *proto = v ? scalar(v) : "HTTP";
+    if (!proto || (strcmp(proto, "HTTP") && strcmp(proto, "HTTPS")))
+        return fail(l, v, "listeners.protocol: expected HTTP or HTTPS (TLS, TCP and HBONE are not supported)");
+    bool https = !strcmp(proto, "HTTPS");
+    if (https && !t) return fail(l, ln, "listeners: protocol HTTPS needs tls: {cert: FILE, key: FILE}");
+    if (!https && t) return fail(l, t, "listeners.tls: needs protocol: HTTPS");
+    char *cert = NULL, *key = NULL;
+    if (https) {
+        yaml_node_t *c, *k;
+        if (get(l, t, "root"))
+            return fail(l, get(l, t, "root"), "listeners.tls.root: client certificates (mTLS) are not supported");
+        if (!map_ok(l, t, "listeners.tls", TKEYS)) return false;
+        if (!(c = get(l, t, "cert"))) return fail(l, t, "listeners.tls: cert is required");
+        if (!(k = get(l, t, "key"))) return fail(l, t, "listeners.tls: key is required");
+        if (!(cert = read_file_at(l, c, "listeners.tls.cert", TLS_MAX_BYTES))) return false;
+        if (!(key = read_file_at(l, k, "listeners.tls.key", TLS_MAX_BYTES))) {
+            free(cert);
+            return false;
+        }
+        char why[128];
+        if (!pki_cert_key_match(cert, key, why, sizeof why)) {
+            util_free_secret(key);
+            free(cert);
+            return fail(l, t, "listeners.tls: %s", why);
+        }
+    }
+    bool same = first || (!cert == !b->tls_cert_pem &&
+                          (!cert || (!strcmp(cert, b->tls_cert_pem) && !strcmp(key, b->tls_key_pem))));
+    if (first) {
+        b->tls_cert_pem = cert;
+        b->tls_key_pem = key;
+    } else {
+        free(cert);
+        util_free_secret(key);
+    }
+    if (!same)
+        return fail(l, ln, "listeners: every listener of one bind (port) needs the same protocol and tls");
+    return true;
+}
+
 static bool parse_bind(loader *l, const yaml_node_t *n, gw_bind *b)
 {
     static const char *const KEYS[] = {"port", "address", "listeners", NULL};
-    static const char *const LKEYS[] = {"name", "protocol", "routes", NULL};
+    static const char *const LKEYS[] = {"name", "protocol", "tls", "routes", NULL};
     if (!map_ok(l, n, "binds", KEYS)) return false;
     yaml_node_t *v;
     long port;
@@ -825,8 +878,7 @@ static bool parse_bind(loader *l, const yaml_node_t *n, gw_bind *b)
     ITEMS(ls, it) {
         yaml_node_t *ln = node_at(l, *it), *rs;
         if (!map_ok(l, ln, "listeners", LKEYS)) return false;
-        if ((v = get(l, ln, "protocol")) && (!scalar(v) || strcmp(scalar(v), "HTTP")))
-            return fail(l, v, "listeners.protocol: only HTTP is supported");
+        if (!parse_listener_tls(l, ln, b, it == ls->data.sequence.items.start)) return false;
         if (!(rs = get(l, ln, "routes"))) return fail(l, ln, "listeners: routes is required");
         if (!seq_ok(l, rs, "routes")) return false;
         cap += seq_len(rs);
@@ -984,6 +1036,8 @@ void gw_config_unref(gw_config *c)
         for (size_t k = 0; k < c->binds[i].n_routes; k++) free_route(&c->binds[i].routes[k]);
         free(c->binds[i].routes);
         free(c->binds[i].address);
+        free(c->binds[i].tls_cert_pem);
+        util_free_secret(c->binds[i].tls_key_pem);
     }
     free(c->binds);
     free(c->path);

@@ -142,6 +142,8 @@ typedef struct {
     unsigned port;
     gw_route *routes;            /* every listener's routes, in file order */
     size_t n_routes;
+    char *tls_cert_pem;          /* protocol HTTPS: the listeners' tls.cert (PEM chain) and */
+    char *tls_key_pem;           /* tls.key, read at load; NULL: plain HTTP */
 } gw_bind;
 
 typedef struct {

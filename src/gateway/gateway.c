@@ -64,8 +64,20 @@ typedef struct {
     gateway *gw;
     size_t bind;                 /* index into the configuration's binds */
     char listen[80];
+    uint64_t tls_id;             /* tls_id() of the bind it started with: 0 for plain HTTP */
     http_server *srv;
 } server;
+
+/* Which certificate and key a bind serves (FNV-1a of both; 0: plain HTTP), so a reload can
+ * say that a change waits for a restart without the key being kept or compared anywhere else. */
+static uint64_t tls_id(const gw_bind *b)
+{
+    if (!b->tls_cert_pem) return 0;
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *p = b->tls_cert_pem; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    for (const char *p = b->tls_key_pem; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return h | 1;
+}
 
 struct gateway {
     const char *path;
@@ -140,6 +152,9 @@ static void reload(gateway *gw, const char *why)
         if (!gw->listen_override && strcmp(want, s->listen))
             log_msg(LOG_WARN, "bind_changed", "bind %zu is now %s in the file but stays %s until a restart",
                     i, want, s->listen);
+        if (tls_id(&c->binds[i]) != s->tls_id)
+            log_msg(LOG_WARN, "bind_changed", "bind %zu: the new protocol or TLS certificate takes effect "
+                    "on restart; %s stays %s until then", i, s->listen, s->tls_id ? "HTTPS" : "HTTP");
     }
     warn_exposed(c, gw);
     size_t routes = 0;
@@ -1201,13 +1216,15 @@ int gateway_main(int argc, char **argv)
         http_server_opts so = {.listen = s->listen, .event_loops = event_loops(),
                                .loop_source = &CLIENT_LOOP,
                                .defer_workers = (DEFER_WORKERS + event_loops() - 1) / event_loops(),
-                               .max_body = MAX_BODY, .timeout_s = IDLE_S};
+                               .max_body = MAX_BODY, .timeout_s = IDLE_S,
+                               .tls_cert_pem = c->binds[i].tls_cert_pem, .tls_key_pem = c->binds[i].tls_key_pem};
+        s->tls_id = tls_id(&c->binds[i]);
         if (!(s->srv = http_server_start(&so, handle, s, err, sizeof err))) {
             fprintf(stderr, "agentid gateway: %s\n", err);
             goto end;
         }
         gw.n_servers++;
-        log_msg(LOG_INFO, "listening", "gateway on http://%s: %zu routes from %s", s->listen,
+        log_msg(LOG_INFO, "listening", "gateway on %s://%s: %zu routes from %s", s->tls_id ? "https" : "http", s->listen,
                 c->binds[i].n_routes, gw.path);
     }
 

@@ -296,3 +296,18 @@ done:
     sk_X509_pop_free(anchors, X509_free);
     return ok;
 }
+
+bool pki_cert_key_match(const char *cert_pem, const char *key_pem, char *err, size_t errlen)
+{
+    X509 *cert = load_cert(cert_pem);
+    EVP_PKEY *key = load_private(key_pem);
+    const char *why = NULL;
+    if (!cert) why = "not a PEM certificate";
+    else if (!key) why = "not a PEM private key (or it is encrypted)";
+    else if (X509_check_private_key(cert, key) != 1) why = "the key is not the certificate's";
+    if (why && err && errlen) snprintf(err, errlen, "%s", why);
+    ERR_clear_error();
+    EVP_PKEY_free(key);
+    X509_free(cert);
+    return !why;
+}

@@ -34,6 +34,9 @@ char *pki_cert_thumbprint(const char *cert_pem, bool sha256, char *err, size_t e
 char *pki_cert_der_b64(const char *cert_pem, char *err, size_t errlen);
 /* The public key of a certificate, SPKI PEM. */
 char *pki_cert_pubkey(const char *cert_pem, char *err, size_t errlen);
+/* True if key_pem (unencrypted PEM) is the private key of cert_pem's first certificate; else err
+ * says which of the three is wrong, never quoting the key. */
+bool pki_cert_key_match(const char *cert_pem, const char *key_pem, char *err, size_t errlen);
 /* True if cert_pem was signed by ca_pem and is within its validity period. */
 bool pki_cert_verify(const char *cert_pem, const char *ca_pem, char *err, size_t errlen);
 

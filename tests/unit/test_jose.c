@@ -198,6 +198,15 @@ static void test_cert_ca_and_server(void **state)
     assert_true(err[0] != '\0');
     assert_false(pki_cert_verify(srv_cert, "not a pem", err, sizeof err));
     assert_false(pki_cert_verify("not a pem", ca_cert, err, sizeof err));
+
+    /* pki_cert_key_match: a certificate with its own key, and each way of getting it wrong. */
+    assert_true(pki_cert_key_match(srv_cert, srv_key, err, sizeof err));
+    assert_false(pki_cert_key_match(srv_cert, other_key, err, sizeof err));
+    assert_string_equal(err, "the key is not the certificate's");
+    assert_false(pki_cert_key_match(srv_key, srv_key, err, sizeof err));
+    assert_string_equal(err, "not a PEM certificate");
+    assert_false(pki_cert_key_match(srv_cert, srv_cert, err, sizeof err));
+    assert_string_equal(err, "not a PEM private key (or it is encrypted)");
 }
 
 static void test_cert_create_refusals(void **state)
