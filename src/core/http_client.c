@@ -534,7 +534,7 @@ long httpc_stream_read(httpc_stream *s, char *buf, size_t max)
 
 enum { CMD_START = 1, CMD_UNPAUSE = 2, CMD_CANCEL = 4 };
 #define EASY_POOL_MAX 64
-#define LOOP_IDLE_CONNS 256 /* kept-alive upstream connections a loop keeps open while idle */
+#define LOOP_IDLE_CONNS 256 /* at least this many kept-alive connections per loop (loop_added) */
 
 struct httpc_async {
     /* set up by the starter, then the loop's */
@@ -580,6 +580,7 @@ struct httpc_loop {
     unsigned char *idle;         /* idle[fd]: curl stopped watching fd, which is still in ep with */
     size_t idle_cap;             /* no events (see on_socket); loop thread only */
     struct httpc_async *news;    /* changed by the callbacks of the current socket_action (loop only) */
+    size_t active, conn_cap;     /* transfers in m; its connection cache limit (loop_added) */
 };
 static struct httpc_loop aloop = {.mu = PTHREAD_MUTEX_INITIALIZER, .ep = -1, .wakefd = -1};
 static pthread_once_t aloop_once = PTHREAD_ONCE_INIT;
@@ -750,11 +751,31 @@ static void enqueue(httpc_async *a, unsigned cmd)
     L->qtail = a;
 }
 
+/* One more transfer in L's multi handle. curl's cache limit counts every connection, busy or
+ * idle, and whenever a transfer ends above it closes an idle one. Its default, 4 per transfer
+ * in the handle at that moment, closed after every quiet moment what the busy one before had
+ * opened; a fixed size closed nearly every connection once more transfers than that ran at
+ * once (one new upstream connection per request). So the limit follows the most transfers
+ * ever run here at once, twice that and at least LOOP_IDLE_CONNS: like nginx's keepalive N,
+ * what a busy moment opened is still there for the next. curl closes a connection idle for
+ * longer than CURLOPT_MAXAGE_CONN (118 s) when it next looks for one. */
+static void loop_added(httpc_loop *L)
+{
+    L->active++;
+    if (2 * L->active > L->conn_cap) {
+        L->conn_cap = 2 * L->active;
+        curl_multi_setopt(L->m, CURLMOPT_MAXCONNECTS, (long)L->conn_cap);
+    }
+}
+
 /* The transfer ended (or was cancelled): out of the multi handle. Its connection stays in the
  * multi's cache if the exchange finished cleanly. */
 static void loop_detach(httpc_async *a)
 {
-    if (a->in_multi) curl_multi_remove_handle(a->L->m, a->h);
+    if (a->in_multi) {
+        curl_multi_remove_handle(a->L->m, a->h);
+        a->L->active--;
+    }
     a->in_multi = false;
 }
 
@@ -778,7 +799,10 @@ static void loop_commands(httpc_loop *L)
         }
         if (a->loop_released) continue; /* finished already: nothing to unpause */
         pthread_mutex_unlock(&L->mu);
-        if ((cmds & CMD_START) && curl_multi_add_handle(L->m, a->h) == CURLM_OK) a->in_multi = true;
+        if ((cmds & CMD_START) && curl_multi_add_handle(L->m, a->h) == CURLM_OK) {
+            a->in_multi = true;
+            loop_added(L);
+        }
         else if (cmds & CMD_START) { /* could not start: fail it */
             pthread_mutex_lock(&a->mu);
             a->done = true;
@@ -951,10 +975,8 @@ static bool loop_setup(httpc_loop *L)
     curl_multi_setopt(L->m, CURLMOPT_SOCKETDATA, L);
     curl_multi_setopt(L->m, CURLMOPT_TIMERFUNCTION, on_timer);
     curl_multi_setopt(L->m, CURLMOPT_TIMERDATA, L);
-    /* libcurl's default cache keeps 4 idle connections per transfer in progress when one comes
-     * back, so a quiet moment closed what the busy one before had opened, and the next busy
-     * one connected again. A fixed size keeps them, as nginx's keepalive N per worker. */
-    curl_multi_setopt(L->m, CURLMOPT_MAXCONNECTS, (long)LOOP_IDLE_CONNS);
+    L->conn_cap = LOOP_IDLE_CONNS;
+    curl_multi_setopt(L->m, CURLMOPT_MAXCONNECTS, (long)L->conn_cap);
     return true;
 }
 
@@ -1092,6 +1114,7 @@ httpc_async *httpc_async_start_on(httpc_loop *L, const httpc_request *req,
         return NULL;
     }
     a->in_multi = true; /* curl starts it from the loop's next run (its timer says 0) */
+    loop_added(L);
     return a;
 }
 

@@ -171,8 +171,10 @@ void httpc_async_close(httpc_async *a);
  * would wait for a loop that cannot run. Ownership may pass to another thread once the first
  * is gone (a joined thread), e.g. to close what was left and free the loop. No locks are
  * contended and no thread is woken: notify runs on the loop thread during httpc_loop_run.
- * The loop keeps its own connections alive (its multi handle's cache: up to 256 idle ones, however
- * few transfers run meanwhile; the shared client thread likewise) and reuses easy handles.
+ * The loop keeps its own connections alive (its multi handle's cache, sized to twice the most
+ * transfers it ever ran at once and at least 256, so neither a quiet moment nor a crowd closes
+ * what is still needed; idle ones close after 118 s; the shared client thread likewise) and
+ * reuses easy handles.
  * httpc_loop_fd is an epoll descriptor (readable when a transfer's socket is ready), so it can
  * sit in the caller's own epoll or poll set; httpc_loop_timeout is the milliseconds until the
  * loop must run anyway (-1: no timer), libcurl's timers (connection phase, timeouts, starts).
