@@ -33,11 +33,13 @@ need_tools() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 }
 
-free_port() {   # a port nothing listens on right now (127.0.0.1)
-    local p i
+free_port() {   # a port no socket uses right now (127.0.0.1), below the ephemeral range, so
+    local p i lo   # that no outgoing connection of a run can take it before its server binds it
+    lo=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    [ "$lo" -gt 21000 ] || lo=61000
     for i in $(seq 100); do
-        p=$((20000 + RANDOM % 40000))
-        [ -z "$(ss -Htln "sport = :$p")" ] && { echo "$p"; return 0; }
+        p=$((20000 + RANDOM % (lo - 20000)))
+        [ -z "$(ss -Htan "sport = :$p")" ] && { echo "$p"; return 0; }
     done
     die "no free port"
 }
