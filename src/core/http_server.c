@@ -85,6 +85,9 @@ struct http_server {
     unsigned port;
     unsigned timeout_s;
     char *cert, *key; /* our copies, alive as long as the daemon */
+    struct tls_holder *th;       /* HTTPS: certificates set later (http_server_set_tls); the
+                                    parent's, which children share; owned if th_owner */
+    bool th_owner;
 
     /* http_defer: a queue of parked requests and the workers that serve it, all under mu */
     unsigned max_workers;        /* 0: http_defer is off */
@@ -118,6 +121,18 @@ struct http_server {
     int stopfd;                  /* child: eventfd, written to wake the loop (a resume from
                                     another thread: MHD writes none without its own thread) */
     atomic_bool loop_stop;       /* child: end the loop once woken */
+};
+
+/* Certificates given after the start (http_server_set_tls), newest first. A connection takes
+ * the newest when it starts (on_connection); none is freed before the server, as a session may
+ * use its credentials as long as it lives. cur is read without a lock; set_mu orders writers. */
+typedef struct tls_set {
+    gnutls_certificate_credentials_t cred;
+    struct tls_set *older;
+} tls_set;
+struct tls_holder {
+    _Atomic(tls_set *) cur;      /* NULL: the daemon's own (opts.tls_cert_pem) */
+    pthread_mutex_t set_mu;
 };
 
 struct http_waker {
@@ -439,10 +454,15 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         const union MHD_ConnectionInfo *ti =
             s->tls ? MHD_get_connection_info(c, MHD_CONNECTION_INFO_GNUTLS_SESSION) : NULL;
-        if (ti && ti->tls_session)
-            gnutls_handshake_set_hook_function((gnutls_session_t)ti->tls_session,
-                                               GNUTLS_HANDSHAKE_FINISHED, GNUTLS_HOOK_POST,
+        if (ti && ti->tls_session) {
+            gnutls_session_t ss = (gnutls_session_t)ti->tls_session;
+            gnutls_handshake_set_hook_function(ss, GNUTLS_HANDSHAKE_FINISHED, GNUTLS_HOOK_POST,
                                                ack_finished);
+            tls_set *t = s->th ? atomic_load(&s->th->cur) : NULL;
+            /* before the handshake: this connection shows the newest certificate */
+            if (t && gnutls_credentials_set(ss, GNUTLS_CRD_CERTIFICATE, t->cred) < 0)
+                log_msg(LOG_WARN, "tls_credentials", "a connection keeps the certificate it started with");
+        }
         return;
     }
     if (!round_tl.n) return;
@@ -622,6 +642,15 @@ static void server_free(http_server *s)
 {
     free(s->cert);
     util_free_secret(s->key);
+    if (s->th && s->th_owner) {
+        for (tls_set *t = atomic_load(&s->th->cur), *o; t; t = o) {
+            o = t->older;
+            gnutls_certificate_free_credentials(t->cred);
+            free(t);
+        }
+        pthread_mutex_destroy(&s->th->set_mu);
+        free(s->th);
+    }
     free(s->workers);
     pthread_cond_destroy(&s->quiet);
     pthread_cond_destroy(&s->work);
@@ -655,6 +684,41 @@ static http_server *server_new(const http_server_opts *opts, http_handler h, voi
         s->key = xstrdup(opts->tls_key_pem);
     }
     return s;
+}
+
+/* HTTPS: the holder of later certificates, made by the server the caller has and shared
+ * with its loops. */
+static void tls_holder_new(http_server *p)
+{
+    if (!p->tls) return;
+    p->th = xcalloc(1, sizeof *p->th);
+    pthread_mutex_init(&p->th->set_mu, NULL);
+    p->th_owner = true;
+}
+
+bool http_server_set_tls(http_server *s, const char *cert_pem, const char *key_pem, char *err, size_t errlen)
+{
+    if (err && errlen) err[0] = '\0';
+    if (!s || !s->th || !cert_pem || !key_pem) {
+        if (err && errlen) snprintf(err, errlen, "not an HTTPS server");
+        return false;
+    }
+    tls_set *t = xcalloc(1, sizeof *t);
+    gnutls_datum_t c = {.data = (unsigned char *)cert_pem, .size = (unsigned)strlen(cert_pem)};
+    gnutls_datum_t k = {.data = (unsigned char *)key_pem, .size = (unsigned)strlen(key_pem)};
+    int rc = gnutls_certificate_allocate_credentials(&t->cred);
+    if (rc >= 0) rc = gnutls_certificate_set_x509_key_mem2(t->cred, &c, &k, GNUTLS_X509_FMT_PEM, NULL, 0);
+    if (rc < 0) {
+        if (err && errlen) snprintf(err, errlen, "bad TLS certificate or key: %s", gnutls_strerror(rc));
+        if (t->cred) gnutls_certificate_free_credentials(t->cred);
+        free(t);
+        return false;
+    }
+    pthread_mutex_lock(&s->th->set_mu);
+    t->older = atomic_load(&s->th->cur);
+    atomic_store(&s->th->cur, t);
+    pthread_mutex_unlock(&s->th->set_mu);
+    return true;
 }
 
 static http_server *loops_start(http_server *p, const http_server_opts *opts,
@@ -697,6 +761,7 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
     signal(SIGPIPE, SIG_IGN);
 
     http_server *s = server_new(opts, h, ctx, tls);
+    tls_holder_new(s);
 
     /* No MHD_USE_ERROR_LOG: MHD's messages can quote the URL of a request. */
     unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD;
@@ -868,6 +933,7 @@ static http_server *loops_start(http_server *p, const http_server_opts *opts,
     flags |= MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME; /* no internal thread: ours runs it */
     for (unsigned i = 0; i < p->nloops; i++) {
         http_server *c = server_new(opts, p->handler, p->ctx, p->tls);
+        c->th = p->th; /* the parent's: one set of later certificates for every loop */
         p->loops[i] = c;
         c->srcp = opts->loop_source ? &p->src : NULL;
         errno = 0;

@@ -98,6 +98,11 @@ typedef void (*http_handler)(http_req *req, void *ctx);
 /* Starts listening and serving. NULL on failure with a reason in err. */
 http_server *http_server_start(const http_server_opts *opts, http_handler h, void *ctx,
                                char *err, size_t errlen);
+/* HTTPS: connections that start from now on show this certificate (PEM chain) and key instead;
+ * those already open keep theirs. For certificate rotation without a restart. False with a
+ * reason in err if the pair does not load (nothing changes then), or if s serves plain HTTP.
+ * Thread-safe. Each pair set stays in memory until the server stops. */
+bool http_server_set_tls(http_server *s, const char *cert_pem, const char *key_pem, char *err, size_t errlen);
 /* The bound port (useful with port 0). */
 unsigned http_server_port(const http_server *s);
 /* Stops accepting, waits for handlers to finish, frees. NULL is fine. With defer_workers:

@@ -64,12 +64,12 @@ typedef struct {
     gateway *gw;
     size_t bind;                 /* index into the configuration's binds */
     char listen[80];
-    uint64_t tls_id;             /* tls_id() of the bind it started with: 0 for plain HTTP */
+    uint64_t tls_id;             /* tls_id() of the bind's certificate now: 0 for plain HTTP */
     http_server *srv;
 } server;
 
-/* Which certificate and key a bind serves (FNV-1a of both; 0: plain HTTP), so a reload can
- * say that a change waits for a restart without the key being kept or compared anywhere else. */
+/* Which certificate and key a bind serves (FNV-1a of both; 0: plain HTTP), so a reload sees a
+ * new pair without the key being kept or compared anywhere else. */
 static uint64_t tls_id(const gw_bind *b)
 {
     if (!b->tls_cert_pem) return 0;
@@ -145,16 +145,28 @@ static void reload(gateway *gw, const char *why)
         return;
     }
     for (size_t i = 0; i < c->n_binds; i++) {
-        const server *s = &gw->servers[i];
+        server *s = &gw->servers[i];
         char want[80];
         snprintf(want, sizeof want, strchr(c->binds[i].address, ':') ? "[%s]:%u" : "%s:%u",
                  c->binds[i].address, c->binds[i].port);
         if (!gw->listen_override && strcmp(want, s->listen))
             log_msg(LOG_WARN, "bind_changed", "bind %zu is now %s in the file but stays %s until a restart",
                     i, want, s->listen);
-        if (tls_id(&c->binds[i]) != s->tls_id)
-            log_msg(LOG_WARN, "bind_changed", "bind %zu: the new protocol or TLS certificate takes effect "
-                    "on restart; %s stays %s until then", i, s->listen, s->tls_id ? "HTTPS" : "HTTP");
+        uint64_t id = tls_id(&c->binds[i]);
+        if (id == s->tls_id) continue;
+        if (!id || !s->tls_id) { /* HTTP <-> HTTPS: another daemon */
+            log_msg(LOG_WARN, "bind_changed", "bind %zu: the new protocol takes effect on restart; %s "
+                    "stays %s until then", i, s->listen, s->tls_id ? "HTTPS" : "HTTP");
+            continue;
+        }
+        char terr[200];
+        if (http_server_set_tls(s->srv, c->binds[i].tls_cert_pem, c->binds[i].tls_key_pem, terr, sizeof terr)) {
+            s->tls_id = id;
+            log_msg(LOG_INFO, "tls_reloaded", "bind %zu (%s): new connections get the new certificate; "
+                    "open ones keep theirs", i, s->listen);
+        } else {
+            log_msg(LOG_ERROR, "tls_reload_failed", "bind %zu (%s) keeps its certificate: %s", i, s->listen, terr);
+        }
     }
     warn_exposed(c, gw);
     size_t routes = 0;

@@ -2,12 +2,14 @@
 // `tls: {cert, key}` (agentgateway's listener shape). Tokens are checked and requests proxied
 // as over HTTP; the URLs the gateway hands out (RFC 9728 metadata, the 401's
 // resource_metadata, X-Forwarded-Proto) say https; a bad certificate or key stops start-up
-// with FILE:LINE; a reload cannot switch a running port between HTTP and HTTPS.
+// with FILE:LINE; a reload with a new certificate and key serves them to new connections
+// (rotation without a restart), but cannot switch a running port between HTTP and HTTPS.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
+import tls from 'node:tls';
 import { initDirectory, startIssuer, start, demo, request, run, waitFor } from './harness.mjs';
 import { token, ok } from './tokens.mjs';
 import { startRecorder } from './sidecar.mjs';
@@ -110,6 +112,64 @@ test('a reload cannot switch the running port to HTTP: it says so and keeps HTTP
   const r = await request(`${G.url}/api/weather`, { ca: dir.ca, headers: bearer(tok) });
   assert.equal(r.status, 201);
   writeConfig(configYaml());
+});
+
+/* The SHA-256 fingerprint of the certificate the gateway shows a new connection; the socket
+ * stays open for later use if keep is set. */
+function peerCert(ca, keep = false) {
+  return new Promise((ok, fail) => {
+    const s = tls.connect({ host: '127.0.0.1', port: G.port, ca, servername: 'localhost' }, () => {
+      const fp = s.getPeerCertificate().fingerprint256;
+      if (!keep) s.end();
+      ok({ fp, socket: s });
+    });
+    s.on('error', fail);
+  });
+}
+
+/* One GET over an open TLS socket; resolves the status line. */
+function getOver(socket, path) {
+  return new Promise((ok, fail) => {
+    let got = '';
+    socket.on('data', (b) => { got += b; if (got.includes('\r\n\r\n')) ok(got.split('\r\n')[0]); });
+    socket.on('error', fail);
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${tok}\r\n\r\n`);
+  });
+}
+
+test('a reload with a new certificate: new connections get it, open ones keep theirs, no restart', async () => {
+  const dir2 = initDirectory(); // another CA and server certificate
+  try {
+    copyFileSync(join(dir2.dir, 'tls/server.crt'), join(dir.root, 'gw2.crt'));
+    copyFileSync(join(dir2.dir, 'tls/server.key'), join(dir.root, 'gw2.key'));
+    const first = await peerCert([dir.ca]);
+    const open = await peerCert([dir.ca], true); // a connection from before the reload
+    const pid = G.proc.pid;
+    const reloaded = () => (G.logs().match(/"tls_reloaded"/g) ?? []).length;
+    const n = reloaded();
+    writeConfig(configYaml({ tls: 'tls: {cert: gw2.crt, key: gw2.key}' }));
+    await waitFor(() => reloaded() > n, 5000, 'tls_reloaded', () => G.logs());
+    const second = await peerCert([dir2.ca]);
+    assert.notEqual(second.fp, first.fp, 'the new certificate');
+    await assert.rejects(peerCert([dir.ca]), /self[- ]signed|unable to (verify|get)|certificate/i, 'the old CA no longer fits');
+    const r = await request(`${G.url}/api/weather`, { ca: dir2.ca, headers: bearer(tok) });
+    assert.equal(r.status, 201, r.text);
+    assert.equal(await getOver(open.socket, '/api/kept'), 'HTTP/1.1 201 Created', 'the open connection serves on');
+    open.socket.destroy();
+    assert.equal(G.proc.pid, pid);
+
+    // A pair that does not fit is refused by the reload; the running certificate stays.
+    writeConfig(configYaml({ tls: 'tls: {cert: gw2.crt, key: gw.key}' }));
+    await waitFor(() => /keeping the previous configuration: .*the key is not the certificate's/.test(G.logs()), 5000,
+      'config_invalid', () => G.logs());
+    assert.equal((await peerCert([dir2.ca])).fp, second.fp);
+
+    writeConfig(configYaml());
+    await waitFor(() => reloaded() > n + 1, 5000, 'tls_reloaded back', () => G.logs());
+    assert.equal((await peerCert([dir.ca])).fp, first.fp);
+  } finally {
+    dir2.cleanup();
+  }
 });
 
 test('bad TLS settings stop start-up with FILE:LINE: reason', () => {

@@ -769,6 +769,71 @@ static void tls_round_hold(unsigned port)
     SSL_CTX_free(ctx);
 }
 
+/* The subject CN of the certificate a new TLS connection to port is shown. */
+static void peer_cn(unsigned port, char *cn, size_t len)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    int fd;
+    SSL *ssl = tls_connect(ctx, port, &fd);
+    X509 *peer = SSL_get1_peer_certificate(ssl);
+    assert_non_null(peer);
+    X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, cn, (int)len);
+    X509_free(peer);
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(ctx);
+}
+
+/* http_server_set_tls: new connections get the new pair (over event loops: every loop), one
+ * opened before keeps working; a pair that does not fit, or a plain server, is refused. */
+static void tls_rotation(http_server *s, const char *dir, const char *cert, const char *key)
+{
+    char cmd[512], c2p[96], k2p[96], cn[64], err[256];
+    snprintf(c2p, sizeof c2p, "%s/rotated.pem", dir);
+    snprintf(k2p, sizeof k2p, "%s/rotated.key", dir);
+    snprintf(cmd, sizeof cmd, "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=rotated "
+             "-keyout %s -out %s 2>/dev/null", k2p, c2p);
+    assert_int_equal(system(cmd), 0);
+    char *c2 = read_all(c2p), *k2 = read_all(k2p);
+    unlink(c2p);
+    unlink(k2p);
+    unsigned port = http_server_port(s);
+    peer_cn(port, cn, sizeof cn);
+    assert_string_equal(cn, "localhost");
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    int fd;
+    SSL *before = tls_dial(ctx, port, &fd);
+
+    assert_false(http_server_set_tls(s, c2, key, err, sizeof err)); /* not its key */
+    assert_non_null(strstr(err, "bad TLS certificate or key"));
+    peer_cn(port, cn, sizeof cn);
+    assert_string_equal(cn, "localhost");
+    assert_true(http_server_set_tls(s, c2, k2, err, sizeof err));
+    for (int i = 0; i < 4; i++) { /* whichever loop takes the connection */
+        peer_cn(port, cn, sizeof cn);
+        assert_string_equal(cn, "rotated");
+    }
+    const char get[] = "GET /big?n=300 HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(SSL_write(before, get, (int)strlen(get)), (int)strlen(get));
+    assert_int_equal(read_answer(before), 300);
+    SSL_free(before);
+    close(fd);
+    SSL_CTX_free(ctx);
+    assert_true(http_server_set_tls(s, cert, key, err, sizeof err)); /* and back */
+    peer_cn(port, cn, sizeof cn);
+    assert_string_equal(cn, "localhost");
+
+    http_server_opts po = { .listen = "127.0.0.1:0" };
+    char purl[64];
+    http_server *plain = start(&po, purl, sizeof purl, "http");
+    assert_false(http_server_set_tls(plain, c2, k2, err, sizeof err));
+    http_server_stop(plain);
+    free(c2);
+    free(k2);
+}
+
 static void test_https(void **state)
 {
     (void)state;
@@ -816,6 +881,7 @@ static void test_https(void **state)
     tls_records(http_server_port(ls));
     tls_no_stall(http_server_port(ls));
     tls_round_hold(http_server_port(ls));
+    tls_rotation(ls, dir, cert, key);
     http_server_stop(ls);
 
     /* Not trusted without the CA file: a TLS failure is a connect failure. */
