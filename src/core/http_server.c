@@ -57,9 +57,12 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #define DEFAULT_MAX_BODY   (1024 * 1024)
+#define NOFILE_SOFT        65536 /* raise_nofile's ceiling */
+#define NOFILE_LOW         4096  /* fewer than this after raising: say so */
 #define DEFAULT_TIMEOUT_S  30
 /* MHD keeps the request line, headers and its read/write buffers in one pool per
  * connection; this bounds URL + headers at a little under this size (bigger gets 431).
@@ -725,6 +728,28 @@ static http_server *loops_start(http_server *p, const http_server_opts *opts,
                                 struct sockaddr_storage *ss, unsigned int flags,
                                 char *err, size_t errlen);
 
+/* Every client connection, upstream connection and open file is a descriptor, and the usual
+ * soft limit (1024, systemd's default for services too) is far below what a busy gateway holds:
+ * past it, accept and connect fail (EMFILE). So the soft limit goes up to the hard one, as Go's
+ * runtime and nginx's worker_rlimit_nofile do, but not past NOFILE_SOFT: spawned programs (MCP
+ * stdio servers) inherit it, and some walk every descriptor up to the limit. Nothing here uses
+ * select(), which could not take descriptors past 1023. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    rlim_t want = rl.rlim_max < NOFILE_SOFT ? rl.rlim_max : NOFILE_SOFT;
+    if (rl.rlim_cur < want) {
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    static atomic_bool told;
+    if (rl.rlim_cur < NOFILE_LOW && !atomic_exchange(&told, true))
+        log_msg(LOG_WARN, "nofile_low", "only %llu open descriptors allowed (hard limit): a few hundred "
+                "connections at most; raise it (ulimit -Hn, systemd LimitNOFILE=)",
+                (unsigned long long)rl.rlim_cur);
+}
+
 http_server *http_server_start(const http_server_opts *opts, http_handler h, void *ctx,
                                char *err, size_t errlen)
 {
@@ -759,6 +784,7 @@ http_server *http_server_start(const http_server_opts *opts, http_handler h, voi
     /* MHD sends with MSG_NOSIGNAL on Linux, but a peer closing under us must never
      * kill the process through another path (GnuTLS, curl, pipes): ignore SIGPIPE. */
     signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
 
     http_server *s = server_new(opts, h, ctx, tls);
     tls_holder_new(s);

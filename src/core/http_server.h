@@ -95,7 +95,9 @@ void *http_loop_state(void);
 
 typedef void (*http_handler)(http_req *req, void *ctx);
 
-/* Starts listening and serving. NULL on failure with a reason in err. */
+/* Starts listening and serving. NULL on failure with a reason in err. For the whole process,
+ * once: SIGPIPE is ignored, and the soft limit on open descriptors is raised towards the hard
+ * one (at most 65536), since every connection is one. */
 http_server *http_server_start(const http_server_opts *opts, http_handler h, void *ctx,
                                char *err, size_t errlen);
 /* HTTPS: connections that start from now on show this certificate (PEM chain) and key instead;

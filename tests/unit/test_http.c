@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -901,6 +902,26 @@ static void test_https(void **state)
     rmdir(dir);
 }
 
+/* A server raises the soft limit on open descriptors towards the hard one (at most 65536): at
+ * 1024 a gateway with a few hundred clients and their upstream connections ran out. */
+static void test_nofile_raised(void **state)
+{
+    (void)state;
+    struct rlimit rl;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_max <= 300) skip(); /* nothing to raise to */
+    rlim_t hard = rl.rlim_max;
+    rl.rlim_cur = 256;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    http_server_opts o = { .listen = "127.0.0.1:0" };
+    char url[64];
+    http_server *s = start(&o, url, sizeof url, "http");
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    assert_int_equal(rl.rlim_cur, hard < 65536 ? hard : 65536);
+    assert_int_equal(rl.rlim_max, hard);
+    http_server_stop(s);
+}
+
 static void test_bad_listen(void **state)
 {
     (void)state;
@@ -941,6 +962,7 @@ int main(void)
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_https),
         cmocka_unit_test(test_bad_listen),
+        cmocka_unit_test(test_nofile_raised),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
