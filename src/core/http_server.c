@@ -4,7 +4,8 @@
  *   1st call  (*req_cls == NULL, no data): headers are in; allocate our http_req. If
  *             Content-Length already exceeds max_body, queue 413 right away — MHD only
  *             accepts a queued response in this first call or after the whole body, and
- *             an early one makes MHD skip the body and close the connection.
+ *             an early one makes MHD skip the body and close the connection. A request
+ *             with a body meets opts.early here, which may refuse it the same way.
  *   Nth call  (*upload_data_size > 0): a piece of the body; append it (or discard it
  *             once over the cap, for chunked bodies whose size was not announced).
  *   last call (*upload_data_size == 0): run the handler once, queue what it made.
@@ -82,6 +83,7 @@ typedef struct http_waker http_waker;
 struct http_server {
     struct MHD_Daemon *d;
     http_handler handler;
+    http_handler early;          /* opts.early */
     void *ctx;
     size_t max_body;
     bool tls;
@@ -544,16 +546,26 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         /* MHD validated Content-Length already (a bad one never reaches us). */
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl) {
-            unsigned long long n = strtoull(cl, NULL, 10);
-            if (n > s->max_body) {
-                r->too_large = true;
-                return queue_static(r, MHD_HTTP_CONTENT_TOO_LARGE, BODY_TOO_LARGE);
+        unsigned long long n = cl ? strtoull(cl, NULL, 10) : 0;
+        if (n > s->max_body) {
+            r->too_large = true;
+            return queue_static(r, MHD_HTTP_CONTENT_TOO_LARGE, BODY_TOO_LARGE);
+        }
+        bool body = n > 0 || MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+        if (s->early && body) {
+            s->early(r, s->ctx);
+            if (r->resp) { /* refused before its body: MHD skips the body and closes */
+                cork_reply(r);
+                round_hold(r);
+                enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, r->resp);
+                r->queued = true;
+                return ret;
             }
-            if (n > 0) { /* size the buffer once */
-                r->body_cap = (size_t)n + 1;
-                r->body = xmalloc(r->body_cap);
-            }
+            free_pending(r);
+        }
+        if (n > 0) { /* size the buffer once */
+            r->body_cap = (size_t)n + 1;
+            r->body = xmalloc(r->body_cap);
         }
         return MHD_YES;
     }
@@ -668,6 +680,7 @@ static http_server *server_new(const http_server_opts *opts, http_handler h, voi
 {
     http_server *s = xcalloc(1, sizeof *s);
     s->handler = h;
+    s->early = opts->early;
     s->ctx = ctx;
     s->max_body = opts->max_body ? opts->max_body : DEFAULT_MAX_BODY;
     s->tls = tls;

@@ -62,6 +62,13 @@ typedef struct {
      * or thread_per_connection. defer_workers then counts per loop. */
     unsigned event_loops;
     const struct http_loop_source *loop_source; /* event_loops: what else each loop runs; may be NULL */
+    /* Called once the headers of a request that has a body (Content-Length above 0, or
+     * Transfer-Encoding) are in, before any of the body is read or buffered, on the thread that
+     * will run the handler, with the same ctx. It may answer (http_reply*) to refuse the request
+     * there: the body is then never read and the connection is closed after the answer, and the
+     * handler is not called. Else the request goes on as usual (the handler sees it once its
+     * body is in). It must not block, http_defer or http_wait. NULL: none. */
+    void (*early)(http_req *req, void *ctx);
 } http_server_opts;
 
 /* ---- event loops (opts.event_loops = N) ------------------------------------------------------

@@ -393,8 +393,9 @@ static void failed(verdict *v, int status, const char *check, const char *fmt, .
     v->status = status;
 }
 
-/* Signature with the route's keys, then the claims. 0 with *t filled, or -1 with *v. */
-static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v)
+/* Signature with the route's keys, then the claims. 0 with *t filled, or -1 with *v. Without
+ * may_fetch, 1 (undecided, nothing filled) where the key set would have to be fetched first. */
+static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v, bool may_fetch)
 {
     char err[256];
     if (jwt_decode(token, t, err, sizeof err) != 0) {
@@ -418,7 +419,10 @@ static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v)
         }
     } else {
         jwt_clear(t);
-        if (jwks_cache_verify(j->jwks_cache, token, t, err, sizeof err) != 0) {
+        int rc = may_fetch ? jwks_cache_verify(j->jwks_cache, token, t, err, sizeof err)
+                           : jwks_cache_verify_cached(j->jwks_cache, token, t, err, sizeof err);
+        if (rc == JWKS_WOULD_FETCH) return 1;
+        if (rc != 0) {
             /* jwks.c words "no key set at all" as "JWKS ...": the provider is down. */
             bool down = util_str_starts_with(err, "JWKS ");
             failed(v, down ? 503 : 401, "signature", "%s%s", down ? "the keys could not be fetched: " : "", err);
@@ -472,12 +476,14 @@ static bool token_cached(gateway *gw, uint64_t scope, const gw_route *rt, const 
     return false;
 }
 
-static int check_token(gateway *gw, uint64_t scope, const gw_route *rt, const char *token, jwt *t, verdict *v)
+static int check_token(gateway *gw, uint64_t scope, const gw_route *rt, const char *token, jwt *t, verdict *v,
+                       bool may_fetch)
 {
     bool need = uses_claims(rt);
     int64_t now = util_now(), exp;
     if (token_cached(gw, scope, rt, token, t)) return 0;
-    if (validate(rt->jwt, token, t, v) != 0) return -1;
+    int rc = validate(rt->jwt, token, t, v, may_fetch);
+    if (rc != 0) return rc;
     if (jwt_claim_int(t, "exp", &exp)) { /* always there: jwtAuth requires exp */
         int64_t until = exp + SKEW_S < now + TOKCACHE_MAX_TTL_S ? exp + SKEW_S : now + TOKCACHE_MAX_TTL_S;
         char *text = need ? json_dumps(t->claims, JSON_COMPACT) : NULL;
@@ -1044,7 +1050,7 @@ static bool serve_checked(const route_ctx *c, http_req *r, jwt *cached, bool may
         verdict v = {0};
         if (cached) t = *cached, validated = true;
         else if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
-        else if (check_token(c->sv->gw, c->scope, rt, token, &t, &v) == 0) validated = true;
+        else if (check_token(c->sv->gw, c->scope, rt, token, &t, &v, true) == 0) validated = true;
         /* optional lets a request without a token through; permissive any request. */
         bool pass = rt->jwt->mode == GW_JWT_PERMISSIVE || (rt->jwt->mode == GW_JWT_OPTIONAL && !token);
         if (!validated && !pass) {
@@ -1123,6 +1129,52 @@ static void log_line(http_req *r, int64_t t0)
                 (double)(mono_ms() - t0), *trace ? trace : NULL);
 }
 
+/* The cache scope of a route: this configuration, this bind, this route (tokcache.h). */
+static uint64_t route_scope(uint64_t gen, const server *sv, const gw_bind *b, const gw_route *rt)
+{
+    return gen << 32 | (uint64_t)sv->bind << 16 | (uint64_t)(rt - b->routes);
+}
+
+/* Before a request's body is read (http_server_opts.early): refuse what the handler would
+ * refuse anyway, without reading it — a bad path, no route, and on a jwtAuth route a missing
+ * or invalid token — so that a caller without a valid token cannot make the gateway read and
+ * hold a body of up to MAX_BODY. Only what needs no waiting is decided here: a token whose
+ * check needs the key set fetched first is left to the handler. A token that passes is
+ * remembered (tokcache), so the handler does not check it again. */
+static void early(http_req *r, void *ctx)
+{
+    server *sv = ctx;
+    const char *path = http_req_path(r);
+    if (!strcmp(path, "/healthz") || util_str_starts_with(path, PRM_PREFIX)) return;
+    int64_t t0 = mono_ms();
+    uint64_t gen;
+    gw_config *c = acquire(sv->gw, &gen);
+    const gw_bind *b = &c->binds[sv->bind];
+    const gw_match *m = NULL;
+    gw_route *rt = NULL;
+    if (!path_ok(path, http_req_target(r))) {
+        http_reply_text(r, 400, "bad request path");
+    } else if (!(rt = route_for(b, path, r, false, &m))) {
+        http_reply_text(r, 404, "route not found");
+    } else if (rt->jwt && strcmp(http_req_method(r), "OPTIONS")) { /* preflights: the handler's */
+        const char *token = bearer(r);
+        verdict v = {0};
+        jwt t = {0};
+        int rc = -1;
+        uint64_t scope = route_scope(gen, sv, b, rt);
+        if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
+        else rc = token_cached(sv->gw, scope, rt, token, &t) ? 0 : check_token(sv->gw, scope, rt, token, &t, &v, false);
+        jwt_clear(&t);
+        bool pass = rt->jwt->mode == GW_JWT_PERMISSIVE || (rt->jwt->mode == GW_JWT_OPTIONAL && !token);
+        if (rc < 0 && !pass) {
+            cors(r, rt->cors); /* a browser must be able to read the 401 (MCP clients start there) */
+            reject(r, sv, rt, &v);
+        }
+    }
+    if (http_replied(r)) log_line(r, t0);
+    gw_config_unref(c);
+}
+
 static void handle(http_req *r, void *ctx)
 {
     server *sv = ctx;
@@ -1143,7 +1195,7 @@ static void handle(http_req *r, void *ctx)
         const gw_match *m = NULL;
         gw_route *rt = route_for(b, path, r, false, &m);
         if (!rt) http_reply_text(r, 404, "route not found");
-        else if (serve_route(sv, rt, m, r, gen << 32 | (uint64_t)sv->bind << 16 | (uint64_t)(rt - b->routes), t0))
+        else if (serve_route(sv, rt, m, r, route_scope(gen, sv, b, rt), t0))
             return; /* answered later, and logged then */
     }
     log_line(r, t0);
@@ -1228,7 +1280,7 @@ int gateway_main(int argc, char **argv)
         http_server_opts so = {.listen = s->listen, .event_loops = event_loops(),
                                .loop_source = &CLIENT_LOOP,
                                .defer_workers = (DEFER_WORKERS + event_loops() - 1) / event_loops(),
-                               .max_body = MAX_BODY, .timeout_s = IDLE_S,
+                               .max_body = MAX_BODY, .timeout_s = IDLE_S, .early = early,
                                .tls_cert_pem = c->binds[i].tls_cert_pem, .tls_key_pem = c->binds[i].tls_key_pem};
         s->tls_id = tls_id(&c->binds[i]);
         if (!(s->srv = http_server_start(&so, handle, s, err, sizeof err))) {

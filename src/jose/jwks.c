@@ -242,7 +242,28 @@ static jwks *refresh(jwks_cache *c, unsigned long *gen, bool wait, jwks *old,
     return s;
 }
 
+/* Would a refresh after generation gen fetch now (not rate-limited, nobody newer)? */
+static bool refetch_allowed(jwks_cache *c, unsigned long gen)
+{
+    pthread_mutex_lock(&c->mu);
+    bool allowed = c->gen == gen && (c->attempted_at == 0 || mono_ms() - c->attempted_at >= c->min_refresh_ms);
+    pthread_mutex_unlock(&c->mu);
+    return allowed;
+}
+
+static int verify(jwks_cache *c, const char *token, jwt *out, char *err, size_t errlen, bool may_fetch);
+
 int jwks_cache_verify(jwks_cache *c, const char *token, jwt *out, char *err, size_t errlen)
+{
+    return verify(c, token, out, err, errlen, true);
+}
+
+int jwks_cache_verify_cached(jwks_cache *c, const char *token, jwt *out, char *err, size_t errlen)
+{
+    return verify(c, token, out, err, errlen, false);
+}
+
+static int verify(jwks_cache *c, const char *token, jwt *out, char *err, size_t errlen, bool may_fetch)
 {
     char e[256] = "";
     if (!c || !out) {
@@ -261,11 +282,22 @@ int jwks_cache_verify(jwks_cache *c, const char *token, jwt *out, char *err, siz
     unsigned long gen;
     bool stale;
     jwks *s = snapshot(c, &gen, &stale);
-    if (stale) s = refresh(c, &gen, s == NULL, s, e, sizeof e);
-    const jwk *k = jwks_find(s, kid, x5t);
-    if (!k && s) {   /* maybe the keys rotated: refetch, subject to the min_refresh floor */
-        s = refresh(c, &gen, true, s, e, sizeof e);
+    const jwk *k = NULL;
+    if (!may_fetch) { /* decide only what needs no fetch */
+        k = s && !stale ? jwks_find(s, kid, x5t) : NULL;
+        if (!k && (!s || stale || refetch_allowed(c, gen))) {
+            jwks_unref(s);
+            jwt_clear(out);
+            snprintf(err, errlen, "the key set must be fetched first");
+            return JWKS_WOULD_FETCH;
+        }
+    } else {
+        if (stale) s = refresh(c, &gen, s == NULL, s, e, sizeof e);
         k = jwks_find(s, kid, x5t);
+        if (!k && s) {   /* maybe the keys rotated: refetch, subject to the min_refresh floor */
+            s = refresh(c, &gen, true, s, e, sizeof e);
+            k = jwks_find(s, kid, x5t);
+        }
     }
 
     int rc = s ? -1 : JWKS_UNAVAILABLE;

@@ -48,6 +48,11 @@ void jwks_cache_free(jwks_cache *c);
  * JWKS_UNAVAILABLE with err when no key set could be had at all (the provider is down, not
  * the caller's fault). Claims are not checked here: use jwt_check_claims(). */
 int jwks_cache_verify(jwks_cache *c, const char *token, jwt *out, char *err, size_t errlen);
+#define JWKS_WOULD_FETCH (-3)
+/* jwks_cache_verify without ever fetching, for a caller that must not block: the same answers
+ * where the key set in hand decides, JWKS_WOULD_FETCH where jwks_cache_verify would fetch first
+ * (no set yet, a stale one, or an unknown key while a refetch is allowed). */
+int jwks_cache_verify_cached(jwks_cache *c, const char *token, jwt *out, char *err, size_t errlen);
 /* Counters for /metrics. */
 unsigned long jwks_cache_fetches(const jwks_cache *c);
 

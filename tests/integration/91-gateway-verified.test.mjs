@@ -6,6 +6,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync, renameSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { initDirectory, startIssuer, start, demo, decodeJwt, request } from './harness.mjs';
 import { token, ok, waitFor } from './tokens.mjs';
@@ -108,5 +109,61 @@ describe('verified tokens', () => {
   test('many requests at once with the same token all pass', async () => {
     const all = await Promise.all(Array.from({ length: 40 }, (_, i) => get(`/a/par-${i}`, tok)));
     assert.deepEqual(all.map((r) => r.status), Array(40).fill(201));
+  });
+});
+
+/* Send a request's head only, announcing a body of `length` bytes that is not sent (yet).
+ * Resolves { head, socket }: the first line and headers of the answer, or head null if none
+ * came within `wait` ms (the gateway is waiting for the body). */
+function headOnly(path, { token: t, length = 8_000_000, wait = 1500, method = 'POST', extra = '' } = {}) {
+  return new Promise((ok, fail) => {
+    const socket = net.connect(G.port, '127.0.0.1', () => {
+      socket.write(`${method} ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+        `Content-Length: ${length}\r\n${t ? `Authorization: Bearer ${t}\r\n` : ''}${extra}\r\n`);
+    });
+    let got = '';
+    const timer = setTimeout(() => ok({ head: null, socket }), wait);
+    socket.on('data', (b) => {
+      got += b;
+      const end = got.indexOf('\r\n\r\n');
+      if (end >= 0) { clearTimeout(timer); ok({ head: got.slice(0, end), socket }); }
+    });
+    socket.on('error', fail);
+  });
+}
+
+describe('refused before the body is read', () => {
+  test('no token, a malformed one, an altered signature, a wrong audience: 401 at once, body never sent', async () => {
+    const sig = tok.at(-10) === 'A' ? 'B' : 'A';
+    const altered = tok.slice(0, -10) + sig + tok.slice(-9);
+    for (const [t, check] of [[null, 'missing'], ['nonsense', 'malformed'], [altered, 'signature']]) {
+      const { head, socket } = await headOnly('/a/upload', { token: t });
+      socket.destroy();
+      assert.ok(head, `an answer before the body (${check})`);
+      assert.match(head, /^HTTP\/1\.1 401 /);
+      assert.match(head, /WWW-Authenticate: Bearer/i);
+    }
+    // Route b's own key set, fetched by a first request (a token whose check needs the keys
+    // fetched is left to the handler, after the body): then b's audience is refused early too.
+    assert.equal((await get('/b/warm', tok)).status, 401);
+    const { head, socket } = await headOnly('/b/upload', { token: tok });
+    socket.destroy();
+    assert.match(head ?? '', /^HTTP\/1\.1 401 /, 'route b does not accept its audience');
+    const none = await headOnly('/nowhere', { token: tok });
+    none.socket.destroy();
+    assert.match(none.head ?? '', /^HTTP\/1\.1 404 /, 'no route: 404 before the body');
+    assert.ok(!rec.seen.some((x) => x.path.endsWith('/upload')), 'nothing reached the upstream');
+  });
+
+  test('a valid token: the gateway waits for the body and passes it on', async () => {
+    const body = JSON.stringify({ hello: 'world' });
+    const { head, socket } = await headOnly('/a/upload-ok', { token: tok, length: body.length, wait: 300 });
+    assert.equal(head, null, 'no answer before the body');
+    const answer = new Promise((ok) => { let got = ''; socket.on('data', (b) => { got += b; if (got.includes('"ok":true')) ok(got); }); });
+    socket.write(body);
+    assert.match(await answer, /^HTTP\/1\.1 201 /);
+    socket.destroy();
+    assert.equal(lastSeen().path, '/a/upload-ok');
+    assert.equal(lastSeen().body, body);
   });
 });

@@ -320,6 +320,83 @@ static void test_too_large_early(void **state)
     assert_non_null(strstr(buf, "{\"error\":\"request_too_large\"}"));
 }
 
+/* opts.early: called for requests with a body only, before the body; its answer goes out
+ * without the body being read (the server closes after it) and the handler is not called;
+ * without an answer the handler gets the whole body as usual. */
+static atomic_int early_calls, late_calls;
+static void early_refuse(http_req *r, void *ctx)
+{
+    (void)ctx;
+    atomic_fetch_add(&early_calls, 1);
+    http_add_header(r, "X-Dropped", "yes"); /* with no answer here, dropped: the handler's is clean */
+    if (http_req_header(r, "X-Refuse")) http_reply_text(r, 401, "refused early");
+}
+static void late_handler(http_req *r, void *ctx)
+{
+    (void)ctx;
+    atomic_fetch_add(&late_calls, 1);
+    size_t n = 0;
+    http_req_body(r, &n);
+    char text[32];
+    snprintf(text, sizeof text, "%zu", n);
+    http_reply_text(r, 200, text);
+}
+
+static void raw_exchange(unsigned port, const char *rq, char *buf, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                             .sin_port = htons((uint16_t)port) };
+    struct timeval tv = { .tv_sec = 3 };
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(send(fd, rq, strlen(rq), 0), (ssize_t)strlen(rq));
+    size_t n = 0;
+    ssize_t k;
+    while (n < cap - 1 && (k = recv(fd, buf + n, cap - 1 - n, 0)) > 0) {
+        n += (size_t)k;
+        buf[n] = '\0';
+        if (strstr(buf, "\r\n\r\n") && (strstr(buf, "early") || strstr(buf, "\r\n\r\n5") ||
+                                          strstr(buf, "\r\n\r\n0"))) break;
+    }
+    buf[n] = '\0';
+    close(fd);
+}
+
+static void test_early(void **state)
+{
+    (void)state;
+    http_server_opts o = { .listen = "127.0.0.1:0", .early = early_refuse };
+    char url[64], buf[2048];
+    http_server *s = http_server_start(&o, late_handler, NULL, NULL, 0);
+    assert_non_null(s);
+    (void)url;
+    unsigned port = http_server_port(s);
+    /* Refused: the announced 500 kB never come, the answer comes anyway. */
+    raw_exchange(port, "POST /x HTTP/1.1\r\nHost: x\r\nX-Refuse: 1\r\nContent-Length: 500000\r\n\r\n", buf, sizeof buf);
+    assert_true(strncmp(buf, "HTTP/1.1 401 ", 13) == 0);
+    assert_non_null(strstr(buf, "refused early"));
+    assert_non_null(strstr(buf, "X-Dropped")); /* headers added before an answer go with it */
+    assert_int_equal(atomic_load(&early_calls), 1);
+    assert_int_equal(atomic_load(&late_calls), 0);
+    /* Let through: the handler sees the whole body, and not the early hook's stray header. */
+    raw_exchange(port, "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", buf, sizeof buf);
+    assert_true(strncmp(buf, "HTTP/1.1 200 ", 13) == 0);
+    assert_null(strstr(buf, "X-Dropped"));
+    assert_int_equal(atomic_load(&early_calls), 2);
+    assert_int_equal(atomic_load(&late_calls), 1);
+    /* No body: no early call. */
+    raw_exchange(port, "GET /x HTTP/1.1\r\nHost: x\r\nX-Refuse: 1\r\n\r\n", buf, sizeof buf);
+    assert_true(strncmp(buf, "HTTP/1.1 200 ", 13) == 0);
+    assert_int_equal(atomic_load(&early_calls), 2);
+    /* A chunked body counts as a body. */
+    raw_exchange(port, "POST /x HTTP/1.1\r\nHost: x\r\nX-Refuse: 1\r\nTransfer-Encoding: chunked\r\n\r\n", buf, sizeof buf);
+    assert_true(strncmp(buf, "HTTP/1.1 401 ", 13) == 0);
+    assert_int_equal(atomic_load(&early_calls), 3);
+    assert_int_equal(atomic_load(&late_calls), 2);
+    http_server_stop(s);
+}
+
 /* A chunked body far over the cap: the server hangs up (or answers 413) and lives on. */
 static void test_too_large_chunked_flood(void **state)
 {
@@ -963,6 +1040,7 @@ int main(void)
         cmocka_unit_test(test_https),
         cmocka_unit_test(test_bad_listen),
         cmocka_unit_test(test_nofile_raised),
+        cmocka_unit_test(test_early),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
