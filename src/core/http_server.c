@@ -5,7 +5,8 @@
  *             Content-Length already exceeds max_body, queue 413 right away — MHD only
  *             accepts a queued response in this first call or after the whole body, and
  *             an early one makes MHD skip the body and close the connection. A request
- *             with a body meets opts.early here, which may refuse it the same way.
+ *             with a body meets opts.early here; a refusal goes out at once when the client
+ *             waits for 100 Continue, else after the body, which is read and dropped.
  *   Nth call  (*upload_data_size > 0): a piece of the body; append it (or discard it
  *             once over the cap, for chunked bodies whose size was not announced).
  *   last call (*upload_data_size == 0): run the handler once, queue what it made.
@@ -181,6 +182,8 @@ struct http_req {
     char *body;                  /* NULL until the first byte arrives */
     size_t body_len, body_cap;
     bool too_large;              /* body passed the cap: answer 413, skip the handler */
+    bool refused;                /* opts.early answered: the body is read and dropped, then
+                                    that answer goes out (the handler is skipped) */
     size_t discarded;
     bool queued;                 /* a response went to MHD already */
     size_t reply_len;            /* http_reply's body length (a reply all in memory) */
@@ -554,16 +557,22 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         bool body = n > 0 || MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
         if (s->early && body) {
             s->early(r, s->ctx);
-            if (r->resp) { /* refused before its body: MHD skips the body and closes */
+            if (r->resp && MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT)) {
+                /* The client waits for "100 Continue" before it sends the body: answer now, and
+                 * it never sends it (MHD closes the connection after this answer). */
                 cork_reply(r);
                 round_hold(r);
                 enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, r->resp);
                 r->queued = true;
                 return ret;
             }
-            free_pending(r);
+            /* Else the body is on its way already: closing now, with it unread, would make the
+             * kernel reset the connection and the client could lose the answer. So it is read
+             * and dropped (nothing kept), and the answer follows, on a kept-alive connection. */
+            if (r->resp) r->refused = true;
+            else free_pending(r);
         }
-        if (n > 0) { /* size the buffer once */
+        if (n > 0 && !r->refused) { /* size the buffer once */
             r->body_cap = (size_t)n + 1;
             r->body = xmalloc(r->body_cap);
         }
@@ -578,6 +587,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     if (*upload_data_size) { /* a piece of the body */
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        if (r->refused) { /* dropped; past max_body (a chunked one) we hang up */
+            r->discarded += n;
+            return r->discarded > s->max_body ? MHD_NO : MHD_YES;
+        }
         if (!r->too_large && !body_append(r, upload_data, n)) {
             r->too_large = true;
             free(r->body);
@@ -593,6 +606,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
 
     /* last call: the whole request is in */
     if (r->too_large) return queue_static(r, MHD_HTTP_CONTENT_TOO_LARGE, BODY_TOO_LARGE);
+    if (r->refused) goto answer;
 
     int ds = atomic_load(&r->dstate);
     if (ds == D_PARKED) return MHD_YES; /* not expected: the worker resumes only once done */
@@ -617,6 +631,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     free_pending(r); /* headers added but never followed by a reply */
     if (!r->resp) return queue_static(r, MHD_HTTP_INTERNAL_SERVER_ERROR, BODY_SERVER_ERROR);
 
+answer:
     cork_reply(r);
     round_hold(r);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, r->resp);

@@ -65,9 +65,11 @@ typedef struct {
     /* Called once the headers of a request that has a body (Content-Length above 0, or
      * Transfer-Encoding) are in, before any of the body is read or buffered, on the thread that
      * will run the handler, with the same ctx. It may answer (http_reply*) to refuse the request
-     * there: the body is then never read and the connection is closed after the answer, and the
-     * handler is not called. Else the request goes on as usual (the handler sees it once its
-     * body is in). It must not block, http_defer or http_wait. NULL: none. */
+     * there, and the handler is not called: to a client that waits for "100 Continue" the answer
+     * goes at once (it never sends the body; the connection closes after), else the body is read
+     * and dropped, nothing of it kept (past max_body the connection is closed), and the answer
+     * follows. Else the request goes on as usual (the handler sees it once its body is in). It
+     * must not block, http_defer or http_wait. NULL: none. */
     void (*early)(http_req *req, void *ctx);
 } http_server_opts;
 

@@ -5,7 +5,7 @@
 // (an altered signature) is checked in full and refused.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, renameSync } from 'node:fs';
+import { writeFileSync, renameSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { initDirectory, startIssuer, start, demo, decodeJwt, request } from './harness.mjs';
@@ -112,28 +112,31 @@ describe('verified tokens', () => {
   });
 });
 
-/* Send a request's head only, announcing a body of `length` bytes that is not sent (yet).
- * Resolves { head, socket }: the first line and headers of the answer, or head null if none
- * came within `wait` ms (the gateway is waiting for the body). */
-function headOnly(path, { token: t, length = 8_000_000, wait = 1500, method = 'POST', extra = '' } = {}) {
+/* Send a request's head only, announcing a body of `length` bytes that is not sent (yet),
+ * with Expect: 100-continue unless told otherwise. Resolves { head, socket }: the first line and
+ * headers of the answer, or head null if none came within `wait` ms. */
+function headOnly(path, { token: t, length = 8_000_000, wait = 1500, expect = true } = {}) {
   return new Promise((ok, fail) => {
     const socket = net.connect(G.port, '127.0.0.1', () => {
-      socket.write(`${method} ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
-        `Content-Length: ${length}\r\n${t ? `Authorization: Bearer ${t}\r\n` : ''}${extra}\r\n`);
+      socket.write(`POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+        `Content-Length: ${length}\r\n${expect ? 'Expect: 100-continue\r\n' : ''}` +
+        `${t ? `Authorization: Bearer ${t}\r\n` : ''}\r\n`);
     });
     let got = '';
     const timer = setTimeout(() => ok({ head: null, socket }), wait);
     socket.on('data', (b) => {
       got += b;
       const end = got.indexOf('\r\n\r\n');
-      if (end >= 0) { clearTimeout(timer); ok({ head: got.slice(0, end), socket }); }
+      if (end >= 0 && !got.startsWith('HTTP/1.1 100')) { clearTimeout(timer); ok({ head: got.slice(0, end), socket }); }
     });
     socket.on('error', fail);
   });
 }
 
-describe('refused before the body is read', () => {
-  test('no token, a malformed one, an altered signature, a wrong audience: 401 at once, body never sent', async () => {
+const vmhwm = () => Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${G.proc.pid}/status`, 'utf8'))[1]) * 1024;
+
+describe('refused before the body', () => {
+  test('no token, a malformed one, an altered signature, a wrong audience, no route: at once to a client that waits for 100 Continue', async () => {
     const sig = tok.at(-10) === 'A' ? 'B' : 'A';
     const altered = tok.slice(0, -10) + sig + tok.slice(-9);
     for (const [t, check] of [[null, 'missing'], ['nonsense', 'malformed'], [altered, 'signature']]) {
@@ -155,9 +158,22 @@ describe('refused before the body is read', () => {
     assert.ok(!rec.seen.some((x) => x.path.endsWith('/upload')), 'nothing reached the upstream');
   });
 
+  test('bodies sent along without a valid token are dropped as they come, not held: 401 after each', async () => {
+    const before = vmhwm();
+    const big = 'x'.repeat(7_000_000);
+    const all = await Promise.all(Array.from({ length: 8 }, (_, i) =>
+      request(`${G.url}/a/big-${i}`, { method: 'POST', body: big, headers: { 'Content-Type': 'text/plain', ...(i % 2 ? { Authorization: 'Bearer nonsense' } : {}) } })));
+    assert.deepEqual(all.map((r) => r.status), Array(8).fill(401));
+    assert.equal(all[0].json.failed_check, 'missing');
+    assert.equal(all[1].json.failed_check, 'malformed');
+    const grew = vmhwm() - before;
+    assert.ok(grew < 24 * 1024 * 1024, `the gateway's peak memory grew by ${grew} bytes for 56 MB of refused bodies`);
+    assert.ok(!rec.seen.some((x) => x.path.startsWith('/a/big-')));
+  });
+
   test('a valid token: the gateway waits for the body and passes it on', async () => {
     const body = JSON.stringify({ hello: 'world' });
-    const { head, socket } = await headOnly('/a/upload-ok', { token: tok, length: body.length, wait: 300 });
+    const { head, socket } = await headOnly('/a/upload-ok', { token: tok, length: body.length, wait: 300, expect: false });
     assert.equal(head, null, 'no answer before the body');
     const answer = new Promise((ok) => { let got = ''; socket.on('data', (b) => { got += b; if (got.includes('"ok":true')) ok(got); }); });
     socket.write(body);
