@@ -371,10 +371,98 @@ static bool header_name_ok(const char *s)
     return s && *s && strspn(s, "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") == strlen(s);
 }
 
+bool gw_header_listed(char *const *list, const char *name)
+{
+    for (size_t i = 0; list && list[i]; i++)
+        if (!strcasecmp(list[i], name)) return true;
+    return false;
+}
+
+/* A header modifier's add or set: a mapping name: value, into two NULL-terminated lists. */
+static bool parse_header_map(loader *l, const yaml_node_t *n, const char *what, bool response,
+                             char ***names, char ***values)
+{
+    /* The gateway's to manage: the framing, and on answers the type it passes through. */
+    static const char *const MANAGED[] = {"Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive",
+                                          "Upgrade", "TE", "Trailer", "Proxy-Connection", NULL};
+    if (n->type != YAML_MAPPING_NODE) return fail(l, n, "%s: expected a mapping header: value", what);
+    size_t cap = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    if (cap > GW_HEADER_MOD_MAX) return fail(l, n, "%s: at most %d headers", what, GW_HEADER_MOD_MAX);
+    *names = xcalloc(cap + 1, sizeof **names);
+    *values = xcalloc(cap + 1, sizeof **values);
+    size_t i = 0;
+    PAIRS(n) {
+        yaml_node_t *kn = node_at(l, p->key), *vn = node_at(l, p->value);
+        if (!str(l, kn, what, &(*names)[i])) return false;
+        const char *name = (*names)[i];
+        if (!header_name_ok(name)) return fail(l, kn, "%s: '%s' is not a header name", what, name);
+        if (gw_header_listed((char *const *)MANAGED, name) || (response && !strcasecmp(name, "Content-Type")))
+            return fail(l, kn, "%s: %s is the gateway's to set", what, name);
+        if (!str(l, vn, what, &(*values)[i])) return false;
+        for (const char *c = (*values)[i]; *c; c++)
+            if ((unsigned char)*c < 0x20 && *c != '\t') return fail(l, vn, "%s: a control character in the value of %s", what, name);
+        i++;
+    }
+    return true;
+}
+
+static bool parse_header_mod(loader *l, const yaml_node_t *n, const char *what, bool response, gw_header_mod **out)
+{
+    static const char *const KEYS[] = {"add", "set", "remove", NULL};
+    if (!map_ok(l, n, what, KEYS)) return false;
+    gw_header_mod *m = *out = xcalloc(1, sizeof *m);
+    yaml_node_t *v;
+    char key[64];
+    snprintf(key, sizeof key, "%s.set", what);
+    if ((v = get(l, n, "set")) && !parse_header_map(l, v, key, response, &m->set_names, &m->set_values)) return false;
+    snprintf(key, sizeof key, "%s.add", what);
+    if ((v = get(l, n, "add")) && !parse_header_map(l, v, key, response, &m->add_names, &m->add_values)) return false;
+    snprintf(key, sizeof key, "%s.remove", what);
+    if ((v = get(l, n, "remove"))) {
+        if (!str_list(l, v, key, &m->remove)) return false;
+        for (size_t i = 0; m->remove[i]; i++)
+            if (!header_name_ok(m->remove[i])) return fail(l, v, "%s: '%s' is not a header name", key, m->remove[i]);
+    }
+    return true;
+}
+
+static void free_header_mod(gw_header_mod *m)
+{
+    if (!m) return;
+    list_free(m->set_names);
+    list_free(m->set_values);
+    list_free(m->add_names);
+    list_free(m->add_values);
+    list_free(m->remove);
+    free(m);
+}
+
+static bool parse_rewrite(loader *l, const yaml_node_t *n, gw_route *rt)
+{
+    static const char *const KEYS[] = {"path", "authority", NULL};
+    static const char *const PATH_KEYS[] = {"prefix", "full", NULL};
+    if (!map_ok(l, n, "urlRewrite", KEYS)) return false;
+    yaml_node_t *v = get(l, n, "authority"), *p, *f;
+    if (v) return fail(l, v, "urlRewrite.authority is not supported (the backend's host is sent)");
+    if (!(v = get(l, n, "path"))) return fail(l, n, "urlRewrite: path is required");
+    if (!map_ok(l, v, "urlRewrite.path", PATH_KEYS)) return false;
+    p = get(l, v, "prefix");
+    f = get(l, v, "full");
+    if (!p == !f) return fail(l, v, "urlRewrite.path: give exactly one of prefix and full");
+    char **dst = p ? &rt->rewrite_prefix : &rt->rewrite_full;
+    if (!str(l, p ? p : f, p ? "urlRewrite.path.prefix" : "urlRewrite.path.full", dst)) return false;
+    for (const char *c = *dst; *c; c++)
+        if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f || *c == '?' || *c == '#')
+            return fail(l, p ? p : f, "urlRewrite.path: '%s' is not a URL path (visible ASCII, no ? or #)", *dst);
+    if ((*dst)[0] != '/') return fail(l, p ? p : f, "urlRewrite.path: '%s' must start with /", *dst);
+    return true;
+}
+
 static bool parse_policies(loader *l, const yaml_node_t *n, gw_route *rt)
 {
     static const char *const KEYS[] = {"jwtAuth", "authorization", "mcpAuthorization", "cors", "timeout",
-                                       "localRateLimit", "backendAuth", "claimsToHeaders", NULL};
+                                       "localRateLimit", "backendAuth", "claimsToHeaders",
+                                       "requestHeaderModifier", "responseHeaderModifier", "urlRewrite", NULL};
     static const char *const TIMEOUT_KEYS[] = {"requestTimeout", NULL};
     static const char *const AUTH_KEYS[] = {"passthrough", "key", NULL};
     if (!map_ok(l, n, "policies", KEYS)) return false;
@@ -414,6 +502,13 @@ static bool parse_policies(loader *l, const yaml_node_t *n, gw_route *rt)
             }
         }
     }
+    if ((v = get(l, n, "requestHeaderModifier")) &&
+        !parse_header_mod(l, v, "requestHeaderModifier", false, &rt->req_mod))
+        return false;
+    if ((v = get(l, n, "responseHeaderModifier")) &&
+        !parse_header_mod(l, v, "responseHeaderModifier", true, &rt->resp_mod))
+        return false;
+    if ((v = get(l, n, "urlRewrite")) && !parse_rewrite(l, v, rt)) return false;
     if ((v = get(l, n, "claimsToHeaders"))) {
         if (v->type != YAML_MAPPING_NODE) return fail(l, v, "claimsToHeaders: expected a mapping header: claim");
         size_t cap = (size_t)(v->data.mapping.pairs.top - v->data.mapping.pairs.start);
@@ -799,6 +894,10 @@ static bool parse_route(loader *l, const yaml_node_t *n, gw_route *rt, size_t in
             return false;
     }
 
+    if ((rt->req_mod || rt->resp_mod) && rt->backend.kind == GW_BACKEND_MCP)
+        return fail(l, n, "route %s: header modifiers need a host or ai backend (MCP answers are the gateway's own)", rt->name);
+    if ((rt->rewrite_prefix || rt->rewrite_full) && rt->backend.kind != GW_BACKEND_HOST)
+        return fail(l, n, "route %s: urlRewrite needs a host backend (ai backends have their own paths)", rt->name);
     if (rt->mcp_authz && rt->backend.kind != GW_BACKEND_MCP)
         return fail(l, n, "route %s: mcpAuthorization needs an mcp backend", rt->name);
     if (rt->backend.kind == GW_BACKEND_MCP) return mcp_backend(l, n, rt);
@@ -994,6 +1093,10 @@ static void free_backend(gw_backend *b)
 static void free_route(gw_route *rt)
 {
     free(rt->name);
+    free_header_mod(rt->req_mod);
+    free_header_mod(rt->resp_mod);
+    free(rt->rewrite_prefix);
+    free(rt->rewrite_full);
     for (size_t i = 0; i < rt->n_matches; i++) {
         gw_match *m = &rt->matches[i];
         free(m->path);

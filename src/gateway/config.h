@@ -117,6 +117,15 @@ typedef struct {
     char *claim;                 /* ... and the claim (dots reach into objects: "a.b") */
 } gw_claim_header;
 
+/* requestHeaderModifier / responseHeaderModifier: the named headers are removed, those in set
+ * replaced (the incoming ones dropped), those in add sent as well; names compare without case. */
+#define GW_HEADER_MOD_MAX 32      /* entries in one add or set */
+typedef struct {
+    char **set_names, **set_values;   /* NULL-terminated, same length */
+    char **add_names, **add_values;
+    char **remove;                    /* NULL-terminated; NULL: none */
+} gw_header_mod;
+
 typedef struct {
     char *name;
     int line;                    /* where it starts in the file, for logs */
@@ -135,7 +144,14 @@ typedef struct {
     char *backend_key;           /* backendAuth.key: "Authorization: Bearer KEY" upstream */
     gw_claim_header *claim_headers;
     size_t n_claim_headers;
+    gw_header_mod *req_mod;      /* requestHeaderModifier; NULL: none */
+    gw_header_mod *resp_mod;     /* responseHeaderModifier; NULL: none */
+    char *rewrite_prefix;        /* urlRewrite.path.prefix: replaces the matched path prefix */
+    char *rewrite_full;          /* urlRewrite.path.full: replaces the whole path */
 } gw_route;
+
+/* Is name one of list's (without case)? */
+bool gw_header_listed(char *const *list, const char *name);
 
 typedef struct {
     char *address;               /* numeric; "127.0.0.1" by default */

@@ -566,6 +566,7 @@ typedef struct {
     http_waker *w;               /* the request's: the transfer's notify wakes it */
     int64_t t0;                  /* when the request came, for its log line */
     bool cors;                   /* the route sets CORS headers: the upstream's are dropped */
+    const gw_header_mod *resp_mod; /* responseHeaderModifier (the config outlives the request) */
     char route[64];
     char *pre;                   /* body bytes read before the stream began: pre[pre_off..pre_len) */
     size_t pre_len, pre_off;
@@ -628,8 +629,8 @@ static bool hop_by_hop(const char *name, const char *connection)
 /* The header lines sent upstream. Most live in arena (no allocation per line); a line that
  * does not fit any more is allocated on its own (heap[i]). */
 typedef struct {
-    char *lines[MAX_UP_HDRS + 16];
-    bool heap[MAX_UP_HDRS + 16];
+    char *lines[MAX_UP_HDRS + 16 + 2 * GW_HEADER_MOD_MAX];
+    bool heap[MAX_UP_HDRS + 16 + 2 * GW_HEADER_MOD_MAX];
     size_t n, used;
     char arena[8192];
     const gw_route *rt;
@@ -690,6 +691,27 @@ static void copy_header(void *ctx, const char *name, const char *value)
     if (!strcasecmp(name, "Accept")) u->has_accept = true;
     if (!strcasecmp(name, "Content-Type")) u->has_ctype = true;
     up_set(u, name, value);
+}
+
+/* requestHeaderModifier, on the finished lines: what it removes or sets goes (the client's, the
+ * gateway's own, curl's "Name:" suppressions alike), then its set and add lines follow. */
+static void up_modify(up_headers *u, const gw_header_mod *m)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < u->n; i++) {
+        char name[128];
+        size_t nl = strcspn(u->lines[i], ":;");
+        snprintf(name, sizeof name, "%.*s", (int)(nl < sizeof name ? nl : sizeof name - 1), u->lines[i]);
+        if (gw_header_listed(m->remove, name) || gw_header_listed(m->set_names, name)) {
+            if (u->heap[i]) free(u->lines[i]);
+            continue;
+        }
+        u->lines[k] = u->lines[i];
+        u->heap[k++] = u->heap[i];
+    }
+    u->n = k;
+    for (size_t i = 0; m->set_names && m->set_names[i]; i++) up_set(u, m->set_names[i], m->set_values[i]);
+    for (size_t i = 0; m->add_names && m->add_names[i]; i++) up_set(u, m->add_names[i], m->add_values[i]);
 }
 
 /* W3C Trace Context §3.2: version 00, 32 hex trace-id, 16 hex parent-id, 2 hex flags. */
@@ -755,22 +777,35 @@ static char *claim_header_value(const json_t *claims, const char *path)
 /* The upstream URL: host/url backends keep the request target; ai backends send chat requests
  * (the route prefix itself, or .../chat/completions under it) to the provider's chat path and
  * any other path under the prefix as it is ("/llm/v1/models" → "/v1/models"). */
+/* What follows the matched path prefix in target's path, taken as sent (still %-encoded): as
+ * many segments skipped as the prefix has; for an exact match, nothing. */
+static const char *after_prefix(const gw_match *m, const char *target, const char *end)
+{
+    if (m->path_kind != GW_PATH_PREFIX) return end;
+    size_t segs = 0, n = strlen(m->path);
+    for (size_t i = 0; i < n; i++) segs += m->path[i] == '/' && i + 1 < n;
+    const char *rest = target;
+    for (size_t i = 0; i < segs && rest < end; i++) {
+        const char *next = memchr(rest + 1, '/', (size_t)(end - rest - 1));
+        rest = next ? next : end;
+    }
+    return rest;
+}
+
 static char *upstream_url(const gw_route *rt, const gw_match *m, http_req *r)
 {
     const char *target = http_req_target(r), *query = strchr(target, '?');
-    if (rt->backend.kind != GW_BACKEND_AI) return xasprintf("%s%s", rt->backend.base_url, target);
-    /* What follows the prefix, taken from the target as sent (still %-encoded): skip as many
-     * segments as the prefix has. */
-    const char *rest = target + strcspn(target, "?"), *end = rest;
-    if (m->path_kind == GW_PATH_PREFIX) {
-        size_t segs = 0, n = strlen(m->path);
-        for (size_t i = 0; i < n; i++) segs += m->path[i] == '/' && i + 1 < n;
-        rest = target;
-        for (size_t i = 0; i < segs && rest < end; i++) {
-            const char *next = memchr(rest + 1, '/', (size_t)(end - rest - 1));
-            rest = next ? next : end;
-        }
+    const char *end = target + strcspn(target, "?");
+    if (rt->backend.kind != GW_BACKEND_AI) {
+        if (rt->rewrite_full) return xasprintf("%s%s%s", rt->backend.base_url, rt->rewrite_full, query ? query : "");
+        if (!rt->rewrite_prefix) return xasprintf("%s%s", rt->backend.base_url, target);
+        /* urlRewrite.path.prefix takes the matched prefix's place, one '/' between the two */
+        const char *rest = after_prefix(m, target, end), *pre = rt->rewrite_prefix;
+        size_t plen = strlen(pre);
+        if (plen && pre[plen - 1] == '/' && *rest == '/') rest++;
+        return xasprintf("%s%s%.*s%s", rt->backend.base_url, pre, (int)(end - rest), rest, query ? query : "");
     }
+    const char *rest = after_prefix(m, target, end);
     size_t rlen = (size_t)(end - rest);
     bool chat = rlen == 0 || (rlen == 1 && *rest == '/') ||
                 (rlen >= 17 && !strncmp(end - 17, "/chat/completions", 17));
@@ -837,7 +872,9 @@ static void proxy_answer(http_req *r, pstream *p)
                 while (v < ve && (*v == ' ' || *v == '\t')) v++;
                 bool skip = hop_by_hop(name, conn) || !strcasecmp(name, "Content-Length") ||
                             !strcasecmp(name, "Content-Type") ||
-                            (p->cors && !strncasecmp(name, "Access-Control-", 15));
+                            (p->cors && !strncasecmp(name, "Access-Control-", 15)) ||
+                            (p->resp_mod && (gw_header_listed(p->resp_mod->remove, name) ||
+                                             gw_header_listed(p->resp_mod->set_names, name)));
                 if (!skip && (size_t)(ve - v) < sizeof val) {
                     memcpy(val, v, (size_t)(ve - v));
                     val[ve - v] = '\0';
@@ -851,6 +888,10 @@ static void proxy_answer(http_req *r, pstream *p)
         }
         line += llen;
         line += strspn(line, "\r\n");
+    }
+    for (const gw_header_mod *m = p->resp_mod; m; m = NULL) {
+        for (size_t i = 0; m->set_names && m->set_names[i]; i++) http_add_header(r, m->set_names[i], m->set_values[i]);
+        for (size_t i = 0; m->add_names && m->add_names[i]; i++) http_add_header(r, m->add_names[i], m->add_values[i]);
     }
     free(conn);
     long status = httpc_async_status(p->a);
@@ -948,6 +989,7 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
     /* Without these curl would add "Accept: any" and a form Content-Type to a body. */
     if (!u.has_accept) up_addf(&u, "%s", "Accept:");
     if (!u.has_ctype) up_addf(&u, "%s", "Content-Type:");
+    if (rt->req_mod) up_modify(&u, rt->req_mod);
     u.lines[u.n] = NULL;
 
     size_t len = 0;
@@ -960,6 +1002,7 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
     p->w = http_req_waker(r);
     p->t0 = t0;
     p->cors = rt->cors != NULL;
+    p->resp_mod = rt->resp_mod;
     snprintf(p->route, sizeof p->route, "%s", rt->name);
     /* Host backends, on a loop thread: the loop's own client, no other thread involved, and
      * upstream connections kept alive per loop (as nginx's per worker). AI backends, and

@@ -1,0 +1,127 @@
+// `agentid gateway`'s requestHeaderModifier, responseHeaderModifier and urlRewrite.path, in
+// agentgateway's shape (add/set as name: value mappings, remove as a list; path prefix or full),
+// seen from the upstream (a recorder) and from the client; bad settings stop start-up.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { start, request, run } from './harness.mjs';
+import { startRecorder } from './sidecar.mjs';
+
+let rec, G, dir;
+
+const config = (up) => `binds:
+- port: 0
+  listeners:
+  - routes:
+    - name: svc
+      matches: [{path: {pathPrefix: /svc}}]
+      backends: [{host: "${up}"}]
+      policies:
+        urlRewrite: {path: {prefix: /}}
+        requestHeaderModifier:
+          set: {X-Set: one, Accept: application/json}
+          add: {X-Add: two}
+          remove: [X-Drop, User-Agent, X-Forwarded-Host]
+        responseHeaderModifier:
+          set: {X-Recorder: replaced}
+          add: {X-Extra: e}
+    - name: versioned
+      matches: [{path: {pathPrefix: /v1pre}}]
+      backends: [{host: "${up}"}]
+      policies:
+        urlRewrite: {path: {prefix: /v2/}}
+        responseHeaderModifier: {remove: [X-Recorder]}
+    - name: fixed
+      matches: [{path: {exact: /full}}]
+      backends: [{host: "${up}"}]
+      policies:
+        urlRewrite: {path: {full: /fixed/path}}
+    - name: plain
+      matches: [{path: {pathPrefix: /plain}}]
+      backends: [{host: "${up}"}]
+`;
+
+before(async () => {
+  rec = await startRecorder();
+  dir = mkdtempSync(join(tmpdir(), 'agentid-rewrite-'));
+  writeFileSync(join(dir, 'gateway.yaml'), config(rec.url.slice(7)));
+  G = await start(['gateway', '--config', join(dir, 'gateway.yaml')]);
+});
+
+after(async () => {
+  assert.equal(await G?.stop(), 0, 'clean exit (no leaks under ASan)');
+  await rec?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('urlRewrite.path.prefix takes the matched prefix\'s place; the query stays', async () => {
+  const cases = [['/svc/items/7?x=1&y=%2F', '/items/7', { x: '1', y: '/' }], ['/svc', '/', {}], ['/svc/', '/', {}],
+    ['/v1pre/a/b?q=1', '/v2/a/b', { q: '1' }], ['/v1pre', '/v2/', {}], ['/plain/as/is?z=2', '/plain/as/is', { z: '2' }]];
+  for (const [path, want, query] of cases) {
+    const r = await request(`${G.url}${path}`);
+    assert.equal(r.status, 201, `${path}: ${r.text}`);
+    assert.equal(rec.last().path, want, path);
+    assert.deepEqual(rec.last().query, query, path);
+  }
+});
+
+test('urlRewrite.path.full replaces the whole path', async () => {
+  assert.equal((await request(`${G.url}/full?k=v`)).status, 201);
+  assert.equal(rec.last().path, '/fixed/path');
+  assert.deepEqual(rec.last().query, { k: 'v' });
+});
+
+test('requestHeaderModifier: set replaces, add adds, remove takes the client\'s and the gateway\'s own away', async () => {
+  await request(`${G.url}/svc/h`, { headers: { 'X-Set': 'from-client', 'X-Drop': 'gone', 'X-Keep': 'kept', 'User-Agent': 'ua', Accept: 'text/plain' } });
+  const h = rec.last().headers;
+  assert.equal(h['x-set'], 'one', 'set wins over the client');
+  assert.equal(h.accept, 'application/json');
+  assert.equal(h['x-add'], 'two');
+  assert.equal(h['x-drop'], undefined);
+  assert.equal(h['user-agent'], undefined);
+  assert.equal(h['x-forwarded-host'], undefined, 'one of the gateway\'s own, removed');
+  assert.ok(h['x-forwarded-for'], 'the others stay');
+  assert.equal(h['x-keep'], 'kept');
+  await request(`${G.url}/plain/h`, { headers: { 'X-Drop': 'here', 'User-Agent': 'ua' } });
+  assert.equal(rec.last().headers['x-drop'], 'here', 'another route is untouched');
+  assert.equal(rec.last().headers['user-agent'], 'ua');
+});
+
+test('responseHeaderModifier: on the upstream\'s answers of its route only', async () => {
+  let r = await request(`${G.url}/svc/x`);
+  assert.equal(r.headers['x-recorder'], 'replaced');
+  assert.equal(r.headers['x-extra'], 'e');
+  assert.match(r.headers['content-type'], /application\/json/, 'the type is the upstream\'s');
+  r = await request(`${G.url}/v1pre/x`);
+  assert.equal(r.headers['x-recorder'], undefined);
+  r = await request(`${G.url}/plain/x`);
+  assert.equal(r.headers['x-recorder'], 'yes');
+  assert.equal(r.headers['x-extra'], undefined);
+});
+
+test('bad modifier or rewrite settings stop start-up with FILE:LINE: reason', () => {
+  const route = (policies, backend = '{host: "127.0.0.1:1"}') =>
+    `binds:\n- port: 0\n  listeners:\n  - routes:\n    - name: r\n      backends: [${backend}]\n      policies:\n${policies}`;
+  const cases = [
+    ['b1', '        requestHeaderModifier: {set: {Content-Length: "5"}}\n', /b1\.yaml:8: requestHeaderModifier\.set: Content-Length is the gateway's to set/],
+    ['b2', '        responseHeaderModifier: {set: {Content-Type: text/html}}\n', /b2\.yaml:8: responseHeaderModifier\.set: Content-Type is the gateway's to set/],
+    ['b3', '        requestHeaderModifier: {add: {"bad name": x}}\n', /b3\.yaml:8: requestHeaderModifier\.add: 'bad name' is not a header name/],
+    ['b4', '        requestHeaderModifier: {sett: {}}\n', /b4\.yaml:8: .*unknown or unsupported key 'sett'/],
+    ['b5', '        urlRewrite: {authority: {host: x}}\n', /b5\.yaml:8: urlRewrite\.authority is not supported/],
+    ['b6', '        urlRewrite: {path: {prefix: nope}}\n', /b6\.yaml:8: urlRewrite\.path: 'nope' must start with \//],
+    ['b7', '        urlRewrite: {path: {prefix: /a, full: /b}}\n', /b7\.yaml:8: urlRewrite\.path: give exactly one of prefix and full/],
+    ['b8', '        urlRewrite: {path: {prefix: /a}}\n', /b8\.yaml:5: route r: urlRewrite needs a host backend/,
+      '{ai: {name: m, provider: {openAI: {model: x}}, hostOverride: "127.0.0.1:1"}}'],
+    ['b9', '        requestHeaderModifier: {set: {X-A: b}}\n', /b9\.yaml:5: route r: header modifiers need a host or ai backend/,
+      '{mcp: {targets: [{name: t, mcp: {host: "http://127.0.0.1:1/mcp"}}]}}'],
+  ];
+  for (const [name, policies, want, backend] of cases) {
+    const f = join(dir, `${name}.yaml`);
+    writeFileSync(f, route(policies, backend));
+    const r = run(['gateway', '--config', f]);
+    assert.equal(r.code, 1, `${name}: ${r.stderr}`);
+    assert.match(r.stderr, want, name);
+  }
+});
