@@ -462,7 +462,8 @@ static bool parse_policies(loader *l, const yaml_node_t *n, gw_route *rt)
 {
     static const char *const KEYS[] = {"jwtAuth", "authorization", "mcpAuthorization", "cors", "timeout",
                                        "localRateLimit", "backendAuth", "claimsToHeaders",
-                                       "requestHeaderModifier", "responseHeaderModifier", "urlRewrite", NULL};
+                                       "requestHeaderModifier", "responseHeaderModifier", "urlRewrite",
+                                       "directResponse", NULL};
     static const char *const TIMEOUT_KEYS[] = {"requestTimeout", NULL};
     static const char *const AUTH_KEYS[] = {"passthrough", "key", NULL};
     if (!map_ok(l, n, "policies", KEYS)) return false;
@@ -509,6 +510,16 @@ static bool parse_policies(loader *l, const yaml_node_t *n, gw_route *rt)
         !parse_header_mod(l, v, "responseHeaderModifier", true, &rt->resp_mod))
         return false;
     if ((v = get(l, n, "urlRewrite")) && !parse_rewrite(l, v, rt)) return false;
+    if ((v = get(l, n, "directResponse"))) {
+        static const char *const DKEYS[] = {"body", "status", NULL};
+        yaml_node_t *b, *st;
+        long status = 200;
+        if (!map_ok(l, v, "directResponse", DKEYS)) return false;
+        if ((st = get(l, v, "status")) && !integer(l, st, "directResponse.status", 200, 599, &status)) return false;
+        if ((b = get(l, v, "body")) && !str(l, b, "directResponse.body", &rt->direct_body)) return false;
+        rt->direct = true;
+        rt->direct_status = (int)status;
+    }
     if ((v = get(l, n, "claimsToHeaders"))) {
         if (v->type != YAML_MAPPING_NODE) return fail(l, v, "claimsToHeaders: expected a mapping header: claim");
         size_t cap = (size_t)(v->data.mapping.pairs.top - v->data.mapping.pairs.start);
@@ -877,9 +888,18 @@ static bool parse_route(loader *l, const yaml_node_t *n, gw_route *rt, size_t in
         rt->matches[0].path = xstrdup("/");
         rt->n_matches = 1;
     }
-    if (!(v = get(l, n, "backends"))) return fail(l, n, "route %s: backends is required", rt->name);
-    if (!parse_backend(l, v, rt)) return false;
+    yaml_node_t *backends = get(l, n, "backends");
     if ((v = get(l, n, "policies")) && !parse_policies(l, v, rt)) return false;
+    if (rt->direct) { /* answered by the gateway: nothing goes upstream */
+        if (backends) return fail(l, backends, "route %s: directResponse answers itself: no backends", rt->name);
+        if (rt->req_mod || rt->resp_mod || rt->rewrite_prefix || rt->rewrite_full || rt->backend_key ||
+            rt->passthrough || rt->n_claim_headers || rt->timeout_ms)
+            return fail(l, n, "route %s: directResponse goes with no upstream policy (header modifiers, "
+                        "urlRewrite, backendAuth, claimsToHeaders, timeout)", rt->name);
+    } else {
+        if (!backends) return fail(l, n, "route %s: backends is required", rt->name);
+        if (!parse_backend(l, backends, rt)) return false;
+    }
     if ((v = get(l, n, "resourceMetadata"))) {
         yaml_node_t *m;
         if (!map_ok(l, v, "resourceMetadata", META_KEYS)) return false;
@@ -1097,6 +1117,7 @@ static void free_route(gw_route *rt)
     free_header_mod(rt->resp_mod);
     free(rt->rewrite_prefix);
     free(rt->rewrite_full);
+    free(rt->direct_body);
     for (size_t i = 0; i < rt->n_matches; i++) {
         gw_match *m = &rt->matches[i];
         free(m->path);

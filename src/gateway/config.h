@@ -148,6 +148,9 @@ typedef struct {
     gw_header_mod *resp_mod;     /* responseHeaderModifier; NULL: none */
     char *rewrite_prefix;        /* urlRewrite.path.prefix: replaces the matched path prefix */
     char *rewrite_full;          /* urlRewrite.path.full: replaces the whole path */
+    bool direct;                 /* directResponse: the gateway answers (no backend) ... */
+    int direct_status;           /* ... with this status (200) ... */
+    char *direct_body;           /* ... and this body (NULL: none) */
 } gw_route;
 
 /* Is name one of list's (without case)? */

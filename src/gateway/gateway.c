@@ -1117,7 +1117,10 @@ static bool serve_checked(const route_ctx *c, http_req *r, jwt *cached, bool may
             goto end;
         }
     }
-    if (rt->backend.kind == GW_BACKEND_MCP)
+    if (rt->direct)
+        http_reply(r, rt->direct_status, rt->direct_body ? "text/plain; charset=utf-8" : NULL,
+                   rt->direct_body ? rt->direct_body : "", rt->direct_body ? strlen(rt->direct_body) : 0);
+    else if (rt->backend.kind == GW_BACKEND_MCP)
         mcp_mux_handle(rt->backend.mcp->mux, r, validated ? t.claims : NULL, validated ? token : NULL, req);
     else
         later = proxy(c->sv, rt, c->m, r, validated ? &t : NULL, validated && !rt->passthrough, c->t0, may_block);

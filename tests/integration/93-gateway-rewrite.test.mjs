@@ -1,6 +1,7 @@
-// `agentid gateway`'s requestHeaderModifier, responseHeaderModifier and urlRewrite.path, in
-// agentgateway's shape (add/set as name: value mappings, remove as a list; path prefix or full),
-// seen from the upstream (a recorder) and from the client; bad settings stop start-up.
+// `agentid gateway`'s requestHeaderModifier, responseHeaderModifier, urlRewrite.path and
+// directResponse, in agentgateway's shape (add/set as name: value mappings, remove as a list;
+// path prefix or full; body and status), seen from the upstream (a recorder) and from the
+// client; bad settings stop start-up.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
@@ -41,6 +42,15 @@ const config = (up) => `binds:
     - name: plain
       matches: [{path: {pathPrefix: /plain}}]
       backends: [{host: "${up}"}]
+    - name: maintenance
+      matches: [{path: {pathPrefix: /down}}]
+      policies:
+        directResponse: {body: "back soon", status: 503}
+    - name: empty
+      matches: [{path: {exact: /ping}}]
+      policies:
+        directResponse: {}
+        localRateLimit: [{maxTokens: 1, tokensPerFill: 1, fillInterval: 1h}]
 `;
 
 before(async () => {
@@ -101,6 +111,19 @@ test('responseHeaderModifier: on the upstream\'s answers of its route only', asy
   assert.equal(r.headers['x-extra'], undefined);
 });
 
+test('directResponse: the gateway answers, nothing goes upstream; the route\'s other policies still apply', async () => {
+  const seen = rec.seen.length;
+  const r = await request(`${G.url}/down/anything?x=1`, { method: 'POST', body: '{"a":1}' });
+  assert.equal(r.status, 503);
+  assert.equal(r.text, 'back soon');
+  assert.match(r.headers['content-type'], /^text\/plain/);
+  const p = await request(`${G.url}/ping`);
+  assert.equal(p.status, 200);
+  assert.equal(p.text, '');
+  assert.equal((await request(`${G.url}/ping`)).status, 429, 'its rate limit first');
+  assert.equal(rec.seen.length, seen, 'the upstream saw none of these');
+});
+
 test('bad modifier or rewrite settings stop start-up with FILE:LINE: reason', () => {
   const route = (policies, backend = '{host: "127.0.0.1:1"}') =>
     `binds:\n- port: 0\n  listeners:\n  - routes:\n    - name: r\n      backends: [${backend}]\n      policies:\n${policies}`;
@@ -116,6 +139,9 @@ test('bad modifier or rewrite settings stop start-up with FILE:LINE: reason', ()
       '{ai: {name: m, provider: {openAI: {model: x}}, hostOverride: "127.0.0.1:1"}}'],
     ['b9', '        requestHeaderModifier: {set: {X-A: b}}\n', /b9\.yaml:5: route r: header modifiers need a host or ai backend/,
       '{mcp: {targets: [{name: t, mcp: {host: "http://127.0.0.1:1/mcp"}}]}}'],
+    ['b10', '        directResponse: {body: x}\n', /b10\.yaml:6: route r: directResponse answers itself: no backends/],
+    ['b11', '        directResponse: {status: 99}\n', /b11\.yaml:8: directResponse\.status: /],
+    ['b12', '        directResponse: {body: x, headers: {a: b}}\n', /b12\.yaml:8: .*unknown or unsupported key 'headers'/],
   ];
   for (const [name, policies, want, backend] of cases) {
     const f = join(dir, `${name}.yaml`);
