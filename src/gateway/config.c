@@ -868,7 +868,7 @@ static bool mcp_backend(loader *l, const yaml_node_t *n, gw_route *rt)
 
 static bool parse_route(loader *l, const yaml_node_t *n, gw_route *rt, size_t index)
 {
-    static const char *const KEYS[] = {"name", "matches", "backends", "policies", "resourceMetadata", NULL};
+    static const char *const KEYS[] = {"name", "hostnames", "matches", "backends", "policies", "resourceMetadata", NULL};
     static const char *const META_KEYS[] = {"resource", "scopesSupported", NULL};
     if (!map_ok(l, n, "routes", KEYS)) return false;
     rt->line = line_of(n);
@@ -877,6 +877,16 @@ static bool parse_route(loader *l, const yaml_node_t *n, gw_route *rt, size_t in
         if (!str(l, v, "routes.name", &rt->name)) return false;
     } else {
         rt->name = xasprintf("route%zu", index);
+    }
+    if ((v = get(l, n, "hostnames"))) {
+        if (!str_list(l, v, "hostnames", &rt->hostnames)) return false;
+        for (char **h = rt->hostnames; *h; h++) {
+            const char *name = **h == '*' && (*h)[1] == '.' ? *h + 2 : *h;
+            size_t len = strlen(name);
+            if (!len || len > 253 || name[0] == '.' || name[len - 1] == '.' || strstr(name, "..") ||
+                strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != len)
+                return fail(l, v, "hostnames: '%s' is not a host name (a leading '*.' is the only wildcard)", *h);
+        }
     }
     if ((v = get(l, n, "matches"))) {
         if (!seq_ok(l, v, "matches")) return false;
@@ -1118,6 +1128,7 @@ static void free_route(gw_route *rt)
     free(rt->rewrite_prefix);
     free(rt->rewrite_full);
     free(rt->direct_body);
+    list_free(rt->hostnames);
     for (size_t i = 0; i < rt->n_matches; i++) {
         gw_match *m = &rt->matches[i];
         free(m->path);

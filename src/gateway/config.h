@@ -129,6 +129,7 @@ typedef struct {
 typedef struct {
     char *name;
     int line;                    /* where it starts in the file, for logs */
+    char **hostnames;            /* NULL-terminated; "*.example.com" for any subdomain; NULL: any host */
     gw_match *matches;
     size_t n_matches;
     gw_backend backend;

@@ -272,18 +272,44 @@ static long match_score(const gw_match *m, const char *path, http_req *r)
     return score;
 }
 
-/* The best route for path (and r's method and headers when r is given); *matched gets the
- * match that chose it. With need_jwt only routes with jwtAuth count. */
-static gw_route *route_for(const gw_bind *b, const char *path, http_req *r, bool need_jwt,
-                           const gw_match **matched)
+/* How well a route's hostnames fit host (the Host header without its port): -1 not at all,
+ * 0 the route names none (any host), else more for a closer fit — an exact name beats any
+ * wildcard, a longer wildcard suffix a shorter one (Gateway API's precedence). */
+static long host_score(char *const *names, const char *host, size_t hlen)
+{
+    if (!names) return 0;
+    long best = -1;
+    for (size_t i = 0; names[i]; i++) {
+        const char *n = names[i];
+        size_t nlen = strlen(n);
+        if (n[0] == '*' && n[1] == '.') { /* one or more labels, then the suffix */
+            size_t slen = nlen - 1; /* ".example.com" */
+            if (hlen > slen && !strncasecmp(host + hlen - slen, n + 1, slen) && (long)slen > best) best = (long)slen;
+        } else if (nlen == hlen && !strncasecmp(n, host, hlen)) {
+            return 512;
+        }
+    }
+    return best;
+}
+
+/* The best route for host and path (and r's method and headers when r is given); *matched gets
+ * the match that chose it. With need_jwt only routes with jwtAuth count. A route's hostnames
+ * come first: the closest host name fit wins, then the path, method and headers (match_score). */
+static gw_route *route_for_host(const gw_bind *b, const char *path, const char *host, http_req *r,
+                                bool need_jwt, const gw_match **matched)
 {
     gw_route *best = NULL;
     long best_score = -1;
+    if (!host) host = "";
+    size_t hlen = host[0] == '[' ? strcspn(host, "]") + (host[strcspn(host, "]")] == ']') : strcspn(host, ":");
     for (size_t i = 0; i < b->n_routes; i++) {
         gw_route *rt = &b->routes[i];
         if (need_jwt && !rt->jwt) continue;
+        long hs = host_score(rt->hostnames, host, hlen);
+        if (hs < 0) continue;
         for (size_t k = 0; k < rt->n_matches; k++) {
             long s = match_score(&rt->matches[k], path, r);
+            if (s >= 0) s += hs << 42;
             if (s > best_score) {
                 best_score = s;
                 best = rt;
@@ -292,6 +318,12 @@ static gw_route *route_for(const gw_bind *b, const char *path, http_req *r, bool
         }
     }
     return best;
+}
+
+static gw_route *route_for(const gw_bind *b, const char *path, http_req *r, bool need_jwt,
+                           const gw_match **matched)
+{
+    return route_for_host(b, path, http_req_header(r, "Host"), r, need_jwt, matched);
 }
 
 /* ---- CORS --------------------------------------------------------------------------------- */
@@ -1035,7 +1067,7 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
 static void serve_prm(server *sv, const gw_bind *b, http_req *r, const char *rest)
 {
     const char *path = *rest ? rest : "/";
-    gw_route *rt = route_for(b, path, NULL, true, NULL);
+    gw_route *rt = route_for_host(b, path, http_req_header(r, "Host"), NULL, true, NULL); /* any method */
     http_add_header(r, "Access-Control-Allow-Origin", "*");
     http_add_header(r, "Access-Control-Allow-Methods", "GET, OPTIONS");
     if (!strcmp(http_req_method(r), "OPTIONS")) {

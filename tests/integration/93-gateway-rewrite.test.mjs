@@ -1,5 +1,5 @@
-// `agentid gateway`'s requestHeaderModifier, responseHeaderModifier, urlRewrite.path and
-// directResponse, in agentgateway's shape (add/set as name: value mappings, remove as a list;
+// `agentid gateway`'s route hostnames, requestHeaderModifier, responseHeaderModifier,
+// urlRewrite.path and directResponse, in agentgateway's shape (add/set as name: value mappings, remove as a list;
 // path prefix or full; body and status), seen from the upstream (a recorder) and from the
 // client; bad settings stop start-up.
 import { test, before, after } from 'node:test';
@@ -46,6 +46,21 @@ const config = (up) => `binds:
       matches: [{path: {pathPrefix: /down}}]
       policies:
         directResponse: {body: "back soon", status: 503}
+    - name: host-exact
+      hostnames: [api.example.com]
+      matches: [{path: {pathPrefix: /h}}]
+      policies: {directResponse: {body: exact}}
+    - name: host-wild
+      hostnames: ["*.example.com", "*.example.org"]
+      matches: [{path: {pathPrefix: /h}}]
+      policies: {directResponse: {body: wildcard}}
+    - name: host-deep
+      hostnames: ["*.deep.example.com"]
+      matches: [{path: {pathPrefix: /h}}]
+      policies: {directResponse: {body: deeper}}
+    - name: host-any
+      matches: [{path: {pathPrefix: /h/longer}}]
+      policies: {directResponse: {body: any}}
     - name: empty
       matches: [{path: {exact: /ping}}]
       policies:
@@ -124,6 +139,17 @@ test('directResponse: the gateway answers, nothing goes upstream; the route\'s o
   assert.equal(rec.seen.length, seen, 'the upstream saw none of these');
 });
 
+test('hostnames: the closest host fit wins before the path; a route without hostnames takes any host', async () => {
+  const cases = [['api.example.com', 'exact'], ['API.example.com:8080', 'exact'], ['foo.example.com', 'wildcard'],
+    ['a.b.example.com', 'wildcard'], ['x.deep.example.com', 'deeper'], ['example.com', 'any'], ['other.org', 'any']];
+  for (const [host, want] of cases) {
+    const r = await request(`${G.url}/h/longer/x`, { headers: { Host: host } });
+    assert.equal(r.text, want, host);
+  }
+  const r = await request(`${G.url}/h/short`, { headers: { Host: 'other.org' } });
+  assert.equal(r.status, 404, 'no route for that host and path');
+});
+
 test('bad modifier or rewrite settings stop start-up with FILE:LINE: reason', () => {
   const route = (policies, backend = '{host: "127.0.0.1:1"}') =>
     `binds:\n- port: 0\n  listeners:\n  - routes:\n    - name: r\n      backends: [${backend}]\n      policies:\n${policies}`;
@@ -143,6 +169,11 @@ test('bad modifier or rewrite settings stop start-up with FILE:LINE: reason', ()
     ['b11', '        directResponse: {status: 99}\n', /b11\.yaml:8: directResponse\.status: /],
     ['b12', '        directResponse: {body: x, headers: {a: b}}\n', /b12\.yaml:8: .*unknown or unsupported key 'headers'/],
   ];
+  const host = join(dir, 'b13.yaml');
+  writeFileSync(host, 'binds:\n- port: 0\n  listeners:\n  - routes:\n    - name: r\n      hostnames: ["a.*.com"]\n      policies: {directResponse: {}}\n');
+  const hr = run(['gateway', '--config', host]);
+  assert.equal(hr.code, 1);
+  assert.match(hr.stderr, /b13\.yaml:6: hostnames: 'a\.\*\.com' is not a host name/);
   for (const [name, policies, want, backend] of cases) {
     const f = join(dir, `${name}.yaml`);
     writeFileSync(f, route(policies, backend));
