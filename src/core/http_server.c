@@ -185,6 +185,7 @@ struct http_req {
     bool refused;                /* opts.early answered: the body is read and dropped, then
                                     that answer goes out (the handler is skipped) */
     size_t discarded;
+    size_t discard_limit;        /* a too-large announced body: drop this much at most (else DISCARD_LIMIT) */
     bool queued;                 /* a response went to MHD already */
     size_t reply_len;            /* http_reply's body length (a reply all in memory) */
     void *corked;                /* the TLS session corked for this reply (see cork_reply) */
@@ -552,7 +553,14 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         unsigned long long n = cl ? strtoull(cl, NULL, 10) : 0;
         if (n > s->max_body) {
             r->too_large = true;
-            return queue_static(r, MHD_HTTP_CONTENT_TOO_LARGE, BODY_TOO_LARGE);
+            /* At once (MHD then closes) when the client waits for 100 Continue, or when the body
+             * is far too big to read through; a body a little over the cap is read and dropped
+             * first, so the 413 is not lost to a reset (closing with the body unread). */
+            if (MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT) ||
+                n > s->max_body + DISCARD_LIMIT)
+                return queue_static(r, MHD_HTTP_CONTENT_TOO_LARGE, BODY_TOO_LARGE);
+            r->discard_limit = s->max_body + DISCARD_LIMIT;
+            return MHD_YES;
         }
         bool body = n > 0 || MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
         if (s->early && body) {
@@ -599,7 +607,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         }
         if (r->too_large) {
             r->discarded += n;
-            if (r->discarded > DISCARD_LIMIT) return MHD_NO; /* closes the connection */
+            if (r->discarded > (r->discard_limit ? r->discard_limit : DISCARD_LIMIT)) return MHD_NO; /* closes */
         }
         return MHD_YES;
     }
