@@ -8,10 +8,13 @@
 // calls reaching both targets; a tool denied by mcpAuthorization hidden from the list and
 // refused on call (HTTP 400, JSON-RPC -32602 "Unknown tool: <name>"); two clients' sessions
 // kept apart (different Mcp-Session-Id, different stdio children, each still working after
-// the other's DELETE); the caller's token never reaching an upstream; 401 without a token.
+// the other's DELETE); the caller's token never reaching an upstream; 401 without a token; the
+// same SDK client through a gateway listener with protocol: HTTPS.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import https from 'node:https';
+import { Readable } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { demo, freePort, initDirectory, request, start, startIssuer } from '../integration/harness.mjs';
@@ -204,6 +207,55 @@ test('no token: 401 before any MCP', async () => {
     params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } },
   { auth: null });
   assert.equal(r.status, 401);
+});
+
+/* fetch over node:https trusting ca (the SDK takes a fetch; Node's own has no per-call CA). */
+const caFetch = (ca) => (url, init = {}) => new Promise((ok, fail) => {
+  const headers = Object.fromEntries(new Headers(init.headers ?? {}));
+  const req = https.request(new URL(url), { method: init.method ?? 'GET', headers, ca }, (res) => {
+    const h = new Headers();
+    for (const [k, v] of Object.entries(res.headers)) for (const x of [].concat(v)) h.append(k, x);
+    const none = [204, 304].includes(res.statusCode) || init.method === 'HEAD';
+    if (none) res.resume();
+    ok(new Response(none ? null : Readable.toWeb(res), { status: res.statusCode, headers: h }));
+  });
+  req.on('error', fail);
+  init.signal?.addEventListener('abort', () => req.destroy(new Error('aborted')));
+  req.end(init.body ?? undefined);
+});
+
+test('the same through an HTTPS listener: the SDK client over TLS, metadata and 401 in https', async () => {
+  const tlsDir = mkdtempSync(join(tmpdir(), 'agentid-gw-mcp-tls-'));
+  let g;
+  try {
+    copyFileSync(join(dir.dir, 'tls/server.crt'), join(tlsDir, 'gw.crt'));
+    copyFileSync(join(dir.dir, 'tls/server.key'), join(tlsDir, 'gw.key'));
+    copyFileSync(join(tmp, 'jwks.json'), join(tlsDir, 'jwks.json'));
+    const port = await freePort();
+    const plain = readFileSync(join(tmp, 'gateway.yaml'), 'utf8');
+    writeFileSync(join(tlsDir, 'gateway.yaml'), plain.replace(/- port: \d+/, `- port: ${port}`)
+      .replace('  - name: main\n', '  - name: main\n    protocol: HTTPS\n    tls: {cert: gw.crt, key: gw.key}\n'));
+    g = await start(['gateway', '--config', join(tlsDir, 'gateway.yaml')], { port, tls: true, ca: dir.ca });
+    assert.ok(g.url.startsWith('https://'));
+    const transport = new StreamableHTTPClientTransport(new URL(`${g.url}/mcp`), {
+      requestInit: { headers: { Authorization: `Bearer ${tok}` } }, fetch: caFetch(dir.ca),
+    });
+    const client = new Client({ name: 'tls', version: '1.0.0' });
+    await client.connect(transport);
+    assert.ok(transport.sessionId);
+    const { tools } = await client.listTools();
+    assert.ok(tools.some((t) => t.name === 'http1_echo'));
+    assert.equal(text(await client.callTool({ name: 'http1_echo', arguments: { text: 'over tls' } })), 'over tls');
+    await client.close();
+    const meta = await request(`${g.url}/.well-known/oauth-protected-resource/mcp`, { ca: dir.ca });
+    assert.equal(meta.json.resource, `${g.url}/mcp`);
+    const r = await request(`${g.url}/mcp`, { ca: dir.ca, method: 'POST', body: '{}', headers: { 'Content-Type': 'application/json' } });
+    assert.equal(r.status, 401);
+    assert.equal(r.headers['www-authenticate'], `Bearer resource_metadata="${g.url}/.well-known/oauth-protected-resource/mcp"`);
+  } finally {
+    if (g) assert.equal(await g.stop(), 0, 'clean exit (no leaks under ASan)');
+    rmSync(tlsDir, { recursive: true, force: true });
+  }
 });
 
 async function waitGone(pid) {
