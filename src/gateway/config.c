@@ -458,6 +458,25 @@ static bool parse_rewrite(loader *l, const yaml_node_t *n, gw_route *rt)
     return true;
 }
 
+/* "example.com" or "*.example.com" (one or more leading labels): letters, digits, '-', '.'. */
+static bool host_name_ok(const char *h)
+{
+    const char *name = h[0] == '*' && h[1] == '.' ? h + 2 : h;
+    size_t len = strlen(name);
+    return len && len <= 253 && name[0] != '.' && name[len - 1] != '.' && !strstr(name, "..") &&
+           strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") == len;
+}
+
+/* Does a listener's hostname take in a route's (Gateway API: the route's must fit it)? */
+static bool host_within(const char *listener, const char *route)
+{
+    if (!strcasecmp(listener, route)) return true;
+    if (listener[0] != '*') return false;
+    const char *r = route[0] == '*' ? route + 1 : route; /* a wildcard fits a wider one */
+    size_t sl = strlen(listener + 1), rl = strlen(r);      /* listener + 1: ".example.com" */
+    return rl > sl && !strcasecmp(r + rl - sl, listener + 1);
+}
+
 static bool parse_policies(loader *l, const yaml_node_t *n, gw_route *rt)
 {
     static const char *const KEYS[] = {"jwtAuth", "authorization", "mcpAuthorization", "cors", "timeout",
@@ -880,13 +899,8 @@ static bool parse_route(loader *l, const yaml_node_t *n, gw_route *rt, size_t in
     }
     if ((v = get(l, n, "hostnames"))) {
         if (!str_list(l, v, "hostnames", &rt->hostnames)) return false;
-        for (char **h = rt->hostnames; *h; h++) {
-            const char *name = **h == '*' && (*h)[1] == '.' ? *h + 2 : *h;
-            size_t len = strlen(name);
-            if (!len || len > 253 || name[0] == '.' || name[len - 1] == '.' || strstr(name, "..") ||
-                strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != len)
-                return fail(l, v, "hostnames: '%s' is not a host name (a leading '*.' is the only wildcard)", *h);
-        }
+        for (char **h = rt->hostnames; *h; h++)
+            if (!host_name_ok(*h)) return fail(l, v, "hostnames: '%s' is not a host name (a leading '*.' is the only wildcard)", *h);
     }
     if ((v = get(l, n, "matches"))) {
         if (!seq_ok(l, v, "matches")) return false;
@@ -985,7 +999,7 @@ static bool parse_listener_tls(loader *l, const yaml_node_t *ln, gw_bind *b, boo
 static bool parse_bind(loader *l, const yaml_node_t *n, gw_bind *b)
 {
     static const char *const KEYS[] = {"port", "address", "listeners", NULL};
-    static const char *const LKEYS[] = {"name", "protocol", "tls", "routes", NULL};
+    static const char *const LKEYS[] = {"name", "hostname", "protocol", "tls", "routes", NULL};
     if (!map_ok(l, n, "binds", KEYS)) return false;
     yaml_node_t *v;
     long port;
@@ -1013,10 +1027,23 @@ static bool parse_bind(loader *l, const yaml_node_t *n, gw_bind *b)
         cap += seq_len(rs);
         if (cap > MAX_LIST) return fail(l, rs, "routes: more than %d in one bind", MAX_LIST);
         b->routes = xrealloc(b->routes, cap * sizeof *b->routes);
+        /* A listener's hostname: its routes serve that host only; theirs must fit in it. */
+        yaml_node_t *hn = get(l, ln, "hostname");
+        const char *lh = hn ? scalar(hn) : NULL;
+        if (hn && (!lh || !host_name_ok(lh)))
+            return fail(l, hn, "listeners.hostname: not a host name (a leading '*.' is the only wildcard)");
         ITEMS(rs, rit) {
             gw_route *rt = &b->routes[b->n_routes++];
             memset(rt, 0, sizeof *rt);
             if (!parse_route(l, node_at(l, *rit), rt, b->n_routes)) return false;
+            if (!lh) continue;
+            if (!rt->hostnames) {
+                rt->hostnames = xcalloc(2, sizeof *rt->hostnames);
+                rt->hostnames[0] = xstrdup(lh);
+            }
+            for (char **h = rt->hostnames; *h; h++)
+                if (!host_within(lh, *h))
+                    return fail(l, node_at(l, *rit), "route %s: hostname %s is outside its listener's %s", rt->name, *h, lh);
         }
     }
     return true;

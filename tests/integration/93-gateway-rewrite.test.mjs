@@ -150,6 +150,18 @@ test('hostnames: the closest host fit wins before the path; a route without host
   assert.equal(r.status, 404, 'no route for that host and path');
 });
 
+test('a listener hostname: its routes serve that host only', async () => {
+  const f = join(dir, 'listener-host.yaml');
+  writeFileSync(f, `binds:\n- port: 0\n  listeners:\n  - hostname: "*.example.com"\n    routes:\n    - name: inside\n      policies: {directResponse: {body: inside}}\n    - name: narrower\n      hostnames: [api.example.com]\n      policies: {directResponse: {body: api}}\n  - routes:\n    - name: rest\n      policies: {directResponse: {body: rest}}\n`);
+  const g = await start(['gateway', '--config', f]);
+  try {
+    for (const [host, want] of [['x.example.com', 'inside'], ['api.example.com', 'api'], ['example.com', 'rest'], ['other.org', 'rest']])
+      assert.equal((await request(`${g.url}/`, { headers: { Host: host } })).text, want, host);
+  } finally {
+    assert.equal(await g.stop(), 0);
+  }
+});
+
 test('bad modifier or rewrite settings stop start-up with FILE:LINE: reason', () => {
   const route = (policies, backend = '{host: "127.0.0.1:1"}') =>
     `binds:\n- port: 0\n  listeners:\n  - routes:\n    - name: r\n      backends: [${backend}]\n      policies:\n${policies}`;
@@ -169,6 +181,13 @@ test('bad modifier or rewrite settings stop start-up with FILE:LINE: reason', ()
     ['b11', '        directResponse: {status: 99}\n', /b11\.yaml:8: directResponse\.status: /],
     ['b12', '        directResponse: {body: x, headers: {a: b}}\n', /b12\.yaml:8: .*unknown or unsupported key 'headers'/],
   ];
+  // A listener's hostname: its routes serve that host only, and theirs must fit in it.
+  const lis = (routeHosts) => `binds:\n- port: 0\n  listeners:\n  - hostname: "*.example.com"\n    routes:\n    - name: r\n${routeHosts}      policies: {directResponse: {}}\n`;
+  const out = join(dir, 'b14.yaml');
+  writeFileSync(out, lis('      hostnames: [api.example.org]\n'));
+  const or = run(['gateway', '--config', out]);
+  assert.equal(or.code, 1);
+  assert.match(or.stderr, /b14\.yaml:6: route r: hostname api\.example\.org is outside its listener's \*\.example\.com/);
   const host = join(dir, 'b13.yaml');
   writeFileSync(host, 'binds:\n- port: 0\n  listeners:\n  - routes:\n    - name: r\n      hostnames: ["a.*.com"]\n      policies: {directResponse: {}}\n');
   const hr = run(['gateway', '--config', host]);
