@@ -477,12 +477,85 @@ static bool host_within(const char *listener, const char *route)
     return rl > sl && !strcasecmp(r + rl - sl, listener + 1);
 }
 
+static bool parse_redirect(loader *l, const yaml_node_t *n, gw_route *rt)
+{
+    static const char *const KEYS[] = {"scheme", "authority", "path", "status", NULL};
+    static const char *const AKEYS[] = {"full", "host", "port", NULL};
+    static const char *const PKEYS[] = {"full", "prefix", NULL};
+    if (!map_ok(l, n, "requestRedirect", KEYS)) return false;
+    gw_redirect *rd = rt->redirect = xcalloc(1, sizeof *rd);
+    rd->status = 302;
+    yaml_node_t *v, *a, *b;
+    long num;
+    if ((v = get(l, n, "scheme"))) {
+        if (!str(l, v, "requestRedirect.scheme", &rd->scheme)) return false;
+        if (strcmp(rd->scheme, "http") && strcmp(rd->scheme, "https"))
+            return fail(l, v, "requestRedirect.scheme: expected http or https");
+    }
+    if ((v = get(l, n, "authority"))) {
+        if (!map_ok(l, v, "requestRedirect.authority", AKEYS)) return false;
+        if ((a = get(l, v, "full"))) {
+            if (get(l, v, "host") || get(l, v, "port"))
+                return fail(l, v, "requestRedirect.authority: full goes alone");
+            char *full = NULL;
+            if (!str(l, a, "requestRedirect.authority.full", &full)) return false;
+            char *colon = strrchr(full, ':');
+            if (colon && !strchr(colon, ']')) {
+                char *end = NULL;
+                long p = strtol(colon + 1, &end, 10);
+                if (!*(colon + 1) || *end || p < 1 || p > 65535) {
+                    free(full);
+                    return fail(l, a, "requestRedirect.authority.full: expected HOST or HOST:PORT");
+                }
+                rd->port = (unsigned)p;
+                *colon = '\0';
+            }
+            rd->host = full;
+            rd->full_authority = true;
+        } else {
+            if ((a = get(l, v, "host")) && !str(l, a, "requestRedirect.authority.host", &rd->host)) return false;
+            if ((a = get(l, v, "port"))) {
+                if (!integer(l, a, "requestRedirect.authority.port", 1, 65535, &num)) return false;
+                rd->port = (unsigned)num;
+            }
+        }
+        if (rd->host && !host_name_ok(rd->host) && strspn(rd->host, "0123456789.") != strlen(rd->host))
+            return fail(l, v, "requestRedirect.authority: '%s' is not a host name", rd->host);
+    }
+    if ((v = get(l, n, "path"))) {
+        if (!map_ok(l, v, "requestRedirect.path", PKEYS)) return false;
+        a = get(l, v, "full");
+        b = get(l, v, "prefix");
+        if (!a == !b) return fail(l, v, "requestRedirect.path: give exactly one of full and prefix");
+        char **dst = a ? &rd->path_full : &rd->path_prefix;
+        if (!str(l, a ? a : b, "requestRedirect.path", dst)) return false;
+        if ((*dst)[0] != '/' || strpbrk(*dst, "?# \t\r\n"))
+            return fail(l, a ? a : b, "requestRedirect.path: '%s' must start with / (no ? or #)", *dst);
+    }
+    if ((v = get(l, n, "status"))) {
+        if (!integer(l, v, "requestRedirect.status", 301, 308, &num) || num == 304 || num == 305 || num == 306)
+            return fail(l, v, "requestRedirect.status: expected 301, 302, 303, 307 or 308");
+        rd->status = (int)num;
+    }
+    return true;
+}
+
+static void free_redirect(gw_redirect *rd)
+{
+    if (!rd) return;
+    free(rd->scheme);
+    free(rd->host);
+    free(rd->path_full);
+    free(rd->path_prefix);
+    free(rd);
+}
+
 static bool parse_policies(loader *l, const yaml_node_t *n, gw_route *rt)
 {
     static const char *const KEYS[] = {"jwtAuth", "authorization", "mcpAuthorization", "cors", "timeout",
                                        "localRateLimit", "backendAuth", "claimsToHeaders",
                                        "requestHeaderModifier", "responseHeaderModifier", "urlRewrite",
-                                       "directResponse", NULL};
+                                       "directResponse", "requestRedirect", NULL};
     static const char *const TIMEOUT_KEYS[] = {"requestTimeout", NULL};
     static const char *const AUTH_KEYS[] = {"passthrough", "key", NULL};
     if (!map_ok(l, n, "policies", KEYS)) return false;
@@ -529,6 +602,7 @@ static bool parse_policies(loader *l, const yaml_node_t *n, gw_route *rt)
         !parse_header_mod(l, v, "responseHeaderModifier", true, &rt->resp_mod))
         return false;
     if ((v = get(l, n, "urlRewrite")) && !parse_rewrite(l, v, rt)) return false;
+    if ((v = get(l, n, "requestRedirect")) && !parse_redirect(l, v, rt)) return false;
     if ((v = get(l, n, "directResponse"))) {
         static const char *const DKEYS[] = {"body", "status", NULL};
         yaml_node_t *b, *st;
@@ -914,12 +988,16 @@ static bool parse_route(loader *l, const yaml_node_t *n, gw_route *rt, size_t in
     }
     yaml_node_t *backends = get(l, n, "backends");
     if ((v = get(l, n, "policies")) && !parse_policies(l, v, rt)) return false;
+    if (rt->direct && rt->redirect) return fail(l, n, "route %s: directResponse or requestRedirect, not both", rt->name);
+    if (rt->redirect) rt->direct = true; /* answered by the gateway as well (the checks below) */
     if (rt->direct) { /* answered by the gateway: nothing goes upstream */
-        if (backends) return fail(l, backends, "route %s: directResponse answers itself: no backends", rt->name);
+        if (backends) return fail(l, backends, "route %s: %s answers itself: no backends", rt->name,
+                                  rt->redirect ? "requestRedirect" : "directResponse");
         if (rt->req_mod || rt->resp_mod || rt->rewrite_prefix || rt->rewrite_full || rt->backend_key ||
             rt->passthrough || rt->n_claim_headers || rt->timeout_ms)
-            return fail(l, n, "route %s: directResponse goes with no upstream policy (header modifiers, "
-                        "urlRewrite, backendAuth, claimsToHeaders, timeout)", rt->name);
+            return fail(l, n, "route %s: %s goes with no upstream policy (header modifiers, "
+                        "urlRewrite, backendAuth, claimsToHeaders, timeout)", rt->name,
+                        rt->redirect ? "requestRedirect" : "directResponse");
     } else {
         if (!backends) return fail(l, n, "route %s: backends is required", rt->name);
         if (!parse_backend(l, backends, rt)) return false;
@@ -1155,6 +1233,7 @@ static void free_route(gw_route *rt)
     free(rt->rewrite_prefix);
     free(rt->rewrite_full);
     free(rt->direct_body);
+    free_redirect(rt->redirect);
     list_free(rt->hostnames);
     for (size_t i = 0; i < rt->n_matches; i++) {
         gw_match *m = &rt->matches[i];

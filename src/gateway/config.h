@@ -119,6 +119,17 @@ typedef struct {
 
 /* requestHeaderModifier / responseHeaderModifier: the named headers are removed, those in set
  * replaced (the incoming ones dropped), those in add sent as well; names compare without case. */
+/* requestRedirect: each part replaces the request's own when set (NULL / 0: kept). */
+typedef struct gw_redirect {
+    char *scheme;                /* "http" or "https" */
+    char *host;                  /* authority.host, or authority.full's host part */
+    unsigned port;               /* authority.port or full's; 0: the scheme's default when the
+                                    scheme changes, else the request's */
+    bool full_authority;         /* authority.full: host and port as given */
+    char *path_full, *path_prefix;
+    int status;                  /* 301, 302 (default), 303, 307, 308 */
+} gw_redirect;
+
 #define GW_HEADER_MOD_MAX 32      /* entries in one add or set */
 typedef struct {
     char **set_names, **set_values;   /* NULL-terminated, same length */
@@ -149,6 +160,7 @@ typedef struct {
     gw_header_mod *resp_mod;     /* responseHeaderModifier; NULL: none */
     char *rewrite_prefix;        /* urlRewrite.path.prefix: replaces the matched path prefix */
     char *rewrite_full;          /* urlRewrite.path.full: replaces the whole path */
+    struct gw_redirect *redirect;/* requestRedirect; NULL: none */
     bool direct;                 /* directResponse: the gateway answers (no backend) ... */
     int direct_status;           /* ... with this status (200) ... */
     char *direct_body;           /* ... and this body (NULL: none) */

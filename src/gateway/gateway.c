@@ -1171,11 +1171,50 @@ static void serve_deferred(http_req *r, void *arg, bool cancelled)
     free(c);
 }
 
+/* requestRedirect: Location is the request's URL with the configured parts replaced. */
+static void redirect(http_req *r, const server *sv, const gw_route *rt, const gw_match *m)
+{
+    static const char HOST_CHARS[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]";
+    const gw_redirect *rd = rt->redirect;
+    const char *own = http_req_is_tls(r) ? "https" : "http", *scheme = rd->scheme ? rd->scheme : own;
+    const char *h = http_req_header(r, "Host");
+    if (!h || !*h || strlen(h) > 255 || h[strspn(h, HOST_CHARS)]) h = sv->listen;
+    size_t hlen = h[0] == '[' ? strcspn(h, "]") + (h[strcspn(h, "]")] == ']') : strcspn(h, ":");
+    const char *hport = h[hlen] == ':' ? h + hlen + 1 : NULL;
+    char port[16] = "";
+    if (rd->port) snprintf(port, sizeof port, ":%u", rd->port);
+    /* Gateway API: a given scheme brings its well-known port; else the listener's stays */
+    else if (!rd->full_authority && !rd->scheme && hport) snprintf(port, sizeof port, ":%.5s", hport);
+    const char *target = http_req_target(r), *query = strchr(target, '?');
+    const char *end = target + strcspn(target, "?");
+    char *path;
+    if (rd->path_full) {
+        path = xstrdup(rd->path_full);
+    } else if (rd->path_prefix) {
+        const char *rest = after_prefix(m, target, end), *pre = rd->path_prefix;
+        size_t plen = strlen(pre);
+        if (plen && pre[plen - 1] == '/' && *rest == '/') rest++;
+        path = xasprintf("%s%.*s", pre, (int)(end - rest), rest);
+    } else {
+        path = xstrndup(target, (size_t)(end - target));
+    }
+    char *loc = xasprintf("%s://%.*s%s%s%s", scheme, rd->host ? (int)strlen(rd->host) : (int)hlen,
+                          rd->host ? rd->host : h, port, path, query ? query : "");
+    http_add_header(r, "Location", loc);
+    http_reply(r, rd->status, NULL, "", 0);
+    free(loc);
+    free(path);
+}
+
 /* True if the answer comes later (from a worker, or once the upstream answered). */
 static bool serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r, uint64_t scope, int64_t t0)
 {
     if (cors(r, rt->cors)) return false;
     if (!rate_limit(r, rt)) return false;
+    if (rt->redirect) { /* before jwtAuth: a client is sent elsewhere (say to https) to sign in */
+        redirect(r, sv, rt, m);
+        return false;
+    }
 
     route_ctx c = {.sv = sv, .rt = rt, .m = m, .scope = scope, .t0 = t0};
     const char *token = bearer(r);
@@ -1234,7 +1273,7 @@ static void early(http_req *r, void *ctx)
         http_reply_text(r, 400, "bad request path");
     } else if (!(rt = route_for(b, path, r, false, &m))) {
         http_reply_text(r, 404, "route not found");
-    } else if (rt->jwt && strcmp(http_req_method(r), "OPTIONS")) { /* preflights: the handler's */
+    } else if (rt->jwt && !rt->redirect && strcmp(http_req_method(r), "OPTIONS")) { /* preflights: the handler's */
         const char *token = bearer(r);
         verdict v = {0};
         jwt t = {0};

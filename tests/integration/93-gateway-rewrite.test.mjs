@@ -1,5 +1,5 @@
 // `agentid gateway`'s route hostnames, requestHeaderModifier, responseHeaderModifier,
-// urlRewrite.path and directResponse, in agentgateway's shape (add/set as name: value mappings, remove as a list;
+// urlRewrite.path, directResponse and requestRedirect, in agentgateway's shape (add/set as name: value mappings, remove as a list;
 // path prefix or full; body and status), seen from the upstream (a recorder) and from the
 // client; bad settings stop start-up.
 import { test, before, after } from 'node:test';
@@ -61,6 +61,18 @@ const config = (up) => `binds:
     - name: host-any
       matches: [{path: {pathPrefix: /h/longer}}]
       policies: {directResponse: {body: any}}
+    - name: to-https
+      matches: [{path: {pathPrefix: /old}}]
+      policies: {requestRedirect: {scheme: https}}
+    - name: moved
+      matches: [{path: {exact: /moved}}]
+      policies: {requestRedirect: {path: {full: /new}, status: 301}}
+    - name: elsewhere
+      matches: [{path: {pathPrefix: /v1}}]
+      policies: {requestRedirect: {authority: {host: example.com}, path: {prefix: /v2}}}
+    - name: full-authority
+      matches: [{path: {pathPrefix: /far}}]
+      policies: {requestRedirect: {scheme: https, authority: {full: "example.org:8443"}, status: 308}}
     - name: empty
       matches: [{path: {exact: /ping}}]
       policies:
@@ -150,6 +162,23 @@ test('hostnames: the closest host fit wins before the path; a route without host
   assert.equal(r.status, 404, 'no route for that host and path');
 });
 
+test('requestRedirect: Location is the request\'s URL with the given parts replaced; nothing goes upstream', async () => {
+  const seen = rec.seen.length;
+  const port = G.port;
+  const cases = [
+    ['/old/x?q=1', 302, 'https://127.0.0.1/old/x?q=1'],
+    ['/moved?k=v', 301, `http://127.0.0.1:${port}/new?k=v`],
+    ['/v1/a/b', 302, `http://example.com:${port}/v2/a/b`],
+    ['/far/z', 308, 'https://example.org:8443/far/z'],
+  ];
+  for (const [path, status, location] of cases) {
+    const r = await request(`${G.url}${path}`, { method: 'POST', body: 'x' });
+    assert.equal(r.status, status, path);
+    assert.equal(r.headers.location, location, path);
+  }
+  assert.equal(rec.seen.length, seen);
+});
+
 test('a listener hostname: its routes serve that host only', async () => {
   const f = join(dir, 'listener-host.yaml');
   writeFileSync(f, `binds:\n- port: 0\n  listeners:\n  - hostname: "*.example.com"\n    routes:\n    - name: inside\n      policies: {directResponse: {body: inside}}\n    - name: narrower\n      hostnames: [api.example.com]\n      policies: {directResponse: {body: api}}\n  - routes:\n    - name: rest\n      policies: {directResponse: {body: rest}}\n`);
@@ -180,6 +209,9 @@ test('bad modifier or rewrite settings stop start-up with FILE:LINE: reason', ()
     ['b10', '        directResponse: {body: x}\n', /b10\.yaml:6: route r: directResponse answers itself: no backends/],
     ['b11', '        directResponse: {status: 99}\n', /b11\.yaml:8: directResponse\.status: /],
     ['b12', '        directResponse: {body: x, headers: {a: b}}\n', /b12\.yaml:8: .*unknown or unsupported key 'headers'/],
+    ['b15', '        requestRedirect: {status: 200}\n', /b15\.yaml:8: requestRedirect\.status: /],
+    ['b16', '        requestRedirect: {scheme: ftp}\n', /b16\.yaml:8: requestRedirect\.scheme: expected http or https/],
+    ['b17', '        requestRedirect: {scheme: https}\n', /b17\.yaml:6: route r: requestRedirect answers itself: no backends/],
   ];
   // A listener's hostname: its routes serve that host only, and theirs must fit in it.
   const lis = (routeHosts) => `binds:\n- port: 0\n  listeners:\n  - hostname: "*.example.com"\n    routes:\n    - name: r\n${routeHosts}      policies: {directResponse: {}}\n`;
