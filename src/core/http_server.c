@@ -185,7 +185,7 @@ struct http_req {
     bool refused;                /* opts.early answered: the body is read and dropped, then
                                     that answer goes out (the handler is skipped) */
     size_t discarded;
-    size_t discard_limit;        /* a too-large announced body: drop this much at most (else DISCARD_LIMIT) */
+    size_t discard_limit;        /* too_large or refused: drop this much of the body at most */
     bool queued;                 /* a response went to MHD already */
     size_t reply_len;            /* http_reply's body length (a reply all in memory) */
     void *corked;                /* the TLS session corked for this reply (see cork_reply) */
@@ -498,6 +498,17 @@ static void uncork_reply(struct MHD_Connection *c, void *session)
         setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
 }
 
+/* Queue the answer r holds (r->resp), sealed and held as every answer is (cork_reply,
+ * round_hold). */
+static enum MHD_Result queue_reply(http_req *r)
+{
+    cork_reply(r);
+    round_hold(r);
+    enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)r->status, r->resp);
+    r->queued = true;
+    return ret;
+}
+
 /* Queue a fixed JSON answer (413, 500) that does not come from the handler. */
 static enum MHD_Result queue_static(http_req *r, unsigned status, const char *json)
 {
@@ -562,22 +573,17 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
             r->discard_limit = s->max_body + DISCARD_LIMIT;
             return MHD_YES;
         }
-        bool body = n > 0 || MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
-        if (s->early && body) {
+        if (s->early && (n > 0 || MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))) {
             s->early(r, s->ctx);
             if (r->resp && MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT)) {
                 /* The client waits for "100 Continue" before it sends the body: answer now, and
                  * it never sends it (MHD closes the connection after this answer). */
-                cork_reply(r);
-                round_hold(r);
-                enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, r->resp);
-                r->queued = true;
-                return ret;
+                return queue_reply(r);
             }
             /* Else the body is on its way already: closing now, with it unread, would make the
              * kernel reset the connection and the client could lose the answer. So it is read
              * and dropped (nothing kept), and the answer follows, on a kept-alive connection. */
-            if (r->resp) r->refused = true;
+            if (r->resp) r->refused = true, r->discard_limit = s->max_body;
             else free_pending(r);
         }
         if (n > 0 && !r->refused) { /* size the buffer once */
@@ -595,26 +601,23 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     if (*upload_data_size) { /* a piece of the body */
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (r->refused) { /* dropped; past max_body (a chunked one) we hang up */
-            r->discarded += n;
-            return r->discarded > s->max_body ? MHD_NO : MHD_YES;
-        }
-        if (!r->too_large && !body_append(r, upload_data, n)) {
-            r->too_large = true;
+        if (!r->too_large && !r->refused && !body_append(r, upload_data, n)) {
+            r->too_large = true; /* a chunked body past the cap */
+            r->discard_limit = DISCARD_LIMIT;
             free(r->body);
             r->body = NULL;
             r->body_len = r->body_cap = 0;
         }
-        if (r->too_large) {
+        if (r->too_large || r->refused) { /* dropped; past discard_limit we hang up */
             r->discarded += n;
-            if (r->discarded > (r->discard_limit ? r->discard_limit : DISCARD_LIMIT)) return MHD_NO; /* closes */
+            if (r->discarded > r->discard_limit) return MHD_NO; /* closes the connection */
         }
         return MHD_YES;
     }
 
     /* last call: the whole request is in */
     if (r->too_large) return queue_static(r, MHD_HTTP_CONTENT_TOO_LARGE, BODY_TOO_LARGE);
-    if (r->refused) goto answer;
+    if (r->refused) return queue_reply(r);
 
     int ds = atomic_load(&r->dstate);
     if (ds == D_PARKED) return MHD_YES; /* not expected: the worker resumes only once done */
@@ -639,12 +642,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     free_pending(r); /* headers added but never followed by a reply */
     if (!r->resp) return queue_static(r, MHD_HTTP_INTERNAL_SERVER_ERROR, BODY_SERVER_ERROR);
 
-answer:
-    cork_reply(r);
-    round_hold(r);
-    enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, r->resp);
-    r->queued = true;
-    return ret;
+    return queue_reply(r);
 }
 
 /* ---- server ----------------------------------------------------------------- */

@@ -378,6 +378,11 @@ bool gw_header_listed(char *const *list, const char *name)
     return false;
 }
 
+bool gw_header_mod_drops(const gw_header_mod *m, const char *name)
+{
+    return gw_header_listed(m->remove, name) || gw_header_listed(m->set_names, name);
+}
+
 /* A header modifier's add or set: a mapping name: value, into two NULL-terminated lists. */
 static bool parse_header_map(loader *l, const yaml_node_t *n, const char *what, bool response,
                              char ***names, char ***values)
@@ -437,6 +442,18 @@ static void free_header_mod(gw_header_mod *m)
     free(m);
 }
 
+/* A path that replaces a request's (urlRewrite, requestRedirect): starts with '/', visible
+ * ASCII only, no query or fragment. */
+static bool url_path(loader *l, const yaml_node_t *n, const char *what, char **dst)
+{
+    if (!str(l, n, what, dst)) return false;
+    for (const char *c = *dst; *c; c++)
+        if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f || *c == '?' || *c == '#')
+            return fail(l, n, "%s: '%s' is not a URL path (visible ASCII, no ? or #)", what, *dst);
+    if ((*dst)[0] != '/') return fail(l, n, "%s: '%s' must start with /", what, *dst);
+    return true;
+}
+
 static bool parse_rewrite(loader *l, const yaml_node_t *n, gw_route *rt)
 {
     static const char *const KEYS[] = {"path", "authority", NULL};
@@ -449,13 +466,7 @@ static bool parse_rewrite(loader *l, const yaml_node_t *n, gw_route *rt)
     p = get(l, v, "prefix");
     f = get(l, v, "full");
     if (!p == !f) return fail(l, v, "urlRewrite.path: give exactly one of prefix and full");
-    char **dst = p ? &rt->rewrite_prefix : &rt->rewrite_full;
-    if (!str(l, p ? p : f, p ? "urlRewrite.path.prefix" : "urlRewrite.path.full", dst)) return false;
-    for (const char *c = *dst; *c; c++)
-        if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f || *c == '?' || *c == '#')
-            return fail(l, p ? p : f, "urlRewrite.path: '%s' is not a URL path (visible ASCII, no ? or #)", *dst);
-    if ((*dst)[0] != '/') return fail(l, p ? p : f, "urlRewrite.path: '%s' must start with /", *dst);
-    return true;
+    return url_path(l, p ? p : f, "urlRewrite.path", p ? &rt->rewrite_prefix : &rt->rewrite_full);
 }
 
 /* "example.com" or "*.example.com" (one or more leading labels): letters, digits, '-', '.'. */
@@ -527,10 +538,7 @@ static bool parse_redirect(loader *l, const yaml_node_t *n, gw_route *rt)
         a = get(l, v, "full");
         b = get(l, v, "prefix");
         if (!a == !b) return fail(l, v, "requestRedirect.path: give exactly one of full and prefix");
-        char **dst = a ? &rd->path_full : &rd->path_prefix;
-        if (!str(l, a ? a : b, "requestRedirect.path", dst)) return false;
-        if ((*dst)[0] != '/' || strpbrk(*dst, "?# \t\r\n"))
-            return fail(l, a ? a : b, "requestRedirect.path: '%s' must start with / (no ? or #)", *dst);
+        if (!url_path(l, a ? a : b, "requestRedirect.path", a ? &rd->path_full : &rd->path_prefix)) return false;
     }
     if ((v = get(l, n, "status"))) {
         if (!integer(l, v, "requestRedirect.status", 301, 308, &num) || num == 304 || num == 305 || num == 306)

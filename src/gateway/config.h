@@ -168,6 +168,8 @@ typedef struct {
 
 /* Is name one of list's (without case)? */
 bool gw_header_listed(char *const *list, const char *name);
+/* Does m take the incoming header name away (it removes or sets it)? */
+bool gw_header_mod_drops(const gw_header_mod *m, const char *name);
 
 typedef struct {
     char *address;               /* numeric; "127.0.0.1" by default */

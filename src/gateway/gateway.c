@@ -203,6 +203,23 @@ static void quoted_safe(char *out, size_t outlen, const char *s)
     out[k] = '\0';
 }
 
+/* The request's Host header if it is a well-formed host[:port], else the address the server
+ * listens on: what URLs handed back to the client are built from. */
+static const char *client_host(http_req *r, const server *sv)
+{
+    static const char HOST_CHARS[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]";
+    const char *host = http_req_header(r, "Host");
+    return !host || !*host || strlen(host) > 255 || host[strspn(host, HOST_CHARS)] ? sv->listen : host;
+}
+
+/* The length of host[:port]'s host part ("[::1]" with its brackets). */
+static size_t host_len(const char *host)
+{
+    if (host[0] != '[') return strcspn(host, ":");
+    size_t n = strcspn(host, "]");
+    return n + (host[n] == ']');
+}
+
 /* "scheme://authority" of this request as the client sees it: the route's configured
  * resource if any, else the Host header (only well-formed host[:port] names). */
 static void request_base(http_req *r, const gw_route *rt, const server *sv, char *out, size_t outlen)
@@ -212,10 +229,7 @@ static void request_base(http_req *r, const gw_route *rt, const server *sv, char
         snprintf(out, outlen, "%.*s", (int)(p - rt->meta.resource + strcspn(p, "/?#")), rt->meta.resource);
         return;
     }
-    const char *host = http_req_header(r, "Host");
-    static const char HOST_CHARS[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]";
-    if (!host || !*host || strlen(host) > 255 || host[strspn(host, HOST_CHARS)]) host = sv->listen;
-    snprintf(out, outlen, "%s://%s", http_req_is_tls(r) ? "https" : "http", host);
+    snprintf(out, outlen, "%s://%s", http_req_is_tls(r) ? "https" : "http", client_host(r, sv));
 }
 
 /* ---- routing -------------------------------------------------------------------------------- */
@@ -301,7 +315,7 @@ static gw_route *route_for_host(const gw_bind *b, const char *path, const char *
     gw_route *best = NULL;
     long best_score = -1;
     if (!host) host = "";
-    size_t hlen = host[0] == '[' ? strcspn(host, "]") + (host[strcspn(host, "]")] == ']') : strcspn(host, ":");
+    size_t hlen = host_len(host);
     for (size_t i = 0; i < b->n_routes; i++) {
         gw_route *rt = &b->routes[i];
         if (need_jwt && !rt->jwt) continue;
@@ -483,6 +497,13 @@ static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v, bool
 bad:
     jwt_clear(t);
     return -1;
+}
+
+/* Does the route's jwtAuth let a request on without a valid token? optional lets one without
+ * a token through, permissive any request. */
+static bool jwt_lets_through(const gw_jwt *j, const char *token)
+{
+    return j->mode == GW_JWT_PERMISSIVE || (j->mode == GW_JWT_OPTIONAL && !token);
 }
 
 /* Does the route look at the claims after jwtAuth (authorization rules, claimsToHeaders, MCP)? */
@@ -734,7 +755,7 @@ static void up_modify(up_headers *u, const gw_header_mod *m)
         char name[128];
         size_t nl = strcspn(u->lines[i], ":;");
         snprintf(name, sizeof name, "%.*s", (int)(nl < sizeof name ? nl : sizeof name - 1), u->lines[i]);
-        if (gw_header_listed(m->remove, name) || gw_header_listed(m->set_names, name)) {
+        if (gw_header_mod_drops(m, name)) {
             if (u->heap[i]) free(u->lines[i]);
             continue;
         }
@@ -824,6 +845,16 @@ static const char *after_prefix(const gw_match *m, const char *target, const cha
     return rest;
 }
 
+/* The target's path with pre in the place of what m's prefix matched (the whole path for an
+ * exact match), one '/' where the two meet; target's query left out. */
+static char *replace_prefix(const gw_match *m, const char *target, const char *end, const char *pre)
+{
+    const char *rest = after_prefix(m, target, end);
+    size_t plen = strlen(pre);
+    if (plen && pre[plen - 1] == '/' && *rest == '/') rest++;
+    return xasprintf("%s%.*s", pre, (int)(end - rest), rest);
+}
+
 static char *upstream_url(const gw_route *rt, const gw_match *m, http_req *r)
 {
     const char *target = http_req_target(r), *query = strchr(target, '?');
@@ -831,11 +862,10 @@ static char *upstream_url(const gw_route *rt, const gw_match *m, http_req *r)
     if (rt->backend.kind != GW_BACKEND_AI) {
         if (rt->rewrite_full) return xasprintf("%s%s%s", rt->backend.base_url, rt->rewrite_full, query ? query : "");
         if (!rt->rewrite_prefix) return xasprintf("%s%s", rt->backend.base_url, target);
-        /* urlRewrite.path.prefix takes the matched prefix's place, one '/' between the two */
-        const char *rest = after_prefix(m, target, end), *pre = rt->rewrite_prefix;
-        size_t plen = strlen(pre);
-        if (plen && pre[plen - 1] == '/' && *rest == '/') rest++;
-        return xasprintf("%s%s%.*s%s", rt->backend.base_url, pre, (int)(end - rest), rest, query ? query : "");
+        char *path = replace_prefix(m, target, end, rt->rewrite_prefix);
+        char *url = xasprintf("%s%s%s", rt->backend.base_url, path, query ? query : "");
+        free(path);
+        return url;
     }
     const char *rest = after_prefix(m, target, end);
     size_t rlen = (size_t)(end - rest);
@@ -905,8 +935,7 @@ static void proxy_answer(http_req *r, pstream *p)
                 bool skip = hop_by_hop(name, conn) || !strcasecmp(name, "Content-Length") ||
                             !strcasecmp(name, "Content-Type") ||
                             (p->cors && !strncasecmp(name, "Access-Control-", 15)) ||
-                            (p->resp_mod && (gw_header_listed(p->resp_mod->remove, name) ||
-                                             gw_header_listed(p->resp_mod->set_names, name)));
+                            (p->resp_mod && gw_header_mod_drops(p->resp_mod, name));
                 if (!skip && (size_t)(ve - v) < sizeof val) {
                     memcpy(val, v, (size_t)(ve - v));
                     val[ve - v] = '\0';
@@ -1126,8 +1155,7 @@ static bool serve_checked(const route_ctx *c, http_req *r, jwt *cached, bool may
         if (cached) t = *cached, validated = true;
         else if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
         else if (check_token(c->sv->gw, c->scope, rt, token, &t, &v, true) == 0) validated = true;
-        /* optional lets a request without a token through; permissive any request. */
-        bool pass = rt->jwt->mode == GW_JWT_PERMISSIVE || (rt->jwt->mode == GW_JWT_OPTIONAL && !token);
+        bool pass = jwt_lets_through(rt->jwt, token);
         if (!validated && !pass) {
             reject(r, c->sv, rt, &v);
             return false;
@@ -1174,12 +1202,10 @@ static void serve_deferred(http_req *r, void *arg, bool cancelled)
 /* requestRedirect: Location is the request's URL with the configured parts replaced. */
 static void redirect(http_req *r, const server *sv, const gw_route *rt, const gw_match *m)
 {
-    static const char HOST_CHARS[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]";
     const gw_redirect *rd = rt->redirect;
-    const char *own = http_req_is_tls(r) ? "https" : "http", *scheme = rd->scheme ? rd->scheme : own;
-    const char *h = http_req_header(r, "Host");
-    if (!h || !*h || strlen(h) > 255 || h[strspn(h, HOST_CHARS)]) h = sv->listen;
-    size_t hlen = h[0] == '[' ? strcspn(h, "]") + (h[strcspn(h, "]")] == ']') : strcspn(h, ":");
+    const char *scheme = rd->scheme ? rd->scheme : http_req_is_tls(r) ? "https" : "http";
+    const char *h = client_host(r, sv);
+    size_t hlen = host_len(h);
     const char *hport = h[hlen] == ':' ? h + hlen + 1 : NULL;
     char port[16] = "";
     if (rd->port) snprintf(port, sizeof port, ":%u", rd->port);
@@ -1191,10 +1217,7 @@ static void redirect(http_req *r, const server *sv, const gw_route *rt, const gw
     if (rd->path_full) {
         path = xstrdup(rd->path_full);
     } else if (rd->path_prefix) {
-        const char *rest = after_prefix(m, target, end), *pre = rd->path_prefix;
-        size_t plen = strlen(pre);
-        if (plen && pre[plen - 1] == '/' && *rest == '/') rest++;
-        path = xasprintf("%s%.*s", pre, (int)(end - rest), rest);
+        path = replace_prefix(m, target, end, rd->path_prefix);
     } else {
         path = xstrndup(target, (size_t)(end - target));
     }
@@ -1282,8 +1305,7 @@ static void early(http_req *r, void *ctx)
         if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
         else rc = token_cached(sv->gw, scope, rt, token, &t) ? 0 : check_token(sv->gw, scope, rt, token, &t, &v, false);
         jwt_clear(&t);
-        bool pass = rt->jwt->mode == GW_JWT_PERMISSIVE || (rt->jwt->mode == GW_JWT_OPTIONAL && !token);
-        if (rc < 0 && !pass) {
+        if (rc < 0 && !jwt_lets_through(rt->jwt, token)) {
             cors(r, rt->cors); /* a browser must be able to read the 401 (MCP clients start there) */
             reject(r, sv, rt, &v);
         }

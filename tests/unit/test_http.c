@@ -293,18 +293,24 @@ static void test_too_large(void **state)
     free(body);
 }
 
+/* A plain TCP connection to 127.0.0.1:port, reads timing out after 3 s (a test fails, not hangs). */
+static int raw_connect(unsigned port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                             .sin_port = htons((uint16_t)port) };
+    struct timeval tv = { .tv_sec = 3 };
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
 /* A raw connection that announces a huge body and sends none of it: the 413 must come
  * at once, from the headers alone (no "100 Continue", no waiting for the body). */
 static void test_too_large_early(void **state)
 {
     (void)state;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                             .sin_port = htons((uint16_t)http_server_port(srv)) };
-    struct timeval tv = { .tv_sec = 3 };
-    assert_true(fd >= 0);
-    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    int fd = raw_connect(http_server_port(srv));
     const char rq[] = "POST /raw HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
                       "Content-Length: 100000000\r\n\r\n";
     assert_int_equal(send(fd, rq, strlen(rq), 0), (ssize_t)strlen(rq));
@@ -340,17 +346,6 @@ static void late_handler(http_req *r, void *ctx)
     char text[32];
     snprintf(text, sizeof text, "%zu", n);
     http_reply_text(r, 200, text);
-}
-
-static int raw_connect(unsigned port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                             .sin_port = htons((uint16_t)port) };
-    struct timeval tv = { .tv_sec = 3 };
-    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    return fd;
 }
 
 /* Send rq on fd, then read one answer (head and a Content-Length body) into buf. */
@@ -698,10 +693,7 @@ static long read_answer(SSL *ssl)
 /* A TLS connection to 127.0.0.1:port, handshake done (no certificate check); its socket in *fdp. */
 static SSL *tls_connect(SSL_CTX *ctx, unsigned port, int *fdp)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    int fd = raw_connect(port);
     SSL *ssl = SSL_new(ctx);
     SSL_set_fd(ssl, fd);
     assert_int_equal(SSL_connect(ssl), 1);
@@ -731,10 +723,7 @@ static void tls_versions(unsigned port)
         SSL_CTX_set_security_level(ctx, 0);
         SSL_CTX_set_min_proto_version(ctx, v);
         SSL_CTX_set_max_proto_version(ctx, v);
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+        int fd = raw_connect(port);
         SSL *ssl = SSL_new(ctx);
         SSL_set_fd(ssl, fd);
         int rc = SSL_connect(ssl);
@@ -786,7 +775,6 @@ static void tls_records(unsigned port)
     close(fd);
     SSL_CTX_free(ctx);
 }
-
 
 static double ms_since(const struct timespec *t0)
 {
