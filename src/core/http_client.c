@@ -237,7 +237,11 @@ static struct curl_slist *setup(CURL *h, const httpc_request *req, long timeout,
     if (req->ca_file) curl_easy_setopt(h, CURLOPT_CAINFO, req->ca_file);
 
     const char *method = req->method;
-    if (req->body) {
+    if (req->body_read) { /* async transfers only: async_new sets the read callback */
+        curl_easy_setopt(h, CURLOPT_POST, 1L);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE,
+                         req->body_len == HTTPC_BODY_CHUNKED ? (curl_off_t)-1 : (curl_off_t)req->body_len);
+    } else if (req->body) {
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
         /* POSTFIELDS does not copy: for httpc_do req->body outlives the call, which is enough. */
         curl_easy_setopt(h, copy_body ? CURLOPT_COPYPOSTFIELDS : CURLOPT_POSTFIELDS, req->body);
@@ -249,7 +253,7 @@ static struct curl_slist *setup(CURL *h, const httpc_request *req, long timeout,
         curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
     else if (method && strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
         curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    else if (method && strcmp(method, "GET") == 0 && req->body)
+    else if (method && strcmp(method, "GET") == 0 && (req->body || req->body_read))
         curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "GET"); /* a GET with a body, as asked */
     return hl;
 }
@@ -259,8 +263,8 @@ httpc_result httpc_do(const httpc_request *req, httpc_response *resp, char *err,
     if (err && errlen) err[0] = '\0';
     if (!resp) return HTTPC_ERROR;
     memset(resp, 0, sizeof *resp);
-    if (!req || !req->url) {
-        set_err(err, errlen, "no URL", NULL);
+    if (!req || !req->url || req->body_read) {
+        set_err(err, errlen, req && req->url ? "body_read is for asynchronous transfers" : "no URL", NULL);
         return HTTPC_ERROR;
     }
 
@@ -470,8 +474,8 @@ httpc_result httpc_stream_open(const httpc_request *req, httpc_stream **out, cha
     if (err && errlen) err[0] = '\0';
     if (!out) return HTTPC_ERROR;
     *out = NULL;
-    if (!req || !req->url) {
-        set_err(err, errlen, "no URL", NULL);
+    if (!req || !req->url || req->body_read) {
+        set_err(err, errlen, req && req->url ? "body_read is for asynchronous transfers" : "no URL", NULL);
         return HTTPC_ERROR;
     }
     pthread_once(&once, init_once);
@@ -532,7 +536,7 @@ long httpc_stream_read(httpc_stream *s, char *buf, size_t max)
  * take too. A transfer is freed by the loop once it is closed by its owner (a cancel command),
  * or by httpc_async_close directly when the loop is done with it and has nothing queued. */
 
-enum { CMD_START = 1, CMD_UNPAUSE = 2, CMD_CANCEL = 4 };
+enum { CMD_START = 1, CMD_UNPAUSE = 2, CMD_CANCEL = 4, CMD_BODY = 8 };
 #define EASY_POOL_MAX 64
 #define LOOP_IDLE_CONNS 256 /* at least this many kept-alive connections per loop (loop_added) */
 
@@ -556,6 +560,12 @@ struct httpc_async {
     size_t hlen, hcap;
     long status;
     bool headers_done, done, too_large, paused, unpause_queued, want_notify, closed;
+    long (*body_read)(void *ctx, char *buf, size_t max); /* req.body_read */
+    void *body_ctx;
+    bool send_paused;            /* body_read said HTTPC_AGAIN: the upload waits (loop thread) */
+    bool body_over;              /* body_read said 0 or -1, gave all of a known length, or was
+                                    told the transfer is over */
+    size_t body_left;            /* of a known length, still to read; HTTPC_BODY_CHUNKED: unknown */
     bool news;                   /* changed during this socket_action: tell the reader after it */
     struct httpc_async *nnext;   /* in aloop.news (loop thread only) */
     CURLcode rc;
@@ -689,13 +699,38 @@ static size_t async_on_body(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
+static size_t async_on_read(char *buf, size_t size, size_t nitems, void *userp)
+{
+    httpc_async *a = userp;
+    pthread_mutex_lock(&a->mu);
+    long n = a->closed ? -1 : a->body_read(a->body_ctx, buf, size * nitems);
+    if (n == HTTPC_AGAIN) a->send_paused = true;
+    else if (n <= 0) a->body_over = true;
+    else if (a->body_left != HTTPC_BODY_CHUNKED) {
+        a->body_left -= (size_t)n < a->body_left ? (size_t)n : a->body_left;
+        if (!a->body_left) a->body_over = true; /* curl asks no more once the length is sent */
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (n == HTTPC_AGAIN) return CURL_READFUNC_PAUSE;
+    return n < 0 ? CURL_READFUNC_ABORT : (size_t)n;
+}
+
+/* What curl_easy_pause must be told to leave paused: exactly the directions still waiting. */
+static int pause_mask(httpc_async *a)
+{
+    pthread_mutex_lock(&a->mu);
+    int m = (a->paused ? CURLPAUSE_RECV : 0) | (a->send_paused ? CURLPAUSE_SEND : 0);
+    pthread_mutex_unlock(&a->mu);
+    return m;
+}
+
 /* A GET without a body or CA file: setup() and async_new() set every option of such a
  * transfer anew, so a handle whose last transfer was plain needs no curl_easy_reset() for
  * the next plain one (reusing a handle with its options is libcurl's own pattern; the reset,
  * which frees and re-creates all of them, is a measurable part of a proxied request). */
 static bool plain_req(const httpc_request *req)
 {
-    return !req->body && !req->ca_file && (!req->method || strcmp(req->method, "GET") == 0);
+    return !req->body && !req->body_read && !req->ca_file && (!req->method || strcmp(req->method, "GET") == 0);
 }
 
 static void easy_give(httpc_loop *L, CURL *h, bool plain)
@@ -813,12 +848,13 @@ static void loop_commands(httpc_loop *L)
             a->loop_released = true;
             continue;
         }
-        if (cmds & CMD_UNPAUSE) {
+        if (cmds & (CMD_UNPAUSE | CMD_BODY)) {
             pthread_mutex_lock(&a->mu);
-            a->paused = a->unpause_queued = false;
+            if (cmds & CMD_UNPAUSE) a->paused = a->unpause_queued = false;
+            if (cmds & CMD_BODY) a->send_paused = false;
             pthread_mutex_unlock(&a->mu);
             /* may deliver the held piece right away (async_on_body, which may pause again) */
-            if (a->in_multi) curl_easy_pause(a->h, CURLPAUSE_CONT);
+            if (a->in_multi) curl_easy_pause(a->h, pause_mask(a));
             loop_flush(L);
         }
         pthread_mutex_lock(&L->mu);
@@ -913,6 +949,10 @@ static void loop_finished(httpc_loop *L)
         pthread_mutex_lock(&a->mu);
         a->done = true;
         a->rc = rc;
+        if (a->body_read && !a->body_over && !a->closed) { /* the upload ended short */
+            a->body_over = true;
+            a->body_read(a->body_ctx, NULL, 0);
+        }
         if (rc == CURLE_OK && !a->headers_done) { /* e.g. a reply without any header line */
             if (!a->hdrs) a->hdrs = xstrdup("");
             if (!a->status) curl_easy_getinfo(a->h, CURLINFO_RESPONSE_CODE, &a->status);
@@ -1020,6 +1060,13 @@ static httpc_async *async_new(httpc_loop *L, const httpc_request *req, void (*no
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, async_on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, a);
     curl_easy_setopt(h, CURLOPT_PRIVATE, a);
+    if (req->body_read) {
+        a->body_read = req->body_read;
+        a->body_ctx = req->body_ctx;
+        a->body_left = req->body_len;
+        curl_easy_setopt(h, CURLOPT_READFUNCTION, async_on_read);
+        curl_easy_setopt(h, CURLOPT_READDATA, a);
+    }
     return a;
 }
 
@@ -1198,7 +1245,7 @@ long httpc_async_read(httpc_async *a, char *buf, size_t max)
         pthread_mutex_lock(&a->mu);
         a->paused = a->unpause_queued = false;
         pthread_mutex_unlock(&a->mu);
-        if (a->in_multi) curl_easy_pause(a->h, CURLPAUSE_CONT);
+        if (a->in_multi) curl_easy_pause(a->h, pause_mask(a));
         loop_flush(a->L);
     } else if (wake) {
         pthread_mutex_lock(&aloop.mu);
@@ -1208,6 +1255,30 @@ long httpc_async_read(httpc_async *a, char *buf, size_t max)
         if (wake) loop_wake(&aloop);
     }
     return n;
+}
+
+void httpc_async_body_ready(httpc_async *a)
+{
+    if (!a || !a->body_read) return;
+    if (a->L->bound) { /* the caller is the loop thread, outside curl's callbacks */
+        pthread_mutex_lock(&a->mu);
+        bool was = a->send_paused;
+        a->send_paused = false;
+        pthread_mutex_unlock(&a->mu);
+        if (was && a->in_multi) {
+            curl_easy_pause(a->h, pause_mask(a));
+            loop_flush(a->L);
+        }
+        return;
+    }
+    pthread_mutex_lock(&aloop.mu);
+    bool wake = false;
+    if (!a->loop_released) {
+        enqueue(a, CMD_BODY);
+        wake = loop_needs_wake(&aloop);
+    }
+    pthread_mutex_unlock(&aloop.mu);
+    if (wake) loop_wake(&aloop);
 }
 
 size_t httpc_async_buffered(httpc_async *a)

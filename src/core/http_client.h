@@ -41,7 +41,14 @@ typedef struct {
     size_t max_response;             /* 0 => 4 MiB */
     const atomic_bool *cancel;       /* streams: once true, a waiting open or read fails
                                         within a second (for shutdown); may be NULL */
+    /* Asynchronous transfers only (httpc_async_*): the body comes piece by piece from
+     * body_read(body_ctx, buf, max) instead of from body (NULL then), and body_len is its length,
+     * or HTTPC_BODY_CHUNKED if not known (it goes with chunked transfer encoding). See
+     * "streamed request bodies" below. */
+    long (*body_read)(void *ctx, char *buf, size_t max);
+    void *body_ctx;
 } httpc_request;
+#define HTTPC_BODY_CHUNKED ((size_t)-1)
 
 typedef struct {
     long status;
@@ -181,6 +188,20 @@ void httpc_async_close(httpc_async *a);
  * Everything else (buffering, backpressure, timeouts, errors, notify's once-per-round) is as
  * for httpc_async_start. httpc_async_start_on with L NULL is httpc_async_start. */
 typedef struct httpc_loop httpc_loop;
+
+/* ---- streamed request bodies (req.body_read) ------------------------------------------------
+ * For a proxy that forwards a body as it arrives. body_read copies up to max bytes into buf and
+ * returns how many (> 0), 0 at the end of the body, -1 to abort the transfer (it fails:
+ * HTTPC_ERROR), or HTTPC_AGAIN when nothing is there yet: the transfer's upload then waits
+ * (the response, if one comes meanwhile, goes on) until httpc_async_body_ready(a) says there
+ * is more. body_read runs on the transfer's thread (the client thread, or the loop's) with the
+ * transfer's lock held: it must not block or call httpc_async_*; it is never called once
+ * httpc_async_close returned. When the transfer is over (finished or failed) before body_read
+ * said 0 or -1, body_read(body_ctx, NULL, 0) is called once: nothing more will be read (e.g.
+ * the upstream answered without reading all of it); its result is ignored.
+ * httpc_async_body_ready: on a loop (httpc_async_start_on), from the loop's thread outside
+ * notify and body_read; on the client thread's transfers, from any thread. */
+void httpc_async_body_ready(httpc_async *a);
 
 httpc_loop *httpc_loop_new(void);          /* NULL if curl or epoll could not be set up */
 int httpc_loop_fd(const httpc_loop *L);

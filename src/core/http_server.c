@@ -171,6 +171,22 @@ typedef struct {
     done_hook *hooks;            /* handed over by a http_req that went first */
 } stream;
 
+/* A streamed request body (http_req_stream_body): the pieces received and not yet read, at most
+ * HTTP_BODY_WINDOW bytes, between the connection's thread (writer) and the reader's. */
+struct http_body {
+    pthread_mutex_t mu;          /* guards everything below but w */
+    unsigned refs;               /* the request's and the reader's */
+    http_waker *w;               /* the request's (a reference): wakes a connection waiting for room */
+    char *buf;                   /* buf[off..len): received, not yet read */
+    size_t off, len;
+    bool end, failed;            /* all of the body is in / it never will be (client gone, too large) */
+    bool stopped;                /* the reader wants no more: what comes is dropped */
+    bool wants;                  /* the reader found nothing: on_more once something comes */
+    bool room_wait;              /* the connection waits for the reader to make room */
+    void (*on_more)(void *ctx);
+    void *more_ctx;
+};
+
 struct http_req {
     http_server *srv;
     struct MHD_Connection *conn;
@@ -207,6 +223,12 @@ struct http_req {
     http_waited wfn;             /* http_wait: what to run when woken */
     void *warg;
     bool wsusp;                  /* suspended by http_wait (the server thread's) */
+
+    http_body *bpipe;            /* a streamed body (http_req_stream_body), else NULL */
+    size_t bstreamed;            /* bytes of it received so far */
+    bool in_early;               /* opts.early runs: http_req_stream_body is allowed */
+    bool bdone;                  /* the streamed body is all in (or failed) */
+    bool wlater;                 /* http_wait while the streamed body still came: wait once it is in */
 };
 
 /* ---- listen address ---------------------------------------------------------- */
@@ -306,14 +328,29 @@ static void run_hooks(done_hook *h)
 }
 
 static void waker_unref(http_waker *w);
+static size_t body_take(http_req *r, const char *data, size_t n, bool *stopping);
+static void body_finish(http_body *b, bool failed);
+static void body_stop(http_body *b);
+static void body_unref(http_body *b);
+static bool waker_try_suspend(http_waker *w, bool *stopping);
+
+/* A request that waits (http_wait) will not be woken: fn releases its arg (no answer). */
+static void wait_cancel(http_req *r)
+{
+    if (!r->wfn) return;
+    http_waited fn = r->wfn;
+    r->wfn = NULL;
+    r->wlater = false;
+    fn(r, r->warg, true);
+}
 
 static void req_free(http_req *r)
 {
     if (!r) return;
-    if (r->wfn) { /* it waited (http_wait) when its connection closed: fn releases its arg */
-        http_waited fn = r->wfn;
-        r->wfn = NULL;
-        fn(r, r->warg, true);
+    wait_cancel(r); /* it waited when its connection closed */
+    if (r->bpipe) { /* a reader still there learns the body ends short */
+        body_finish(r->bpipe, true);
+        body_unref(r->bpipe);
     }
     waker_unref(r->w);
     if (atomic_load(&r->dstate) != D_NONE) {
@@ -574,7 +611,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
             return MHD_YES;
         }
         if (s->early && (n > 0 || MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))) {
+            r->in_early = true;
             s->early(r, s->ctx);
+            r->in_early = false;
             if (r->resp && MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT)) {
                 /* The client waits for "100 Continue" before it sends the body: answer now, and
                  * it never sends it (MHD closes the connection after this answer). */
@@ -585,8 +624,17 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
              * and dropped (nothing kept), and the answer follows, on a kept-alive connection. */
             if (r->resp) r->refused = true, r->discard_limit = s->max_body;
             else free_pending(r);
+            if (r->bpipe && !r->refused) {
+                /* A streamed body: the handler runs now and reads it as it comes. If it answers
+                 * at once or does not wait for its answer, nothing will read the body: dropped. */
+                s->handler(r, s->ctx);
+                if (r->resp) r->refused = true, r->discard_limit = s->max_body;
+                if (!r->wfn) body_stop(r->bpipe);
+            } else if (r->bpipe) {
+                body_stop(r->bpipe);
+            }
         }
-        if (n > 0 && !r->refused) { /* size the buffer once */
+        if (n > 0 && !r->refused && !r->bpipe) { /* size the buffer once */
             r->body_cap = (size_t)n + 1;
             r->body = xmalloc(r->body_cap);
         }
@@ -600,6 +648,16 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
 
     if (*upload_data_size) { /* a piece of the body */
         size_t n = *upload_data_size;
+        if (r->bpipe && !r->too_large && !r->refused) {
+            if (n <= s->max_body - r->bstreamed) {
+                bool stopping = false;
+                *upload_data_size = body_take(r, upload_data, n, &stopping);
+                return stopping ? MHD_NO : MHD_YES; /* what is left comes again once resumed */
+            }
+            body_finish(r->bpipe, true); /* a chunked body past the cap: the reader sees it fail */
+            r->too_large = true;
+            r->discard_limit = DISCARD_LIMIT;
+        }
         *upload_data_size = 0;
         if (!r->too_large && !r->refused && !body_append(r, upload_data, n)) {
             r->too_large = true; /* a chunked body past the cap */
@@ -616,14 +674,35 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     }
 
     /* last call: the whole request is in */
+    if (r->bpipe && !r->bdone) {
+        r->bdone = true;
+        body_finish(r->bpipe, r->too_large);
+    }
+    if (r->too_large && r->wfn) { /* a streamed body past the cap: the waiting handler gives up */
+        free_pending(r);
+        http_reply(r, MHD_HTTP_CONTENT_TOO_LARGE, JSON_TYPE, BODY_TOO_LARGE, strlen(BODY_TOO_LARGE));
+        wait_cancel(r);
+        return queue_reply(r);
+    }
     if (r->too_large) return queue_static(r, MHD_HTTP_CONTENT_TOO_LARGE, BODY_TOO_LARGE);
     if (r->refused) return queue_reply(r);
 
     int ds = atomic_load(&r->dstate);
     if (ds == D_PARKED) return MHD_YES; /* not expected: the worker resumes only once done */
     if (ds == D_NONE) {
-        if (r->wsusp) r->wsusp = false; /* woken after http_wait: run its fn below */
-        else s->handler(r, s->ctx);
+        if (r->wsusp) {
+            r->wsusp = false; /* woken after http_wait: run its fn below */
+        } else if (r->wlater) { /* waited while its body came: the waiting starts now */
+            r->wlater = false;
+            bool stopping;
+            pthread_mutex_lock(&s->wmu);
+            r->wsusp = waker_try_suspend(r->w, &stopping);
+            pthread_mutex_unlock(&s->wmu);
+            if (r->wsusp) return MHD_YES;
+            if (stopping) atomic_store(&r->w->cancelled, true); /* 503 and fn below */
+        } else if (!r->bpipe) {
+            s->handler(r, s->ctx);
+        }
         while (r->wfn && !r->wsusp && !r->parked_now) {
             http_waited fn = r->wfn;
             r->wfn = NULL;
@@ -1128,7 +1207,8 @@ static void maybe_add_worker(http_server *s)
 
 bool http_defer(http_req *r, http_deferred fn, void *arg)
 {
-    if (!r || !fn || r->resp || !r->srv->max_workers || atomic_load(&r->dstate) != D_NONE)
+    if (!r || !fn || r->resp || !r->srv->max_workers || atomic_load(&r->dstate) != D_NONE ||
+        (r->bpipe && !r->bdone))
         return false;
     http_server *s = r->srv;
     r->dfn = fn;
@@ -1272,6 +1352,12 @@ bool http_wait(http_req *r, http_waited fn, void *arg)
     if (!r || !fn || r->resp || r->wfn || atomic_load(&r->dstate) != D_NONE) return false;
     http_waker *w = waker_of(r);
     if (!w) return false;
+    if (r->bpipe && !r->bdone) { /* the body still comes: the connection must go on reading it */
+        r->wfn = fn;
+        r->warg = arg;
+        r->wlater = true;
+        return true;
+    }
     bool stopping;
     pthread_mutex_lock(&r->srv->wmu);
     bool suspended = waker_try_suspend(w, &stopping);
@@ -1300,6 +1386,177 @@ static void wake_stop(http_server *s)
 }
 
 /* ---- request accessors -------------------------------------------------------- */
+
+/* ---- streamed request bodies (http_req_stream_body) ------------------------------------ */
+
+bool http_req_stream_body(http_req *r)
+{
+    if (!r || !r->in_early || r->bpipe || r->resp || r->too_large) return false;
+    http_waker *w = waker_of(r);
+    if (!w) return false; /* not an async server */
+    http_body *b = xcalloc(1, sizeof *b);
+    pthread_mutex_init(&b->mu, NULL);
+    b->refs = 1;
+    b->buf = xmalloc(HTTP_BODY_WINDOW);
+    pthread_mutex_lock(&r->srv->wmu);
+    w->refs++;
+    pthread_mutex_unlock(&r->srv->wmu);
+    b->w = w;
+    r->bpipe = b;
+    return true;
+}
+
+bool http_req_body_streamed(const http_req *r) { return r && r->bpipe; }
+
+http_body *http_req_body_reader(http_req *r)
+{
+    if (!r || !r->bpipe) return NULL;
+    pthread_mutex_lock(&r->bpipe->mu);
+    r->bpipe->refs++;
+    pthread_mutex_unlock(&r->bpipe->mu);
+    return r->bpipe;
+}
+
+/* With b->mu held: what to call for a reader that waits for more (called after unlocking). */
+static void (*more_fn(http_body *b, void **ctx))(void *)
+{
+    if (!b->wants || !b->on_more) return NULL;
+    b->wants = false;
+    *ctx = b->more_ctx;
+    return b->on_more;
+}
+
+/* The connection's thread: as much of data[0..n) as fits goes to the reader (all of it is
+ * dropped if the reader stopped); what does not fit waits, with the connection suspended,
+ * until the reader makes room. Returns what is left (MHD hands it over again once resumed);
+ * *stopping if the server stops meanwhile (the connection is then closed). */
+static size_t body_take(http_req *r, const char *data, size_t n, bool *stopping)
+{
+    http_body *b = r->bpipe;
+    for (;;) {
+        pthread_mutex_lock(&b->mu);
+        size_t k = n;
+        if (!b->stopped && !b->failed) {
+            if (b->off && b->len + n > HTTP_BODY_WINDOW) { /* room at the front first */
+                memmove(b->buf, b->buf + b->off, b->len - b->off);
+                b->len -= b->off;
+                b->off = 0;
+            }
+            if (k > HTTP_BODY_WINDOW - b->len) k = HTTP_BODY_WINDOW - b->len;
+            memcpy(b->buf + b->len, data, k);
+            b->len += k;
+            b->room_wait = k < n;
+        }
+        void *ctx = NULL, (*more)(void *) = k ? more_fn(b, &ctx) : NULL;
+        pthread_mutex_unlock(&b->mu);
+        r->bstreamed += k;
+        data += k;
+        n -= k;
+        if (more) more(ctx);
+        if (!n) return 0;
+        /* Full. The reader's wake (room made) may have come already: then try again. */
+        pthread_mutex_lock(&r->srv->wmu);
+        bool suspended = waker_try_suspend(r->w, stopping);
+        pthread_mutex_unlock(&r->srv->wmu);
+        if (suspended || *stopping) return n;
+    }
+}
+
+/* The body is all in, or (failed) will never be. */
+static void body_finish(http_body *b, bool failed)
+{
+    pthread_mutex_lock(&b->mu);
+    if (!b->end && !b->failed) {
+        if (failed) b->failed = true; else b->end = true;
+    }
+    b->wants = b->wants || failed; /* a failure is news even to a reader that did not ask */
+    void *ctx = NULL, (*more)(void *) = more_fn(b, &ctx);
+    pthread_mutex_unlock(&b->mu);
+    if (more) more(ctx);
+}
+
+/* The reader wants no more: what is held and what still comes is dropped, and a connection
+ * waiting for room goes on. */
+static void body_stop(http_body *b)
+{
+    pthread_mutex_lock(&b->mu);
+    b->stopped = true;
+    b->off = b->len = 0;
+    bool wake = b->room_wait;
+    b->room_wait = false;
+    pthread_mutex_unlock(&b->mu);
+    if (wake) http_wake(b->w);
+}
+
+static void body_unref(http_body *b)
+{
+    pthread_mutex_lock(&b->mu);
+    bool last = --b->refs == 0;
+    pthread_mutex_unlock(&b->mu);
+    if (!last) return;
+    waker_unref(b->w);
+    pthread_mutex_destroy(&b->mu);
+    free(b->buf);
+    free(b);
+}
+
+long http_body_read(http_body *b, char *buf, size_t max)
+{
+    if (!b || !buf || !max) return -1;
+    long n;
+    bool wake = false;
+    pthread_mutex_lock(&b->mu);
+    if (b->off < b->len && !b->stopped) {
+        size_t k = b->len - b->off < max ? b->len - b->off : max;
+        memcpy(buf, b->buf + b->off, k);
+        b->off += k;
+        if (b->off == b->len) b->off = b->len = 0;
+        n = (long)k;
+        if (b->room_wait && b->len - b->off <= HTTP_BODY_WINDOW / 2) { /* the connection goes on */
+            b->room_wait = false;
+            wake = true;
+        }
+    } else if (b->end) {
+        n = 0;
+    } else if (b->failed || b->stopped) {
+        n = -1;
+    } else {
+        b->wants = true;
+        n = HTTP_STREAM_AGAIN;
+    }
+    pthread_mutex_unlock(&b->mu);
+    if (wake) http_wake(b->w);
+    return n;
+}
+
+void http_body_on_more(http_body *b, void (*fn)(void *ctx), void *ctx)
+{
+    if (!b) return;
+    pthread_mutex_lock(&b->mu);
+    b->on_more = fn;
+    b->more_ctx = ctx;
+    /* a reader that found nothing before fn was set must not miss what came since */
+    bool news = b->wants && (b->len > b->off || b->end || b->failed);
+    void *mctx = NULL, (*more)(void *) = news ? more_fn(b, &mctx) : NULL;
+    pthread_mutex_unlock(&b->mu);
+    if (more) more(mctx);
+}
+
+void http_body_stop(http_body *b)
+{
+    if (b) body_stop(b);
+}
+
+void http_body_release(http_body *b)
+{
+    if (!b) return;
+    pthread_mutex_lock(&b->mu);
+    b->on_more = NULL;
+    b->more_ctx = NULL;
+    pthread_mutex_unlock(&b->mu);
+    body_stop(b);
+    body_unref(b);
+}
 
 const char *http_req_method(const http_req *r) { return r->method; }
 const char *http_req_path(const http_req *r) { return r->path; }

@@ -69,7 +69,8 @@ typedef struct {
      * goes at once (it never sends the body; the connection closes after), else the body is read
      * and dropped, nothing of it kept (past max_body the connection is closed), and the answer
      * follows. Else the request goes on as usual (the handler sees it once its body is in). It
-     * must not block, http_defer or http_wait. NULL: none. */
+     * must not block, http_defer or http_wait. It may instead ask for the body to be streamed
+     * (http_req_stream_body, below). NULL: none. */
     void (*early)(http_req *req, void *ctx);
 } http_server_opts;
 
@@ -225,6 +226,49 @@ typedef void (*http_waited)(http_req *r, void *arg, bool cancelled);
 http_waker *http_req_waker(http_req *r);
 void http_wake(http_waker *w);
 bool http_wait(http_req *r, http_waited fn, void *arg);
+
+/* ---- streamed request bodies (async servers) ---------------------------------------------
+ *
+ *     early:   if (big_or_chunked(r)) http_req_stream_body(r);
+ *     handler: http_body *b = http_req_body_reader(r);      // NULL: the body is buffered as usual
+ *              start(b, ...); http_body_on_more(b, more, x); http_wait(r, answered, x);
+ *     reader:  long n = http_body_read(b, buf, max);         // > 0, 0 end, HTTP_STREAM_AGAIN, -1
+ *     when done with it:  http_body_release(b);
+ *
+ * http_req_stream_body, called from opts.early only, has the handler run at once, with the body
+ * still to come, instead of once it is all in: the handler takes the reading end with
+ * http_req_body_reader and passes it on (to an upstream transfer, say), and the server hands
+ * the body over as it arrives, holding at most HTTP_BODY_WINDOW bytes of it: when the reader
+ * falls behind, the connection stops reading (TCP slows the client down) until it catches up.
+ * max_body still applies (a chunked body past it fails for the reader, and the client gets 413).
+ * False, nothing changed, if called elsewhere, twice, after an answer or on a server that is
+ * not async. Then:
+ *  - http_req_body is empty; http_defer is refused until the body is all in;
+ *  - http_wait from the handler does not park the connection while the body comes: the
+ *    waiting (and any wake that came meanwhile) starts once it is all in, so fn runs after that;
+ *  - an answer the handler makes at once, or a handler that neither answers nor waits, means
+ *    nobody reads the body: it is read and dropped (as for early's refusals), then answered;
+ *  - the client going away ends the body with a failure for the reader, and fn runs with
+ *    cancelled = true, as for any waiting request.
+ * The reader, on any thread (one at a time): http_body_read copies up to max bytes and returns
+ * how many (> 0), 0 at the end, -1 if the body will not be complete (client gone, too large, or
+ * after http_body_stop), or HTTP_STREAM_AGAIN if nothing is there yet: then on_more(ctx), set
+ * with http_body_on_more, runs once when something is (bytes, the end or a failure). on_more
+ * runs on the request's server thread, with no lock of the server's held; it must not block
+ * (waking the reader is what it is for); it runs at once from http_body_on_more if news came
+ * before it was set. http_body_stop: the reader wants no more (say its transfer ended): the rest
+ * is read from the client and dropped. http_body_release stops, clears on_more and drops the
+ * reader's reference; the reader must not use b after it. Called on the request's server thread
+ * (or once the request is over), no on_more runs after it returns. */
+#define HTTP_BODY_WINDOW (64 * 1024)
+typedef struct http_body http_body;
+bool http_req_stream_body(http_req *r);
+bool http_req_body_streamed(const http_req *r);
+http_body *http_req_body_reader(http_req *r);
+long http_body_read(http_body *b, char *buf, size_t max);
+void http_body_on_more(http_body *b, void (*on_more)(void *ctx), void *ctx);
+void http_body_stop(http_body *b);
+void http_body_release(http_body *b);
 
 /* Run fn(ctx) once the request is over (answer sent, or connection lost), on the server
  * thread, after any stream's done callback. For state that must outlive the handler. */

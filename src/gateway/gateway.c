@@ -43,7 +43,8 @@
 #include <time.h>
 
 #define SKEW_S        60                 /* exp / nbf leeway, as agentgateway's jsonwebtoken */
-#define MAX_BODY      (8 * 1024 * 1024)  /* request bodies are buffered: this is the cap */
+#define MAX_BODY      (8 * 1024 * 1024)  /* the cap on request bodies, streamed or buffered */
+#define STREAM_MIN    (64 * 1024)        /* bodies larger (or chunked) go upstream as they come */
 #define IDLE_S        60                 /* keep-alive idle timeout of client connections */
 #define PRM_PREFIX    "/.well-known/oauth-protected-resource"
 #define MAX_UP_HDRS   128                /* request headers forwarded upstream */
@@ -623,6 +624,7 @@ typedef struct {
     char route[64];
     char *pre;                   /* body bytes read before the stream began: pre[pre_off..pre_len) */
     size_t pre_len, pre_off;
+    http_body *body;             /* the request's body as it arrives (streamed), else NULL */
 } pstream;
 
 static void proxy_notify(void *ctx)
@@ -653,8 +655,27 @@ static long proxy_read(void *ctx, char *buf, size_t max)
 static void proxy_free(pstream *p)
 {
     httpc_async_close(p->a); /* no notify after this: the waker is not used again */
+    http_body_release(p->body); /* after: the transfer reads it no more */
     free(p->pre);
     free(p);
+}
+
+/* A streamed request body, from the client's connection to the upstream transfer. */
+static long up_body_read(void *ctx, char *buf, size_t max)
+{
+    pstream *p = ctx;
+    if (!buf) { /* the transfer is over: what else comes is dropped */
+        http_body_stop(p->body);
+        return 0;
+    }
+    long n = http_body_read(p->body, buf, max);
+    return n == HTTP_STREAM_AGAIN ? HTTPC_AGAIN : n;
+}
+
+static void up_body_more(void *ctx)
+{
+    pstream *p = ctx;
+    httpc_async_body_ready(p->a);
 }
 
 static void proxy_done(void *ctx) { proxy_free(ctx); }
@@ -1060,6 +1081,13 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
                          .body = body, .body_len = len, .timeout_ms = rt->timeout_ms,
                          .ca_file = sv->gw->ca_file};
     pstream *p = xcalloc(1, sizeof *p);
+    if ((p->body = http_req_body_reader(r))) { /* on its way still (early): passed on as it comes */
+        const char *cl = http_req_header(r, "Content-Length");
+        req.body = NULL;
+        req.body_len = cl ? strtoull(cl, NULL, 10) : HTTPC_BODY_CHUNKED;
+        req.body_read = up_body_read;
+        req.body_ctx = p;
+    }
     p->w = http_req_waker(r);
     p->t0 = t0;
     p->cors = rt->cors != NULL;
@@ -1078,9 +1106,10 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
     if (!p->a) {
         log_msg(LOG_WARN, "upstream_failed", "route %s: %s", rt->name, err);
         http_reply_text(r, 502, "upstream connect error");
-        free(p);
+        proxy_free(p);
         return false;
     }
+    http_body_on_more(p->body, up_body_more, p);
     if (!may_block) return proxy_try(r, p);
     if (httpc_async_wait(p->a, &sv->gw->stopping) == HTTPC_ASYNC_WAITING) {
         http_reply_text(r, 503, "the gateway is stopping");
@@ -1154,7 +1183,12 @@ static bool serve_checked(const route_ctx *c, http_req *r, jwt *cached, bool may
         verdict v = {0};
         if (cached) t = *cached, validated = true;
         else if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
-        else if (check_token(c->sv->gw, c->scope, rt, token, &t, &v, true) == 0) validated = true;
+        else {
+            int rc = check_token(c->sv->gw, c->scope, rt, token, &t, &v, may_block);
+            validated = rc == 0;
+            if (rc > 0) /* may not fetch here (a streamed body): its keys went since early */
+                failed(&v, 503, "jwks", "the signing keys are not at hand; try again");
+        }
         bool pass = jwt_lets_through(rt->jwt, token);
         if (!validated && !pass) {
             reject(r, c->sv, rt, &v);
@@ -1243,8 +1277,9 @@ static bool serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r
     const char *token = bearer(r);
     jwt t = {0};
     bool cached = rt->jwt && token && token_cached(sv->gw, scope, rt, token, &t);
-    /* MCP calls block, and so may a token's first check (a JWKS fetch): a worker's job. */
-    if (rt->backend.kind == GW_BACKEND_MCP || (rt->jwt && token && !cached)) {
+    /* MCP calls block, and so may a token's first check (a JWKS fetch): a worker's job. Not for
+     * a streamed body (early checked the token already, with the keys at hand). */
+    if (!http_req_body_streamed(r) && (rt->backend.kind == GW_BACKEND_MCP || (rt->jwt && token && !cached))) {
         jwt_clear(&t);
         route_ctx *d = xmalloc(sizeof *d);
         *d = c;
@@ -1252,6 +1287,7 @@ static bool serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r
         free(d); /* no workers (not expected): inline */
         return serve_checked(&c, r, NULL, true);
     }
+    /* may_block false: a token not in the cache is checked without fetching keys */
     return serve_checked(&c, r, cached ? &t : NULL, false);
 }
 
@@ -1275,6 +1311,17 @@ static uint64_t route_scope(uint64_t gen, const server *sv, const gw_bind *b, co
     return gen << 32 | (uint64_t)sv->bind << 16 | (uint64_t)(rt - b->routes);
 }
 
+/* A request body goes upstream as it arrives (not buffered whole first) when it is chunked or
+ * larger than STREAM_MIN, on a route with a host backend (ai backends may rewrite the body,
+ * MCP routes read it). Smaller ones are buffered: all in one piece anyway, sent with the
+ * headers. */
+static bool streams_body(http_req *r, const gw_route *rt)
+{
+    if (rt->backend.kind != GW_BACKEND_HOST || rt->direct || rt->redirect) return false;
+    const char *cl = http_req_header(r, "Content-Length");
+    return !cl || strtoull(cl, NULL, 10) > STREAM_MIN; /* early: a body is coming */
+}
+
 /* Before a request's body is read (http_server_opts.early): refuse what the handler would
  * refuse anyway, without reading it — a bad path, no route, and on a jwtAuth route a missing
  * or invalid token — so that a caller without a valid token cannot make the gateway read and
@@ -1292,6 +1339,7 @@ static void early(http_req *r, void *ctx)
     const gw_bind *b = &c->binds[sv->bind];
     const gw_match *m = NULL;
     gw_route *rt = NULL;
+    bool undecided = false; /* the token's check needs the key set fetched: the handler's */
     if (!path_ok(path, http_req_target(r))) {
         http_reply_text(r, 400, "bad request path");
     } else if (!(rt = route_for(b, path, r, false, &m))) {
@@ -1305,12 +1353,14 @@ static void early(http_req *r, void *ctx)
         if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
         else rc = token_cached(sv->gw, scope, rt, token, &t) ? 0 : check_token(sv->gw, scope, rt, token, &t, &v, false);
         jwt_clear(&t);
+        undecided = rc > 0;
         if (rc < 0 && !jwt_lets_through(rt->jwt, token)) {
             cors(r, rt->cors); /* a browser must be able to read the 401 (MCP clients start there) */
             reject(r, sv, rt, &v);
         }
     }
     if (http_replied(r)) log_line(r, t0);
+    else if (rt && !undecided && streams_body(r, rt)) http_req_stream_body(r);
     gw_config_unref(c);
 }
 

@@ -81,11 +81,16 @@ static bool serve(int fd, const char *path, const char *body, size_t blen)
         while (recv(fd, &c, 1, 0) > 0) {}
         return false;
     }
+    if (!strcmp(path, "/early")) { /* answers at once, reads nothing of the body, closes */
+        static const char R[] = "HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno";
+        send_all(fd, R, sizeof R - 1);
+        return false;
+    }
     static const char NF[] = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
     return send_all(fd, NF, sizeof NF - 1);
 }
 
-static test_upstream up = {.serve = serve};
+static test_upstream up = {.serve = serve, .unread_prefix = "/early"};
 
 static int group_setup(void **state)
 {
@@ -389,6 +394,133 @@ static void test_cancel(void **state)
     wait_for(&up.closes, c0 + 1);
 }
 
+/* ---- streamed request bodies (body_read) ------------------------------------------------- */
+
+/* A body handed over by a producer thread piece by piece, as a proxy gets it from its client. */
+typedef struct {
+    pthread_mutex_t mu;
+    char data[12000];
+    size_t have, taken;          /* produced, read by the transfer */
+    bool end, fail;
+    int agains, over;            /* HTTPC_AGAIN answers; calls with buf NULL */
+    httpc_async *a;
+    int pieces, gap_ms;
+} producer;
+
+static long produced(void *ctx, char *buf, size_t max)
+{
+    producer *p = ctx;
+    pthread_mutex_lock(&p->mu);
+    long n;
+    if (!buf) {
+        p->over++;
+        n = 0;
+    } else if (p->taken < p->have) {
+        size_t k = p->have - p->taken < max ? p->have - p->taken : max;
+        memcpy(buf, p->data + p->taken, k);
+        p->taken += k;
+        n = (long)k;
+    } else if (p->fail) {
+        n = -1;
+    } else if (p->end) {
+        n = 0;
+    } else {
+        p->agains++;
+        n = HTTPC_AGAIN;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+static void *produce(void *arg)
+{
+    producer *p = arg;
+    size_t piece = sizeof p->data / (size_t)p->pieces;
+    for (int i = 0; i < p->pieces; i++) {
+        sleep_ms(p->gap_ms);
+        pthread_mutex_lock(&p->mu);
+        p->have += piece;
+        if (i == p->pieces - 1) p->end = true;
+        if (i == 1 && p->fail) p->have = piece; /* fail: nothing after the first piece */
+        pthread_mutex_unlock(&p->mu);
+        httpc_async_body_ready(p->a); /* from another thread than the client's */
+    }
+    return NULL;
+}
+
+static httpc_async *start_upload(const char *path, producer *p, waiter *w, pthread_t *t)
+{
+    char url[128], err[256] = "";
+    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", up.port, path);
+    pthread_mutex_init(&p->mu, NULL);
+    for (size_t i = 0; i < sizeof p->data; i++) p->data[i] = (char)('a' + i % 26);
+    httpc_request rq = {.url = url, .method = "PUT", .body_len = sizeof p->data, .body_read = produced,
+                        .body_ctx = p, .timeout_ms = 5000};
+    sem_init(&w->sem, 0, 0);
+    atomic_init(&w->notes, 0);
+    p->a = httpc_async_start(&rq, note, w, err, sizeof err);
+    if (!p->a) fail_msg("httpc_async_start: %s", err);
+    pthread_create(t, NULL, produce, p);
+    return p->a;
+}
+
+/* The upload waits for the producer between pieces and arrives whole. */
+static void test_body_read(void **state)
+{
+    (void)state;
+    producer p = {.pieces = 6, .gap_ms = 30};
+    waiter w;
+    pthread_t t;
+    httpc_async *a = start_upload("/echo", &p, &w, &t);
+    assert_int_equal(headers(a, &w), HTTPC_ASYNC_HEADERS);
+    assert_int_equal(httpc_async_status(a), 201);
+    static char out[sizeof p.data];
+    assert_int_equal(body(a, &w, out, sizeof out, NULL), (long)sizeof p.data);
+    assert_memory_equal(out, p.data, sizeof p.data);
+    pthread_join(t, NULL);
+    assert_true(p.agains > 0); /* it did wait for the producer */
+    assert_int_equal(p.over, 0); /* read to its end: no "over" call */
+    httpc_async_close(a);
+    pthread_mutex_destroy(&p.mu);
+}
+
+/* A body that fails (the proxy's client went away) fails the transfer. */
+static void test_body_read_fails(void **state)
+{
+    (void)state;
+    producer p = {.pieces = 4, .gap_ms = 20, .fail = true};
+    waiter w;
+    pthread_t t;
+    httpc_async *a = start_upload("/echo", &p, &w, &t);
+    assert_int_equal(headers(a, &w), HTTPC_ASYNC_FAILED);
+    char err[256];
+    assert_int_equal(httpc_async_error(a, err, sizeof err), HTTPC_ERROR);
+    pthread_join(t, NULL);
+    httpc_async_close(a);
+    pthread_mutex_destroy(&p.mu);
+}
+
+/* An upstream that answers without reading the body: the answer comes, the transfer ends
+ * (no waiting for the rest of the body), and the reader is told nothing more will be read. */
+static void test_body_read_unread(void **state)
+{
+    (void)state;
+    producer p = {.pieces = 3, .gap_ms = 150};
+    waiter w;
+    pthread_t t;
+    httpc_async *a = start_upload("/early", &p, &w, &t);
+    assert_int_equal(headers(a, &w), HTTPC_ASYNC_HEADERS);
+    assert_int_equal(httpc_async_status(a), 403);
+    char out[8] = "";
+    assert_int_equal(body(a, &w, out, sizeof out - 1, NULL), 2);
+    pthread_mutex_lock(&p.mu);
+    assert_int_equal(p.over, 1);
+    pthread_mutex_unlock(&p.mu);
+    pthread_join(t, NULL); /* its body_ready calls after the end are harmless */
+    httpc_async_close(a);
+    pthread_mutex_destroy(&p.mu);
+}
+
 static void test_connect_refused(void **state)
 {
     (void)state;
@@ -421,6 +553,9 @@ int main(void)
         cmocka_unit_test(test_timeout_mid_body),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_connect_refused),
+        cmocka_unit_test(test_body_read),
+        cmocka_unit_test(test_body_read_fails),
+        cmocka_unit_test(test_body_read_unread),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }

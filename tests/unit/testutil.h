@@ -50,6 +50,7 @@ static inline bool send_all(int fd, const char *p, size_t n)
  * the connections. Set serve, then test_upstream_start; the upstream lives as long as the test. */
 typedef struct test_upstream {
     bool (*serve)(int fd, const char *path, const char *body, size_t body_len);
+    const char *unread_prefix;   /* paths starting with it are served without reading their body */
     int lfd;
     unsigned port;
     atomic_int accepts, closes;
@@ -79,6 +80,10 @@ static inline void *test_upstream_conn_main(void *arg)
         sscanf(req, "%*s %255s", path);
         const char *cl = strcasestr(req, "\r\nContent-Length:");
         if (cl && cl < end) blen = strtoul(cl + 17, NULL, 10);
+        if (c.u->unread_prefix && !strncmp(path, c.u->unread_prefix, strlen(c.u->unread_prefix))) {
+            c.u->serve(c.fd, path, "", 0);
+            goto out;
+        }
         if (blen > sizeof req - head) goto out;
         while (have < head + blen) {
             ssize_t k = recv(c.fd, req + have, sizeof req - have, 0);
