@@ -772,35 +772,45 @@ static bool parse_identity(loader *l, const yaml_node_t *n, mcp_target *t)
 
 static bool parse_target(loader *l, const yaml_node_t *n, mcp_target *t)
 {
-    static const char *const KEYS[] = {"name", "mcp", "stdio", "identity", NULL};
+    static const char *const KEYS[] = {"name", "mcp", "sse", "stdio", "identity", NULL};
     static const char *const MCP_KEYS[] = {"host", "port", "path", "url", NULL};
     static const char *const STDIO_KEYS[] = {"cmd", "args", "env", NULL};
     if (!map_ok(l, n, "mcp.targets", KEYS)) return false;
     char *name = NULL;
     if (!str(l, get(l, n, "name"), "mcp.targets.name", &name)) return false;
     t->name = name;
-    yaml_node_t *m = get(l, n, "mcp"), *sio = get(l, n, "stdio"), *v;
-    if (!m == !sio) return fail(l, n, "mcp.targets: target %s needs exactly one of mcp and stdio", name);
-    if (m) {
-        if (!map_ok(l, m, "mcp.targets.mcp", MCP_KEYS)) return false;
+    yaml_node_t *m = get(l, n, "mcp"), *sse = get(l, n, "sse"), *sio = get(l, n, "stdio"), *v;
+    if (!!m + !!sse + !!sio != 1)
+        return fail(l, n, "mcp.targets: target %s needs exactly one of mcp, sse and stdio", name);
+    if (m || sse) { /* Streamable HTTP, or the legacy HTTP+SSE transport: the same settings */
+        const char *kind = m ? "mcp" : "sse";
+        char what[40];
+        t->sse = !m;
+        m = m ? m : sse;
+        snprintf(what, sizeof what, "mcp.targets.%s", kind);
+        if (!map_ok(l, m, what, MCP_KEYS)) return false;
         char *host = NULL, *path = NULL, *url = NULL;
         long port = 0;
         bool ok = true;
-        if ((v = get(l, m, "url"))) ok = str(l, v, "mcp.targets.mcp.url", &url);
-        else if (!(v = get(l, m, "host"))) ok = fail(l, m, "mcp.targets.mcp: host or url is required");
-        else ok = str(l, v, "mcp.targets.mcp.host", &host);
-        if (ok && (v = get(l, m, "port"))) ok = integer(l, v, "mcp.targets.mcp.port", 1, 65535, &port);
-        if (ok && (v = get(l, m, "path"))) ok = str(l, v, "mcp.targets.mcp.path", &path);
+        char lab[64];
+#define LABEL(field) (snprintf(lab, sizeof lab, "%s.%s", what, field), lab)
+        if ((v = get(l, m, "url"))) ok = str(l, v, LABEL("url"), &url);
+        else if (!(v = get(l, m, "host"))) ok = fail(l, m, "%s: host or url is required", what);
+        else ok = str(l, v, LABEL("host"), &host);
+        if (ok && (v = get(l, m, "port"))) ok = integer(l, v, LABEL("port"), 1, 65535, &port);
+        if (ok && (v = get(l, m, "path"))) ok = str(l, v, LABEL("path"), &path);
+#undef LABEL
         if (ok && host) {
             /* "http://h:p/mcp" as is; agentgateway's {host, port, path} otherwise. */
             if (util_str_starts_with(host, "http://") || util_str_starts_with(host, "https://"))
                 url = xstrdup(host);
             else
-                url = port ? xasprintf("%s://%s:%ld%s", port == 443 ? "https" : "http", host, port, path ? path : "/mcp")
+                url = port ? xasprintf("%s://%s:%ld%s", port == 443 ? "https" : "http", host, port,
+                                       path ? path : t->sse ? "/sse" : "/mcp")
                            : xasprintf("http://%s%s", host, path ? path : "");
         }
         if (ok && !util_str_starts_with(url, "http://") && !util_str_starts_with(url, "https://"))
-            ok = fail(l, m, "mcp.targets.mcp: the server's URL must be http:// or https://");
+            ok = fail(l, m, "%s: the server's URL must be http:// or https://", what);
         free(host);
         free(path);
         t->url = url;

@@ -86,6 +86,7 @@ static const char *const known_versions[] = {"2024-11-05", "2025-03-26", "2025-0
 typedef struct {
     char *name;
     char *url;
+    bool sse;              /* url speaks the legacy HTTP+SSE transport (2024-11-05) */
     char **cmd;
     char **env;
     mcp_identity identity;
@@ -104,9 +105,15 @@ typedef struct {
     /* stdio */
     pid_t pid;             /* 0: no child */
     int in_fd, out_fd;     /* child's stdin (we write), stdout (we read) */
-    char *buf;             /* bytes read, not yet a whole line */
+    char *buf;             /* bytes read, not yet a whole line (stdio) or event (sse) */
     size_t len, cap;
     bool skipping;         /* discarding an over-long line up to its newline */
+    /* sse: the open GET stream, the URL its endpoint event named, and what wakes a reader */
+    httpc_async *stream;
+    char *post_url;
+    pthread_mutex_t nmu;
+    pthread_cond_t ncond;
+    bool news;
 } upstream;
 
 typedef struct session {
@@ -385,43 +392,74 @@ static bool is_response_to(const json_t *j, json_int_t id)
            (json_object_get(j, "result") || json_object_get(j, "error"));
 }
 
-/* The response to request id in an SSE body (MCP transports: "data:" lines of one event
- * joined by "\n"; an event ends at a blank line or at the end of the body). Other events
- * (progress notifications, requests we cannot relay) are skipped. New reference or NULL. */
+/* The next whole event at buf[0..len) of a text/event-stream (MCP transports: "event:" and
+ * "data:" lines, data lines of one event joined by "\n", an event ends at a blank line; with
+ * at_end, the end of the body ends the last one too). The bytes it spans, or 0 if none is
+ * whole yet. *data (malloc'd; NULL for an event without data, e.g. a comment) and its name
+ * in ev ("message" when it has none). */
+static size_t sse_event(const char *buf, size_t len, bool at_end, char ev[32], char **data, size_t *dlen)
+{
+    size_t dcap = 0;
+    bool any = false; /* a field line seen */
+    *data = NULL;
+    *dlen = 0;
+    snprintf(ev, 32, "message");
+    if (!len) return 0;
+    const char *p = buf, *end = buf + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl && !at_end) break; /* the rest of the event is still to come */
+        const char *le = nl ? nl : end, *next = nl ? nl + 1 : end;
+        size_t ll = (size_t)(le - p);
+        if (ll > 0 && p[ll - 1] == '\r') ll--;
+        if (ll == 0) {
+            if (any) return (size_t)(next - buf);
+            p = next; /* a blank line before any field: nothing to dispatch */
+            continue;
+        }
+        any = true;
+        bool is_data = ll >= 5 && memcmp(p, "data:", 5) == 0;
+        if (is_data || (ll >= 6 && memcmp(p, "event:", 6) == 0)) {
+            const char *v = p + (is_data ? 5 : 6);
+            size_t vl = ll - (is_data ? 5 : 6);
+            if (vl > 0 && *v == ' ') v++, vl--;
+            if (!is_data) {
+                snprintf(ev, 32, "%.*s", (int)(vl < 31 ? vl : 31), v);
+            } else {
+                if (*dlen + vl + 2 > dcap) {
+                    dcap = (*dlen + vl + 2) * 2;
+                    *data = xrealloc(*data, dcap);
+                }
+                if (*dlen > 0) (*data)[(*dlen)++] = '\n';
+                memcpy(*data + *dlen, v, vl);
+                *dlen += vl;
+                (*data)[*dlen] = '\0';
+            }
+        } /* "id:", "retry:" and comments (":...") are of no use here */
+        p = next;
+    }
+    if (at_end && any) return len; /* the body's end ends the last event */
+    free(*data);
+    *data = NULL;
+    *dlen = 0;
+    return at_end ? (size_t)(p - buf) : 0; /* at the end only blank lines may be left */
+}
+
+/* The response to request id in an SSE body. Other events (progress notifications, requests
+ * we cannot relay) are skipped. New reference or NULL. */
 static json_t *sse_find(const char *body, size_t len, json_int_t id)
 {
     json_t *found = NULL;
-    char *data = NULL;
-    size_t dlen = 0, dcap = 0;
-    const char *p = body, *end = body + len;
-
-    for (;;) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *le = nl ? nl : end;
-        size_t ll = (size_t)(le - p);
-        if (ll > 0 && p[ll - 1] == '\r') ll--;
-        if (ll >= 5 && memcmp(p, "data:", 5) == 0) {
-            const char *v = p + 5;
-            size_t vl = ll - 5;
-            if (vl > 0 && *v == ' ') v++, vl--;
-            if (dlen + vl + 2 > dcap) {
-                dcap = (dlen + vl + 2) * 2;
-                data = xrealloc(data, dcap);
-            }
-            if (dlen > 0) data[dlen++] = '\n';
-            memcpy(data + dlen, v, vl);
-            dlen += vl;
-        }
-        if ((ll == 0 || !nl) && dlen > 0) { /* dispatch the event */
-            json_t *j = json_loadb(data, dlen, 0, NULL);
-            if (is_response_to(j, id)) found = j;
-            else json_decref(j);
-            dlen = 0;
-        }
-        if (found || !nl) break;
-        p = nl + 1;
+    char ev[32], *data;
+    size_t dlen, k;
+    while (!found && (k = sse_event(body, len, true, ev, &data, &dlen)) > 0) {
+        json_t *j = data ? json_loadb(data, dlen, 0, NULL) : NULL;
+        if (is_response_to(j, id)) found = j;
+        else json_decref(j);
+        free(data);
+        body += k;
+        len -= k;
     }
-    free(data);
     return found;
 }
 
@@ -542,6 +580,233 @@ static void http_end_session(const mcp_mux *m, const target *t, const call_ctx *
     free_secret(auth);
     free(h_sid);
     free(h_ver);
+}
+
+/* ---- legacy HTTP+SSE upstream (MCP 2024-11-05) ------------------------------------------
+ * One GET stream per upstream session; its first event, "endpoint", names where to POST
+ * messages (on the target's origin), and the answers come back on the stream as "message"
+ * events. The stream is an asynchronous transfer on the HTTP client's thread: the caller (a
+ * deferred worker holding the upstream's lock, as for stdio) reads it, and waits for its
+ * notify on the upstream's condition. Requests of the server's own are answered as for stdio. */
+
+static void sse_notify(void *ctx)
+{
+    upstream *u = ctx;
+    pthread_mutex_lock(&u->nmu);
+    u->news = true;
+    pthread_cond_signal(&u->ncond);
+    pthread_mutex_unlock(&u->nmu);
+}
+
+/* Wait for the stream's next news; false if the deadline came first. */
+static bool sse_wait(upstream *u, int64_t deadline)
+{
+    pthread_mutex_lock(&u->nmu);
+    for (int64_t left; !u->news && (left = deadline - now_ms()) > 0;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += left / 1000;
+        ts.tv_nsec += (left % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&u->ncond, &u->nmu, &ts);
+    }
+    bool news = u->news;
+    u->news = false;
+    pthread_mutex_unlock(&u->nmu);
+    return news;
+}
+
+/* The upstream session ends with its stream. Lock held (or the session is being destroyed). */
+static void sse_close(upstream *u)
+{
+    httpc_async_close(u->stream); /* no notify after this */
+    u->stream = NULL;
+    free(u->post_url);
+    u->post_url = NULL;
+    u->len = 0;
+    u->ready = false;
+}
+
+/* The stream's next event: 1 with its name and data (NULL without; the caller frees it), 0 at
+ * the deadline, -1 if the stream ended or failed. Lock held. */
+static int sse_next(upstream *u, int64_t deadline, char ev[32], char **data, size_t *dlen, up_err *e)
+{
+    for (;;) {
+        size_t k = sse_event(u->buf, u->len, false, ev, data, dlen);
+        if (k) {
+            memmove(u->buf, u->buf + k, u->len - k);
+            u->len -= k;
+            return 1;
+        }
+        if (u->len >= MCP_MAX_MSG) {
+            set_err(e, 0, "target %s: an event over %u bytes on the SSE stream", u->t->name, MCP_MAX_MSG);
+            return -1;
+        }
+        if (u->cap - u->len < 16384) {
+            u->cap = u->cap ? 2 * u->cap : 65536;
+            u->buf = xrealloc(u->buf, u->cap);
+        }
+        long n = httpc_async_read(u->stream, u->buf + u->len, u->cap - u->len);
+        if (n > 0) {
+            u->len += (size_t)n;
+        } else if (n == HTTPC_AGAIN) {
+            if (!sse_wait(u, deadline)) {
+                set_err(e, 0, "target %s: upstream timed out", u->t->name);
+                return 0;
+            }
+        } else {
+            set_err(e, 0, "target %s: the SSE stream ended", u->t->name);
+            return -1;
+        }
+    }
+}
+
+/* Where the endpoint event says to POST: an absolute URL on the target's origin (scheme, host
+ * and port), an absolute path on it, or a path relative to the target's URL. NULL otherwise. */
+static char *sse_endpoint(const char *base, const char *ep)
+{
+    for (const char *p = ep; *p; p++)
+        if ((unsigned char)*p <= 0x20 || *p == 0x7f) return NULL;
+    const char *auth = strstr(base, "://") + 3;
+    size_t olen = (size_t)(auth - base) + strcspn(auth, "/?#");
+    if (!strncmp(ep, "http://", 7) || !strncmp(ep, "https://", 8)) {
+        if (strncasecmp(ep, base, olen) || (ep[olen] && !strchr("/?#", ep[olen]))) return NULL;
+        return xstrdup(ep);
+    }
+    if (*ep == '/') return xasprintf("%.*s%s", (int)olen, base, ep);
+    size_t dir = olen + strcspn(base + olen, "?#");
+    while (dir > olen && base[dir - 1] != '/') dir--;
+    return dir > olen ? xasprintf("%.*s%s", (int)dir, base, ep) : xasprintf("%.*s/%s", (int)olen, base, ep);
+}
+
+/* POST one message to the endpoint. 0 (with *direct if the server answered it in the POST's
+ * own answer), UP_GONE if the server no longer knows the session (404), -1 with e. */
+static int sse_post(const mcp_mux *m, upstream *u, const call_ctx *cx, json_t *msg, json_int_t id,
+                    json_t **direct, up_err *e)
+{
+    char *auth = NULL, *body = NULL, herr[256];
+    int rc = -1;
+    if (direct) *direct = NULL;
+    if (auth_header(m, u->t, cx, &auth, e) != 0) return -1;
+    if (!(body = json_dumps(msg, JSON_COMPACT))) {
+        set_err(e, 0, "target %s: cannot encode the request", u->t->name);
+        goto end;
+    }
+    const char *hdrs[] = {"Content-Type: application/json", auth, NULL};
+    httpc_request rq = {.method = "POST", .url = u->post_url, .headers = hdrs, .body = body,
+                        .body_len = strlen(body), .timeout_ms = m->timeout_ms, .max_response = MCP_MAX_MSG};
+    httpc_response rs;
+    httpc_result hr = httpc_do(&rq, &rs, herr, sizeof herr);
+    if (hr != HTTPC_OK) {
+        set_err(e, 0, "target %s: %s: %s", u->t->name,
+                hr == HTTPC_TIMEOUT ? "upstream timed out" : "upstream unreachable", herr);
+        goto end;
+    }
+    if (rs.status == 404) rc = UP_GONE, set_err(e, 0, "target %s: upstream session ended", u->t->name);
+    else if (rs.status == 401) set_err(e, 401, "target %s: upstream answered HTTP 401", u->t->name);
+    else if (rs.status < 200 || rs.status > 299) set_err(e, 0, "target %s: upstream answered HTTP %ld", u->t->name, rs.status);
+    else rc = 0;
+    if (rc == 0 && id > 0 && direct && rs.body_len) {
+        json_t *j = json_loadb(rs.body, rs.body_len, 0, NULL);
+        if (is_response_to(j, id)) *direct = j;
+        else json_decref(j);
+    }
+    httpc_response_free(&rs);
+end:
+    free_secret(auth);
+    free(body);
+    return rc;
+}
+
+/* Open the stream and wait for its endpoint event. Lock held. 0, or -1 with e. */
+static int sse_open(const mcp_mux *m, upstream *u, const call_ctx *cx, up_err *e)
+{
+    char *auth = NULL, herr[256], ev[32], *data = NULL;
+    size_t dlen;
+    sse_close(u);
+    if (auth_header(m, u->t, cx, &auth, e) != 0) return -1;
+    const char *hdrs[] = {"Accept: text/event-stream", auth, NULL};
+    httpc_request rq = {.url = u->t->url, .headers = hdrs}; /* no bound: it lasts the session */
+    u->news = false;
+    u->stream = httpc_async_start(&rq, sse_notify, u, herr, sizeof herr);
+    free_secret(auth);
+    if (!u->stream) {
+        set_err(e, 0, "target %s: %s", u->t->name, herr);
+        return -1;
+    }
+    int64_t deadline = now_ms() + m->timeout_ms;
+    httpc_async_state st;
+    while ((st = httpc_async_poll(u->stream)) == HTTPC_ASYNC_WAITING)
+        if (!sse_wait(u, deadline)) {
+            set_err(e, 0, "target %s: upstream timed out", u->t->name);
+            goto fail;
+        }
+    long status = httpc_async_status(u->stream);
+    if (st == HTTPC_ASYNC_FAILED) {
+        httpc_result hr = httpc_async_error(u->stream, herr, sizeof herr);
+        set_err(e, 0, "target %s: %s: %s", u->t->name,
+                hr == HTTPC_TIMEOUT ? "upstream timed out" : "upstream unreachable", herr);
+        goto fail;
+    }
+    if (status != 200) {
+        set_err(e, status == 401 ? 401 : 0, "target %s: the SSE stream answered HTTP %ld", u->t->name, status);
+        goto fail;
+    }
+    for (;;) {
+        int rc = sse_next(u, deadline, ev, &data, &dlen, e);
+        if (rc <= 0) goto fail;
+        if (data && !strcmp(ev, "endpoint")) break;
+        free(data);
+    }
+    u->post_url = sse_endpoint(u->t->url, data);
+    if (!u->post_url) {
+        set_err(e, 0, "target %s: the endpoint event names a URL off the target's origin", u->t->name);
+        goto fail;
+    }
+    free(data);
+    return 0;
+fail:
+    free(data);
+    sse_close(u);
+    return -1;
+}
+
+/* A request of the server's own (stdio_other's answers), a ping or one we cannot relay. */
+static void sse_other(const mcp_mux *m, upstream *u, const call_ctx *cx, json_t *j);
+
+/* One message over the session: POST it, then (requests) read the stream until its answer.
+ * Lock held. 0 with *resp for requests, UP_GONE, or -1 with e. */
+static int sse_exchange(const mcp_mux *m, upstream *u, const call_ctx *cx, json_t *msg, json_int_t id,
+                        json_t **resp, up_err *e)
+{
+    if (!u->stream) {
+        set_err(e, 0, "target %s: no SSE stream", u->t->name);
+        return UP_GONE;
+    }
+    int64_t deadline = now_ms() + m->timeout_ms;
+    json_t *direct = NULL;
+    int rc = sse_post(m, u, cx, msg, id, &direct, e);
+    if (rc == UP_GONE) sse_close(u);
+    if (rc != 0 || id <= 0) return rc;
+    if (direct) {
+        *resp = direct;
+        return 0;
+    }
+    for (;;) {
+        char ev[32], *data;
+        size_t dlen;
+        int r = sse_next(u, deadline, ev, &data, &dlen, e);
+        if (r < 0) sse_close(u); /* the session is over: the next request starts a new one */
+        if (r <= 0) return -1;
+        json_t *j = data && !strcmp(ev, "message") ? json_loadb(data, dlen, 0, NULL) : NULL;
+        free(data);
+        if (is_response_to(j, id)) {
+            *resp = j;
+            return 0;
+        }
+        if (json_is_object(j)) sse_other(m, u, cx, j);
+        json_decref(j);
+    }
 }
 
 /* ---- stdio upstream ------------------------------------------------------------------ */
@@ -699,19 +964,29 @@ static int stdio_send(upstream *u, json_t *msg, int64_t deadline, up_err *e)
 /* One line from the server that is not the awaited response. Requests from the server
  * cannot be relayed to the client (no server-to-client stream): answer them here so the
  * server does not wait (ping gets its empty result, anything else method-not-found). */
-static void stdio_other(upstream *u, json_t *j, int64_t deadline)
+static json_t *other_answer(const json_t *j)
 {
     json_t *id = json_object_get(j, "id");
     const char *method = json_string_value(json_object_get(j, "method"));
-    if (!method || !id || json_is_null(id)) return; /* notification or stray response */
-    json_t *a;
-    if (strcmp(method, "ping") == 0)
-        a = json_pack("{s:s, s:O, s:{}}", "jsonrpc", "2.0", "id", id, "result");
-    else
-        a = json_pack("{s:s, s:O, s:{s:i, s:s}}", "jsonrpc", "2.0", "id", id, "error", "code",
-                      RPC_METHOD_NOT_FOUND, "message", "Method not found");
+    if (!method || !id || json_is_null(id)) return NULL; /* notification or stray response */
+    if (strcmp(method, "ping") == 0) return json_pack("{s:s, s:O, s:{}}", "jsonrpc", "2.0", "id", id, "result");
+    return json_pack("{s:s, s:O, s:{s:i, s:s}}", "jsonrpc", "2.0", "id", id, "error", "code",
+                     RPC_METHOD_NOT_FOUND, "message", "Method not found");
+}
+
+static void stdio_other(upstream *u, json_t *j, int64_t deadline)
+{
+    json_t *a = other_answer(j);
     up_err e;
-    (void)stdio_send(u, a, deadline, &e);
+    if (a) (void)stdio_send(u, a, deadline, &e);
+    json_decref(a);
+}
+
+static void sse_other(const mcp_mux *m, upstream *u, const call_ctx *cx, json_t *j)
+{
+    json_t *a = other_answer(j);
+    up_err e;
+    if (a) (void)sse_post(m, u, cx, a, 0, NULL, &e);
     json_decref(a);
 }
 
@@ -789,9 +1064,10 @@ static int up_exchange(mcp_mux *m, upstream *u, const call_ctx *cx, const char *
                        const char *version, json_t *msg, json_int_t id, json_t **resp,
                        up_err *e, char **sid_out)
 {
+    if (sid_out) *sid_out = NULL;
+    if (u->t->sse) return sse_exchange(m, u, cx, msg, id, resp, e);
     if (u->t->url) return http_post(m, u->t, cx, sid, version, msg, id, resp, e, sid_out);
 
-    if (sid_out) *sid_out = NULL;
     if (u->pid == 0) {
         set_err(e, 0, "target %s: the server process is gone", u->t->name);
         return -1;
@@ -827,6 +1103,7 @@ static int up_init_locked(mcp_mux *m, session *s, upstream *u, const call_ctx *c
 
     up_reset_locked(u);
     if (!u->t->url && u->pid == 0 && stdio_spawn(m, u, e) != 0) goto end;
+    if (u->t->sse && sse_open(m, u, cx, e) != 0) goto end;
 
     json_int_t id = new_id(m);
     req = json_pack("{s:s, s:I, s:s, s:O}", "jsonrpc", "2.0", "id", id, "method", "initialize",
@@ -850,6 +1127,7 @@ static int up_init_locked(mcp_mux *m, session *s, upstream *u, const call_ctx *c
     rc = 0;
 end:
     if (rc != 0 && !u->t->url && u->pid > 0) stdio_kill(u);
+    if (rc != 0 && u->t->sse) sse_close(u);
     if (rc != 0 && sid) { /* the upstream made a session we will not use */
         http_end_session(m, u->t, cx, sid, NULL);
     }
@@ -878,11 +1156,11 @@ static int up_request(mcp_mux *m, session *s, upstream *u, const call_ctx *cx,
             json_decref(req);
             return -1;
         }
-        if (!u->t->url) { /* stdio: the exchange holds the lock */
+        if (!u->t->url || u->t->sse) { /* stdio and SSE: the exchange holds the lock */
             rc = up_exchange(m, u, cx, NULL, NULL, req, id, resp, e, NULL);
             pthread_mutex_unlock(&u->lock);
             json_decref(req);
-            if (rc == UP_GONE) continue; /* the child had died before we wrote: a new one */
+            if (rc == UP_GONE) continue; /* the child (or the SSE session) was gone: a new one */
             return rc;
         }
         char *sid = u->sid ? xstrdup(u->sid) : NULL;
@@ -1029,6 +1307,12 @@ static session *session_new(const mcp_mux *m)
         u->t = &m->targets[i];
         u->in_fd = u->out_fd = -1;
         pthread_mutex_init(&u->lock, NULL);
+        pthread_mutex_init(&u->nmu, NULL);
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&u->ncond, &ca);
+        pthread_condattr_destroy(&ca);
     }
     s->refs = 1;
     s->last_ms = now_ms();
@@ -1042,9 +1326,12 @@ static void session_destroy(mcp_mux *m, session *s, const call_ctx *cx)
         upstream *u = &s->ups[i];
         if (u->t->url && u->sid) http_end_session(m, u->t, cx, u->sid, u->version);
         if (!u->t->url) stdio_kill(u);
+        if (u->t->sse) sse_close(u);
         up_reset_locked(u);
         free(u->buf);
         pthread_mutex_destroy(&u->lock);
+        pthread_mutex_destroy(&u->nmu);
+        pthread_cond_destroy(&u->ncond);
     }
     free(s->ups);
     free(s->bind);
@@ -1667,7 +1954,7 @@ static int check_target(const mcp_target *t, const mcp_target *all, size_t i, ch
             snprintf(err, errlen, "MCP target %s: duplicate name", t->name);
             return -1;
         }
-    if (!!t->url == !!t->cmd) {
+    if (!!t->url == !!t->cmd || (t->sse && !t->url)) {
         snprintf(err, errlen, "MCP target %s: needs exactly one of a URL or a command", t->name);
         return -1;
     }
@@ -1726,6 +2013,7 @@ mcp_mux *mcp_mux_new(const mcp_config *c, char *err, size_t errlen)
         target *t = &m->targets[i];
         t->name = xstrdup(s->name);
         t->url = s->url ? xstrdup(s->url) : NULL;
+        t->sse = s->sse;
         t->cmd = s->cmd ? strv_dup(s->cmd) : NULL;
         t->env = s->env ? strv_dup(s->env) : NULL;
         t->identity = s->identity;

@@ -1,5 +1,6 @@
 /* mcp — the gateway's MCP multiplexer: one Streamable HTTP MCP endpoint in front of several
- * MCP servers ("targets"), upstream Streamable HTTP servers and stdio servers it spawns.
+ * MCP servers ("targets"): upstream Streamable HTTP servers, legacy HTTP+SSE ones (MCP
+ * 2024-11-05) and stdio servers it spawns.
  *
  * As agentgateway does (shared docs agentgateway-mcp.md §3-§4, §7):
  *  - initialize is negotiated per client session (lowest protocol version of client and
@@ -44,6 +45,8 @@ typedef struct {
     const char *name;          /* target name: letters, digits, '-' (no '_', which splits names) */
     /* exactly one of: */
     const char *url;           /* Streamable HTTP MCP server, e.g. http://127.0.0.1:9001/mcp */
+    bool sse;                  /* with url: the legacy HTTP+SSE transport instead (GET url for
+                                  the event stream, e.g. http://127.0.0.1:9001/sse) */
     const char *const *cmd;    /* stdio server: argv, NULL-terminated */
     const char *const *env;    /* stdio: extra "K=V" entries, NULL-terminated, may be NULL */
     mcp_identity identity;

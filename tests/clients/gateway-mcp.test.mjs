@@ -9,7 +9,9 @@
 // refused on call (HTTP 400, JSON-RPC -32602 "Unknown tool: <name>"); two clients' sessions
 // kept apart (different Mcp-Session-Id, different stdio children, each still working after
 // the other's DELETE); the caller's token never reaching an upstream; 401 without a token; the
-// same SDK client through a gateway listener with protocol: HTTPS.
+// same SDK client through a gateway listener with protocol: HTTPS; an `sse:` target (the SDK's
+// legacy SSEServerTransport) beside a Streamable HTTP one: listed, called, one upstream stream
+// per client session ended with it, a new one after the server forgot the session or restarted.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -24,15 +26,15 @@ const HERE = import.meta.dirname;
 const STDIO_SERVER = join(HERE, 'mcp-servers/stdio-server.mjs');
 const SDK = join(HERE, 'node_modules/@modelcontextprotocol/sdk/package.json');
 
-let dir, iss, up, gw, tmp, tok, Client, StreamableHTTPClientTransport, startHttpMcpServer;
+let dir, iss, up, sse, gw, tmp, tok, Client, StreamableHTTPClientTransport, startHttpMcpServer, startSseMcpServer;
 const clients = [];
 
 /** Start `agentid gateway --config FILE --listen 127.0.0.1:PORT`; resolves once /healthz answers. */
 const startGateway = (config, port) => start(['gateway', '--config', config], { port });
 
 /** A connected SDK client with the caller's token on every request. */
-async function connect(name) {
-  const transport = new StreamableHTTPClientTransport(new URL(`${gw.url}/mcp`), {
+async function connect(name, path = '/mcp') {
+  const transport = new StreamableHTTPClientTransport(new URL(`${gw.url}${path}`), {
     requestInit: { headers: { Authorization: `Bearer ${tok}` } },
   });
   const client = new Client({ name, version: '1.0.0' });
@@ -62,6 +64,7 @@ before(async () => {
   ({ Client } = await import('@modelcontextprotocol/sdk/client/index.js'));
   ({ StreamableHTTPClientTransport } = await import('@modelcontextprotocol/sdk/client/streamableHttp.js'));
   ({ startHttpMcpServer } = await import('./mcp-servers/http-server.mjs'));
+  ({ startSseMcpServer } = await import('./mcp-servers/sse-server.mjs'));
 
   dir = initDirectory();
   iss = await startIssuer(dir);
@@ -77,6 +80,7 @@ before(async () => {
   assert.equal(jwks.status, 200);
 
   up = await startHttpMcpServer();
+  sse = await startSseMcpServer();
   tmp = mkdtempSync(join(tmpdir(), 'agentid-gw-mcp-'));
   writeFileSync(join(tmp, 'jwks.json'), jwks.text);
   const port = await freePort();
@@ -110,6 +114,22 @@ binds:
           rules:
           - deny: "mcp.tool.name == 'secret-tool'"
           - require: ${q(`jwt.iss == '${t.claims.iss}'`)}
+    - name: legacy
+      matches:
+      - path: {exact: /legacy}
+      backends:
+      - mcp:
+          targets:
+          - name: old
+            sse: {host: 127.0.0.1, port: ${sse.port}}
+          - name: http1
+            mcp: {url: ${q(up.url)}}
+      policies:
+        jwtAuth:
+          mode: strict
+          issuer: ${q(t.claims.iss)}
+          audiences: [${q(t.claims.aud)}]
+          jwks: {file: jwks.json}
 `);
   gw = await startGateway(join(tmp, 'gateway.yaml'), port);
 });
@@ -118,6 +138,7 @@ after(async () => {
   for (const c of clients) await c.close().catch(() => {});
   if (gw) assert.equal(await gw.stop(), 0, `clean exit (no leaks under ASan):\n${gw.logs().slice(-3000)}`);
   await up?.close();
+  await sse?.close();
   if (iss) assert.equal(await iss.stop(), 0);
   dir?.cleanup();
   if (tmp) rmSync(tmp, { recursive: true, force: true });
@@ -200,6 +221,42 @@ test('the caller\'s token never reaches an upstream', async () => {
   assert.ok(up.seen.some((s) => s.rpc === 'notifications/initialized' && s.sessionId));
   assert.ok(up.seen.some((s) => s.rpc === 'tools/call' && s.sessionId && s.protocolVersion));
   assert.ok(!gw.logs().includes(tok), 'no token in the gateway log');
+});
+
+test('an sse target (legacy HTTP+SSE): listed, called, its session per client and ended with it', async () => {
+  const a = await connect('sse-a', '/legacy');
+  const b = await connect('sse-b', '/legacy');
+  const names = (await a.client.listTools()).tools.map((x) => x.name).sort();
+  assert.deepEqual(names, ['http1_add', 'http1_echo', 'http1_whoami', 'old_add', 'old_echo', 'old_whoami']);
+  const sum = await a.client.callTool({ name: 'old_add', arguments: { a: 2, b: 40 } });
+  assert.equal(text(sum), '42');
+  assert.deepEqual(sum.structuredContent, { sum: 42 });
+  assert.equal(text(await b.client.callTool({ name: 'old_echo', arguments: { text: 'over sse' } })), 'over sse');
+  const who = (c) => c.client.callTool({ name: 'old_whoami', arguments: {} }).then((r) => JSON.parse(text(r)));
+  const [wa, wb] = [await who(a), await who(b)];
+  assert.ok(wa.sessionId && wb.sessionId && wa.sessionId !== wb.sessionId, 'one upstream SSE session per client session');
+  assert.equal(wa.authorization, null, 'the caller\'s token does not reach the target');
+  assert.ok(sse.seen.every((x) => x.authorization === null));
+  assert.ok(sse.sessions().includes(wa.sessionId));
+
+  await a.transport.terminateSession();
+  for (let i = 0; i < 100 && !sse.closed.includes(wa.sessionId); i++) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(sse.closed.includes(wa.sessionId), 'the upstream stream ended with the client session');
+  assert.equal((await who(b)).sessionId, wb.sessionId, 'the other session is untouched');
+
+  sse.forgetSessions(); // a restarted server: the stream ends, the session is unknown
+  const again = await who(b);
+  assert.ok(again.sessionId && again.sessionId !== wb.sessionId, 'a new upstream session, transparently');
+  await b.transport.terminateSession();
+});
+
+test('an sse target that is down: a JSON-RPC error, and the other target still answers', async () => {
+  const { client } = await connect('sse-down', '/legacy');
+  await sse.close();
+  await assert.rejects(client.callTool({ name: 'old_echo', arguments: { text: 'x' } }), /old/);
+  assert.equal(text(await client.callTool({ name: 'http1_echo', arguments: { text: 'fine' } })), 'fine');
+  sse = await startSseMcpServer({ port: sse.port });
+  assert.equal(text(await client.callTool({ name: 'old_echo', arguments: { text: 'back' } })), 'back');
 });
 
 test('no token: 401 before any MCP', async () => {

@@ -103,6 +103,8 @@ static const char FULL[] =
     "            mcp: {host: learn.microsoft.com, port: 443, path: /api/mcp}\n"
     "            identity: {sidecar: {url: \"http://127.0.0.1:5000\", api: mcp, obo: true, agentIdentity: ag}}\n"
     "          - {name: t2, stdio: {cmd: node, args: [s.mjs, -v], env: {A: b}}}\n"
+    "          - {name: t3, sse: {host: 127.0.0.1, port: 9002}}\n"
+    "          - {name: t4, sse: {url: \"http://127.0.0.1:9003/events\"}}\n"
     "      resourceMetadata: {scopesSupported: [s1], resource: \"https://pub.example/x\"}\n"
     "      policies:\n"
     "        mcpAuthorization: {rules: [\"mcp.tool.name == 'echo'\"]}\n";
@@ -156,7 +158,12 @@ static void test_full(void **state)
 
     gw_route *mcp = &b->routes[2];
     assert_int_equal(mcp->backend.kind, GW_BACKEND_MCP);
-    assert_int_equal(mcp->backend.n_targets, 2);
+    assert_int_equal(mcp->backend.n_targets, 4);
+    assert_false(mcp->backend.targets[0].sse);
+    assert_true(mcp->backend.targets[2].sse);
+    assert_string_equal(mcp->backend.targets[2].url, "http://127.0.0.1:9002/sse"); /* agentgateway's default path */
+    assert_true(mcp->backend.targets[3].sse);
+    assert_string_equal(mcp->backend.targets[3].url, "http://127.0.0.1:9003/events");
     assert_string_equal(mcp->backend.targets[0].url, "https://learn.microsoft.com:443/api/mcp");
     assert_int_equal(mcp->backend.targets[0].identity, MCP_IDENTITY_SIDECAR_OBO);
     assert_string_equal(mcp->backend.targets[0].agent_identity, "ag");
@@ -232,6 +239,10 @@ static void test_errors(void **state)
          ":5: route route1: mcp: "},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
          "        backendAuth: {key: $AGENTID_TEST_NO_SUCH_VAR}\n", ":7: backendAuth.key: environment variable"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{mcp: {targets: [{name: a, sse: {host: h}, mcp: {host: h}}]}}]\n",
+         ":5: mcp.targets: target a needs exactly one of mcp, sse and stdio"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{mcp: {targets: [{name: a, sse: {url: \"ftp://h/\"}}]}}]\n",
+         ":5: mcp.targets.sse: the server's URL must be http:// or https://"},
     };
     for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) {
         char err[512] = "", want[600];

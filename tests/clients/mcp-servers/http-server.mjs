@@ -27,7 +27,7 @@ const TOOLS = [
     inputSchema: { type: 'object', properties: {} } },
 ];
 
-function makeServer(state) {
+export function makeServer(state) {
   const server = new Server({ name: 'test-http-mcp', version: '1.0.0' },
     { capabilities: { tools: {} }, instructions: 'HTTP test server: echo, add, whoami.' });
   server.setRequestHandler(ListToolsRequestSchema, async () => ({ tools: TOOLS }));
