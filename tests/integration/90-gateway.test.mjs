@@ -7,12 +7,13 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID, createPublicKey } from 'node:crypto';
-import { writeFileSync, renameSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import http from 'node:http';
 import { initDirectory, startIssuer, start, run, demo, decodeJwt, request, freePort } from './harness.mjs';
 import { token, ok, saveDirectory, signJwt, waitFor, TOKEN_EXCHANGE_SCOPE, CLIENT_ASSERTION_TYPE } from './tokens.mjs';
 import { startRecorder } from './sidecar.mjs';
+import { appToken, jwtAuthYaml, writeConfig } from './gateway-setup.mjs';
 
 const GW_URI = 'api://gateway-api';
 let dirA, dirB, issA, issB, issOld, issFuture, dA, rec, llm, G, cfgFile, closedPort, tinyMcp;
@@ -85,7 +86,7 @@ const get = (path, t, headers = {}) => request(`${G.url}${path}`, { headers: { .
 function configYaml({ extraRoutes = '', mcpRules = ["mcp.tool.name == 'ping'"] } = {}) {
   const v1 = `${issA.authority}/`;
   const jwks = `${issA.url}/${dA.tenant}/discovery/v2.0/keys`;
-  const auth = `jwtAuth: {issuer: "${v1}", audiences: ["${GW_URI}"], jwks: {url: "${jwks}"}}`;
+  const auth = jwtAuthYaml(issA, dA, GW_URI, v1);
   return `# agentid gateway test configuration
 binds:
 - port: 0
@@ -177,18 +178,6 @@ binds:
 ${extraRoutes}`;
 }
 
-/** Replace the file atomically, as editors and config managers do. */
-function writeConfig(text) {
-  const tmp = `${cfgFile}.tmp`;
-  writeFileSync(tmp, text);
-  renameSync(tmp, cfgFile);
-}
-
-async function appToken(iss, dir, d, scope, extra = {}) {
-  return ok(await token(iss, dir.ca, { grant_type: 'client_credentials', client_id: d.blueprint.app_id,
-    client_secret: d.blueprint.secrets[0], scope, ...extra })).access_token;
-}
-
 async function agentToken(iss, dir, d, scope) {
   const t1 = await appToken(iss, dir, d, TOKEN_EXCHANGE_SCOPE, { fmi_path: d.agent.app_id });
   return ok(await token(iss, dir.ca, { grant_type: 'client_credentials', client_id: d.agent.app_id,
@@ -229,7 +218,7 @@ before(async () => {
   cfgFile = join(dirA.root, 'gateway.yaml');
   tinyMcp = join(dirA.root, 'tiny-mcp.mjs');
   writeFileSync(tinyMcp, TINY_MCP);
-  writeConfig(configYaml());
+  writeConfig(cfgFile, configYaml());
   G = await start(['gateway', '--config', cfgFile], { env: { SSL_CERT_FILE: join(dirA.dir, 'tls/ca.crt') } });
 });
 
@@ -512,12 +501,12 @@ describe('reload', () => {
 `;
   test('SIGHUP: a new route appears; a broken file keeps the old configuration', async () => {
     assert.equal((await get('/added')).status, 404);
-    writeConfig(configYaml({ extraRoutes: added.replace('REC', rec.url.slice(7)) }));
+    writeConfig(cfgFile, configYaml({ extraRoutes: added.replace('REC', rec.url.slice(7)) }));
     G.proc.kill('SIGHUP');
     assert.ok(await waitFor(async () => (await get('/added')).status === 201), 'route added');
     assert.equal((await get('/api/x', tok.agent)).status, 201, 'old routes still there');
 
-    writeConfig(`${configYaml()}    - name: broken\n      backends: [{nope: 1}]\n`);
+    writeConfig(cfgFile, `${configYaml()}    - name: broken\n      backends: [{nope: 1}]\n`);
     G.proc.kill('SIGHUP');
     assert.ok(await waitFor(() => /config_invalid.*keeping the previous configuration.*gateway\.yaml:\d+: backends/.test(G.logs())),
       G.logs().slice(-2000));
@@ -525,7 +514,7 @@ describe('reload', () => {
   });
 
   test('a changed file is picked up without a signal', async () => {
-    writeConfig(configYaml());
+    writeConfig(cfgFile, configYaml());
     assert.ok(await waitFor(async () => (await get('/added')).status === 404, 5000), 'route removed');
     assert.equal((await get('/api/x', tok.agent)).status, 201);
   });
@@ -553,12 +542,12 @@ describe('reload', () => {
     const before = await ping(sid);
     assert.match(before, /^pong \d+$/);
 
-    writeConfig(configYaml({ extraRoutes: added.replace('REC', rec.url.slice(7)) }));
+    writeConfig(cfgFile, configYaml({ extraRoutes: added.replace('REC', rec.url.slice(7)) }));
     G.proc.kill('SIGHUP');
     assert.ok(await waitFor(async () => (await get('/added')).status === 201));
     assert.equal(await ping(sid), before, 'same session, same stdio child');
 
-    writeConfig(configYaml({ mcpRules: ["mcp.tool.name == 'ping'", "jwt.appid != ''"] }));
+    writeConfig(cfgFile, configYaml({ mcpRules: ["mcp.tool.name == 'ping'", "jwt.appid != ''"] }));
     G.proc.kill('SIGHUP');
     assert.ok(await waitFor(async () => (await get('/added')).status === 404));
     assert.equal(await ping(sid), 404, 'the changed route starts with no sessions');
@@ -569,7 +558,7 @@ describe('reload', () => {
       method: 'POST', body: '{"messages":[]}', headers: { ...bearer(tok.agent), 'Content-Type': 'application/json' },
       onChunk: (c, n) => {
         if (n === 1) {
-          writeConfig(configYaml({ extraRoutes: added.replace('REC', rec.url.slice(7)) }));
+          writeConfig(cfgFile, configYaml({ extraRoutes: added.replace('REC', rec.url.slice(7)) }));
           G.proc.kill('SIGHUP');
           setTimeout(() => llm.state.release(), 300);
         }

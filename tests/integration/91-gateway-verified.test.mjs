@@ -5,18 +5,18 @@
 // (an altered signature) is checked in full and refused.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, renameSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { initDirectory, startIssuer, start, demo, decodeJwt, request } from './harness.mjs';
-import { token, ok, waitFor } from './tokens.mjs';
+import { waitFor } from './tokens.mjs';
+import { appToken, jwtAuthYaml, writeConfig } from './gateway-setup.mjs';
 import { startRecorder } from './sidecar.mjs';
 
 let dir, iss, d, rec, G, cfgFile, tok;
 
 function configYaml(audA) {
-  const jwks = `${iss.url}/${d.tenant}/discovery/v2.0/keys`;
-  const auth = (aud) => `jwtAuth: {issuer: "${iss.authority}/v2.0", audiences: ["${aud}"], jwks: {url: "${jwks}"}}`;
+  const auth = (aud) => jwtAuthYaml(iss, d, aud);
   return `binds:
 - port: 0
   listeners:
@@ -35,11 +35,6 @@ function configYaml(audA) {
 `;
 }
 
-function writeConfig(text) {
-  writeFileSync(`${cfgFile}.tmp`, text);
-  renameSync(`${cfgFile}.tmp`, cfgFile);
-}
-
 const get = (path, t) => request(`${G.url}${path}`, { headers: t ? { Authorization: `Bearer ${t}` } : {} });
 const lastSeen = () => rec.seen[rec.seen.length - 1];
 
@@ -47,11 +42,10 @@ before(async () => {
   dir = initDirectory();
   d = demo(dir.json());
   iss = await startIssuer(dir);
-  tok = ok(await token(iss, dir.ca, { grant_type: 'client_credentials', client_id: d.blueprint.app_id,
-    client_secret: d.blueprint.secrets[0], scope: `${d.api.identifier_uris[0]}/.default` })).access_token;
+  tok = await appToken(iss, dir, d);
   rec = await startRecorder();
   cfgFile = join(dir.root, 'gateway.yaml');
-  writeConfig(configYaml(d.api.app_id));
+  writeConfig(cfgFile, configYaml(d.api.app_id));
   G = await start(['gateway', '--config', cfgFile], { env: { SSL_CERT_FILE: join(dir.dir, 'tls/ca.crt') } });
 });
 
@@ -94,13 +88,13 @@ describe('verified tokens', () => {
 
   test('after a reload that no longer accepts its audience, the token is refused; back, it passes', async () => {
     assert.equal((await get('/a/x', tok)).status, 201);
-    writeConfig(configYaml('api://not-the-weather-api'));
+    writeConfig(cfgFile, configYaml('api://not-the-weather-api'));
     G.proc.kill('SIGHUP');
     await waitFor(async () => (await get('/a/x', tok)).status === 401);
     const r = await get('/a/x', tok);
     assert.equal(r.status, 401);
     assert.equal(r.json.failed_check, 'audience');
-    writeConfig(configYaml(d.api.app_id));
+    writeConfig(cfgFile, configYaml(d.api.app_id));
     G.proc.kill('SIGHUP');
     await waitFor(async () => (await get('/a/x', tok)).status === 201);
     assert.equal((await get('/a/x', tok)).status, 201);

@@ -6,19 +6,18 @@
 // (rotation without a restart), but cannot switch a running port between HTTP and HTTPS.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
+import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
 import { initDirectory, startIssuer, start, demo, request, run, waitFor } from './harness.mjs';
-import { token, ok } from './tokens.mjs';
+import { appToken, jwtAuthYaml, writeConfig } from './gateway-setup.mjs';
 import { startRecorder } from './sidecar.mjs';
 
 let dir, iss, d, rec, G, cfgFile, tok, closedPort;
 
 function configYaml({ protocol = 'HTTPS', tls = 'tls: {cert: gw.crt, key: gw.key}' } = {}) {
-  const jwks = `${iss.url}/${d.tenant}/discovery/v2.0/keys`;
-  const auth = `jwtAuth: {issuer: "${iss.authority}/v2.0", audiences: ["${d.api.app_id}"], jwks: {url: "${jwks}"}}`;
+  const auth = jwtAuthYaml(iss, d, d.api.app_id);
   return `binds:
 - port: 0
   listeners:
@@ -43,27 +42,20 @@ function configYaml({ protocol = 'HTTPS', tls = 'tls: {cert: gw.crt, key: gw.key
 `;
 }
 
-function writeConfig(text, file = cfgFile) {
-  writeFileSync(`${file}.tmp`, text);
-  renameSync(`${file}.tmp`, file);
-  return file;
-}
-
 const bearer = (t) => ({ Authorization: `Bearer ${t}` });
 
 before(async () => {
   dir = initDirectory();
   d = demo(dir.json());
   iss = await startIssuer(dir);
-  tok = ok(await token(iss, dir.ca, { grant_type: 'client_credentials', client_id: d.blueprint.app_id,
-    client_secret: d.blueprint.secrets[0], scope: `${d.api.identifier_uris[0]}/.default` })).access_token;
+  tok = await appToken(iss, dir, d);
   rec = await startRecorder();
   closedPort = await new Promise((res) => { const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => res(p)); }); });
   // The issuer's server certificate (127.0.0.1, localhost; signed by the directory's CA), next to
   // the configuration: relative paths are relative to the file.
   copyFileSync(join(dir.dir, 'tls/server.crt'), join(dir.root, 'gw.crt'));
   copyFileSync(join(dir.dir, 'tls/server.key'), join(dir.root, 'gw.key'));
-  cfgFile = writeConfig(configYaml(), join(dir.root, 'gateway.yaml'));
+  cfgFile = writeConfig(join(dir.root, 'gateway.yaml'), configYaml());
   G = await start(['gateway', '--config', cfgFile], { tls: true, ca: dir.ca, env: { SSL_CERT_FILE: join(dir.dir, 'tls/ca.crt') } });
 });
 
@@ -107,11 +99,11 @@ test('a client that does not trust the certificate, or speaks plain HTTP, gets n
 });
 
 test('a reload cannot switch the running port to HTTP: it says so and keeps HTTPS', async () => {
-  writeConfig(configYaml({ protocol: 'HTTP', tls: '' }));
+  writeConfig(cfgFile, configYaml({ protocol: 'HTTP', tls: '' }));
   await waitFor(() => /takes effect on restart; 127\.0\.0\.1:\d+ stays HTTPS/.test(G.logs()), 5000, 'the reload warning', () => G.logs());
   const r = await request(`${G.url}/api/weather`, { ca: dir.ca, headers: bearer(tok) });
   assert.equal(r.status, 201);
-  writeConfig(configYaml());
+  writeConfig(cfgFile, configYaml());
 });
 
 /* The SHA-256 fingerprint of the certificate the gateway shows a new connection; the socket
@@ -147,7 +139,7 @@ test('a reload with a new certificate: new connections get it, open ones keep th
     const pid = G.proc.pid;
     const reloaded = () => (G.logs().match(/"tls_reloaded"/g) ?? []).length;
     const n = reloaded();
-    writeConfig(configYaml({ tls: 'tls: {cert: gw2.crt, key: gw2.key}' }));
+    writeConfig(cfgFile, configYaml({ tls: 'tls: {cert: gw2.crt, key: gw2.key}' }));
     await waitFor(() => reloaded() > n, 5000, 'tls_reloaded', () => G.logs());
     const second = await peerCert([dir2.ca]);
     assert.notEqual(second.fp, first.fp, 'the new certificate');
@@ -159,12 +151,12 @@ test('a reload with a new certificate: new connections get it, open ones keep th
     assert.equal(G.proc.pid, pid);
 
     // A pair that does not fit is refused by the reload; the running certificate stays.
-    writeConfig(configYaml({ tls: 'tls: {cert: gw2.crt, key: gw.key}' }));
+    writeConfig(cfgFile, configYaml({ tls: 'tls: {cert: gw2.crt, key: gw.key}' }));
     await waitFor(() => /keeping the previous configuration: .*the key is not the certificate's/.test(G.logs()), 5000,
       'config_invalid', () => G.logs());
     assert.equal((await peerCert([dir2.ca])).fp, second.fp);
 
-    writeConfig(configYaml());
+    writeConfig(cfgFile, configYaml());
     await waitFor(() => reloaded() > n + 1, 5000, 'tls_reloaded back', () => G.logs());
     assert.equal((await peerCert([dir.ca])).fp, first.fp);
   } finally {
@@ -173,7 +165,7 @@ test('a reload with a new certificate: new connections get it, open ones keep th
 });
 
 test('bad TLS settings stop start-up with FILE:LINE: reason', () => {
-  const bad = (name, opts) => writeConfig(configYaml(opts), join(dir.root, name));
+  const bad = (name, opts) => writeConfig(join(dir.root, name), configYaml(opts));
   const cases = [
     ['t1.yaml', { tls: '' }, /t1\.yaml:4: listeners: protocol HTTPS needs tls: \{cert: FILE, key: FILE\}/],
     ['t2.yaml', { protocol: 'HTTP' }, /t2\.yaml:6: listeners\.tls: needs protocol: HTTPS/],
@@ -199,7 +191,7 @@ test('bad TLS settings stop start-up with FILE:LINE: reason', () => {
       matches: [{path: {pathPrefix: /other}}]
       backends: [{host: "${rec.url.slice(7)}"}]
 `;
-  const r = run(['gateway', '--config', writeConfig(two, join(dir.root, 't9.yaml'))]);
+  const r = run(['gateway', '--config', writeConfig(join(dir.root, 't9.yaml'), two)]);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /t9\.yaml:\d+: listeners: every listener of one bind \(port\) needs the same protocol and tls/);
   assert.ok(readFileSync(join(dir.root, 'gw.key'), 'utf8').includes('PRIVATE KEY'), 'the fixture is a real key');
