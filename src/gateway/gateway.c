@@ -1312,12 +1312,13 @@ static uint64_t route_scope(uint64_t gen, const server *sv, const gw_bind *b, co
 }
 
 /* A request body goes upstream as it arrives (not buffered whole first) when it is chunked or
- * larger than STREAM_MIN, on a route with a host backend (ai backends may rewrite the body,
- * MCP routes read it). Smaller ones are buffered: all in one piece anyway, sent with the
- * headers. */
+ * larger than STREAM_MIN, on a route with a host backend or an ai backend that leaves the body
+ * as it is (one that sets the model rewrites it; MCP routes read it). Smaller ones are
+ * buffered: all in one piece anyway, sent with the headers. */
 static bool streams_body(http_req *r, const gw_route *rt)
 {
-    if (rt->backend.kind != GW_BACKEND_HOST || rt->direct || rt->redirect) return false;
+    bool as_is = rt->backend.kind == GW_BACKEND_HOST || (rt->backend.kind == GW_BACKEND_AI && !rt->backend.model);
+    if (!as_is || rt->direct || rt->redirect) return false;
     const char *cl = http_req_header(r, "Content-Length");
     return !cl || strtoull(cl, NULL, 10) > STREAM_MIN; /* early: a body is coming */
 }

@@ -48,11 +48,14 @@ function startUpstream() {
       return;
     }
     const read = () => {
-      req.on('data', (b) => { s.bytes += b.length; hash.update(b); });
+      const kept = [];
+      req.on('data', (b) => { s.bytes += b.length; hash.update(b); if (req.url.startsWith('/v1/')) kept.push(b); });
       req.on('end', () => {
         s.ended = true;
+        let model = null;
+        try { model = JSON.parse(Buffer.concat(kept).toString()).model ?? null; } catch { /* not JSON */ }
         res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({ bytes: s.bytes, sha256: hash.digest('hex'), te: s.te ?? null, cl: s.cl ?? null }));
+        res.end(JSON.stringify({ bytes: s.bytes, sha256: hash.digest('hex'), te: s.te ?? null, cl: s.cl ?? null, path: req.url, model }));
       });
     };
     if (req.url.startsWith('/hold')) {
@@ -103,6 +106,12 @@ before(async () => {
       backends: [{host: "${host}"}]
       policies:
         jwtAuth: {issuer: "${ISS}", audiences: ["${AUD}"], jwks: {url: "http://${host}/keys.json"}}
+    - name: llm
+      matches: [{path: {pathPrefix: /llm}}]
+      backends: [{ai: {name: local, provider: {openAI: {}}, hostOverride: "http://${host}"}}]
+    - name: llm-model
+      matches: [{path: {pathPrefix: /model}}]
+      backends: [{ai: {name: local, provider: {openAI: {model: set-here}}, hostOverride: "http://${host}"}}]
     - name: limited
       matches: [{path: {pathPrefix: /limited}}]
       backends: [{host: "${host}"}]
@@ -129,16 +138,16 @@ test('a chunked body arrives whole and still chunked; one with a length keeps it
   c.req.end();
   let r = await c.done;
   assert.equal(r.status, 200, r.text);
-  assert.deepEqual(r.json, { bytes: body.length, sha256: want, te: 'chunked', cl: null });
+  assert.deepEqual(r.json, { bytes: body.length, sha256: want, te: 'chunked', cl: null, path: '/echo', model: null });
 
   const l = upload('/echo', { id: 'length', length: body.length });
   await l.write(body);
   l.req.end();
   r = await l.done;
-  assert.deepEqual(r.json, { bytes: body.length, sha256: want, te: null, cl: String(body.length) });
+  assert.deepEqual(r.json, { bytes: body.length, sha256: want, te: null, cl: String(body.length), path: '/echo', model: null });
 
   const small = await request(`${G.url}/echo`, { method: 'POST', body: 'x'.repeat(1000), headers: { 'content-length': '1000' } });
-  assert.deepEqual(small.json, { bytes: 1000, sha256: createHash('sha256').update('x'.repeat(1000)).digest('hex'), te: null, cl: '1000' },
+  assert.deepEqual(small.json, { bytes: 1000, sha256: createHash('sha256').update('x'.repeat(1000)).digest('hex'), te: null, cl: '1000', path: '/echo', model: null },
     'a small body is sent whole, with its length');
 });
 
@@ -240,6 +249,23 @@ test('a chunked body past the cap: 413 for the client, a cut-short body for the 
   assert.equal(status, 413);
   await waitFor(() => seen.get('huge')?.aborted, 5000, 'the upstream to see the body cut short');
   assert.equal(seen.get('huge').ended, false);
+});
+
+test('an LLM route streams a long prompt as it comes, unless it sets the model (then it reads it whole)', async () => {
+  const prompt = JSON.stringify({ model: 'asked', messages: [{ role: 'user', content: 'x'.repeat(300 * 1024) }] });
+  for (const [path, te, model] of [['/llm', 'chunked', 'asked'], ['/model', null, 'set-here']]) {
+    const c = upload(path, { id: `llm${path}`, headers: { 'content-type': 'application/json' } });
+    await c.write(prompt.slice(0, 100 * 1024));
+    if (te) await waitFor(() => (seen.get(`llm${path}`)?.bytes ?? 0) > 0, 5000, 'the provider to see the start');
+    await c.write(prompt.slice(100 * 1024));
+    c.req.end();
+    const r = await c.done;
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.path, '/v1/chat/completions');
+    assert.equal(r.json.te, te, path);
+    assert.equal(r.json.model, model, path);
+    if (te) assert.equal(r.json.sha256, createHash('sha256').update(prompt).digest('hex'));
+  }
 });
 
 test('a client that waits for 100 Continue gets it, then streams', async () => {
