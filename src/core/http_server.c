@@ -692,14 +692,11 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     if (ds == D_NONE) {
         if (r->wsusp) {
             r->wsusp = false; /* woken after http_wait: run its fn below */
-        } else if (r->wlater) { /* waited while its body came: the waiting starts now */
+        } else if (r->wlater) {
+            /* It waited while its body came, and the wakes of that time may have been spent
+             * resuming the body (body_take): fn runs now, as after a wake, and checks for itself
+             * (and waits again, now parked, if it must). */
             r->wlater = false;
-            bool stopping;
-            pthread_mutex_lock(&s->wmu);
-            r->wsusp = waker_try_suspend(r->w, &stopping);
-            pthread_mutex_unlock(&s->wmu);
-            if (r->wsusp) return MHD_YES;
-            if (stopping) atomic_store(&r->w->cancelled, true); /* 503 and fn below */
         } else if (!r->bpipe) {
             s->handler(r, s->ctx);
         }

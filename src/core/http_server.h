@@ -244,8 +244,8 @@ bool http_wait(http_req *r, http_waited fn, void *arg);
  * False, nothing changed, if called elsewhere, twice, after an answer or on a server that is
  * not async. Then:
  *  - http_req_body is empty; http_defer is refused until the body is all in;
- *  - http_wait from the handler does not park the connection while the body comes: the
- *    waiting (and any wake that came meanwhile) starts once it is all in, so fn runs after that;
+ *  - http_wait from the handler does not park the connection while the body comes: fn runs
+ *    once it is all in, as after a wake (it checks, and may wait again, parked then);
  *  - an answer the handler makes at once, or a handler that neither answers nor waits, means
  *    nobody reads the body: it is read and dropped (as for early's refusals), then answered;
  *  - the client going away ends the body with a failure for the reader, and fn runs with

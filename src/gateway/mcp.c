@@ -172,6 +172,16 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* A condition whose timed waits count on CLOCK_MONOTONIC (as now_ms does). */
+static void cond_init_monotonic(pthread_cond_t *c)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
 static void set_err(up_err *e, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void set_err(up_err *e, int status, const char *fmt, ...)
 {
@@ -1308,11 +1318,7 @@ static session *session_new(const mcp_mux *m)
         u->in_fd = u->out_fd = -1;
         pthread_mutex_init(&u->lock, NULL);
         pthread_mutex_init(&u->nmu, NULL);
-        pthread_condattr_t ca;
-        pthread_condattr_init(&ca);
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-        pthread_cond_init(&u->ncond, &ca);
-        pthread_condattr_destroy(&ca);
+        cond_init_monotonic(&u->ncond);
     }
     s->refs = 1;
     s->last_ms = now_ms();
@@ -2032,11 +2038,7 @@ mcp_mux *mcp_mux_new(const mcp_config *c, char *err, size_t errlen)
     m->max_per_client = m->max_sessions / 4 ? m->max_sessions / 4 : 1;
     atomic_init(&m->next_id, 1);
     pthread_mutex_init(&m->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&m->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&m->cond);
     m->reaper_started = pthread_create(&m->reaper, NULL, reaper_main, m) == 0;
     return m;
 }

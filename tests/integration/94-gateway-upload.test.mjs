@@ -42,6 +42,13 @@ function startUpstream() {
       res.end(jwks());
       return;
     }
+    if (req.url.startsWith('/answer-first')) { // answers at once, then reads the body slowly
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end('answered first');
+      req.pause();
+      setTimeout(() => { req.on('data', (b) => { s.bytes += b.length; }); req.on('end', () => { s.ended = true; }); req.resume(); }, 500);
+      return;
+    }
     if (req.url.startsWith('/refuse')) {
       res.writeHead(403, { 'content-type': 'text/plain' });
       res.end('not this one');
@@ -73,6 +80,7 @@ function upload(path, { id, length, headers = {} } = {}) {
   const h = { 'x-id': id, 'content-type': 'application/octet-stream', ...headers };
   if (length !== undefined) h['content-length'] = String(length);
   const req = http.request(`${G.url}${path}`, { method: 'POST', headers: h, agent: false });
+  req.setTimeout(15000, () => req.destroy(new Error('no progress in 15 s'))); // a hang fails
   const done = new Promise((ok, fail) => {
     req.on('response', (res) => {
       let text = '';
@@ -223,6 +231,15 @@ test('an upstream that answers without reading: the client gets that answer', as
   assert.equal(r.status, 403);
   assert.equal(r.text, 'not this one');
   assert.equal((await request(`${G.url}/healthz`)).status, 200);
+});
+
+test('an upstream that answers first and reads the body later: the answer follows the body', async () => {
+  const c = upload('/answer-first', { id: 'first', length: 6 * MiB });
+  for (let i = 0; i < 6; i++) await c.write(Buffer.alloc(MiB, 10));
+  c.req.end();
+  const r = await c.done;
+  assert.equal(r.status, 200);
+  assert.equal(r.text, 'answered first');
 });
 
 test('a client that goes away mid-body: the upstream sees the body cut short, not complete', async () => {
