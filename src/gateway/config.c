@@ -638,42 +638,105 @@ static bool parse_policies(loader *l, const yaml_node_t *n, gw_route *rt)
 
 /* ---- matches and backends -------------------------------------------------------------------- */
 
+/* A regular expression the whole of a value must match (POSIX extended, as regcomp takes it;
+ * agentgateway's are Rust's, whose common forms are the same). */
+static bool parse_regex(loader *l, const yaml_node_t *n, const char *what, regex_t **out)
+{
+    char *pat = NULL;
+    if (!str(l, n, what, &pat)) return false;
+    char *anchored = xasprintf("^(%s)$", pat);
+    regex_t *re = xmalloc(sizeof *re);
+    int rc = regcomp(re, anchored, REG_EXTENDED | REG_NOSUB);
+    free(anchored);
+    if (rc != 0) {
+        char why[160];
+        regerror(rc, re, why, sizeof why);
+        free(re);
+        bool r = fail(l, n, "%s: '%s' is not a regular expression: %s", what, pat, why);
+        free(pat);
+        return r;
+    }
+    free(pat);
+    *out = re;
+    return true;
+}
+
+/* matches.headers or matches.query: [{name, value: V | {exact: V} | {regex: R}}]. */
+static bool parse_value_matches(loader *l, const yaml_node_t *v, const char *what, gw_value_match **out, size_t *n)
+{
+    static const char *const KEYS[] = {"name", "value", NULL};
+    static const char *const VAL_KEYS[] = {"exact", "regex", NULL};
+    char lab[64];
+    if (!seq_ok(l, v, what)) return false;
+    *out = xcalloc(seq_len(v) + 1, sizeof **out);
+    ITEMS(v, it) {
+        yaml_node_t *h = node_at(l, *it), *val;
+        gw_value_match *vm = &(*out)[(*n)++];
+        if (!map_ok(l, h, what, KEYS)) return false;
+        snprintf(lab, sizeof lab, "%s.name", what);
+        if (!str(l, get(l, h, "name"), lab, &vm->name)) return false;
+        val = get(l, h, "value");
+        if (val && val->type == YAML_MAPPING_NODE) {
+            snprintf(lab, sizeof lab, "%s.value", what);
+            if (!map_ok(l, val, lab, VAL_KEYS)) return false;
+            yaml_node_t *e = get(l, val, "exact"), *re = get(l, val, "regex");
+            if (!e == !re) return fail(l, val, "%s: give exactly one of exact and regex", lab);
+            if (re) {
+                snprintf(lab, sizeof lab, "%s.value.regex", what);
+                if (!parse_regex(l, re, lab, &vm->re)) return false;
+                continue;
+            }
+            val = e;
+        }
+        snprintf(lab, sizeof lab, "%s.value (exact)", what);
+        if (!str(l, val, lab, &vm->value)) return false;
+    }
+    return true;
+}
+
+static void free_value_matches(gw_value_match *m, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        free(m[k].name);
+        free(m[k].value);
+        if (m[k].re) regfree(m[k].re);
+        free(m[k].re);
+    }
+    free(m);
+}
+
+bool gw_value_matches(const gw_value_match *m, const char *s)
+{
+    if (!s) return false;
+    return m->re ? regexec(m->re, s, 0, NULL, 0) == 0 : strcmp(s, m->value) == 0;
+}
+
 static bool parse_match(loader *l, const yaml_node_t *n, gw_match *m)
 {
-    static const char *const KEYS[] = {"path", "method", "headers", NULL};
-    static const char *const PATH_KEYS[] = {"exact", "pathPrefix", NULL};
-    static const char *const HDR_KEYS[] = {"name", "value", NULL};
+    static const char *const KEYS[] = {"path", "method", "headers", "query", NULL};
+    static const char *const PATH_KEYS[] = {"exact", "pathPrefix", "regex", NULL};
     if (!map_ok(l, n, "matches", KEYS)) return false;
     yaml_node_t *v;
     m->path_kind = GW_PATH_PREFIX;
     if ((v = get(l, n, "path"))) {
         if (!map_ok(l, v, "matches.path", PATH_KEYS)) return false;
-        yaml_node_t *e = get(l, v, "exact"), *pre = get(l, v, "pathPrefix");
-        if (!e == !pre) return fail(l, v, "matches.path: give exactly one of exact and pathPrefix");
-        m->path_kind = e ? GW_PATH_EXACT : GW_PATH_PREFIX;
-        if (!str(l, e ? e : pre, "matches.path", &m->path)) return false;
-        if (m->path[0] != '/') return fail(l, e ? e : pre, "matches.path: must start with '/'");
+        yaml_node_t *e = get(l, v, "exact"), *pre = get(l, v, "pathPrefix"), *re = get(l, v, "regex");
+        if (!!e + !!pre + !!re != 1) return fail(l, v, "matches.path: give exactly one of exact, pathPrefix and regex");
+        m->path_kind = e ? GW_PATH_EXACT : pre ? GW_PATH_PREFIX : GW_PATH_REGEX;
+        if (!str(l, e ? e : pre ? pre : re, "matches.path", &m->path)) return false;
+        if (re) {
+            if (!parse_regex(l, re, "matches.path.regex", &m->path_re)) return false;
+        } else if (m->path[0] != '/') {
+            return fail(l, e ? e : pre, "matches.path: must start with '/'");
+        }
     } else {
         m->path = xstrdup("/");
     }
     if ((v = get(l, n, "method")) && !str(l, v, "matches.method", &m->method)) return false;
-    if ((v = get(l, n, "headers"))) {
-        if (!seq_ok(l, v, "matches.headers")) return false;
-        m->headers = xcalloc(seq_len(v) + 1, sizeof *m->headers);
-        ITEMS(v, it) {
-            yaml_node_t *h = node_at(l, *it), *val;
-            gw_header_match *hm = &m->headers[m->n_headers++];
-            if (!map_ok(l, h, "matches.headers", HDR_KEYS)) return false;
-            if (!str(l, get(l, h, "name"), "matches.headers.name", &hm->name)) return false;
-            val = get(l, h, "value");
-            if (val && val->type == YAML_MAPPING_NODE) {
-                static const char *const VAL_KEYS[] = {"exact", NULL};
-                if (!map_ok(l, val, "matches.headers.value", VAL_KEYS)) return false;
-                val = get(l, val, "exact");
-            }
-            if (!str(l, val, "matches.headers.value (exact)", &hm->value)) return false;
-        }
-    }
+    if ((v = get(l, n, "headers")) && !parse_value_matches(l, v, "matches.headers", &m->headers, &m->n_headers))
+        return false;
+    if ((v = get(l, n, "query")) && !parse_value_matches(l, v, "matches.query", &m->query, &m->n_query))
+        return false;
     return true;
 }
 
@@ -1257,8 +1320,10 @@ static void free_route(gw_route *rt)
         gw_match *m = &rt->matches[i];
         free(m->path);
         free(m->method);
-        for (size_t k = 0; k < m->n_headers; k++) free(m->headers[k].name), free(m->headers[k].value);
-        free(m->headers);
+        if (m->path_re) regfree(m->path_re);
+        free(m->path_re);
+        free_value_matches(m->headers, m->n_headers);
+        free_value_matches(m->query, m->n_query);
     }
     free(rt->matches);
     free_backend(&rt->backend);

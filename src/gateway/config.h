@@ -28,6 +28,7 @@
 #include "jose/jwks.h"
 
 #include <pthread.h>
+#include <regex.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -35,20 +36,29 @@
 
 #define GW_MAX_CONFIG_BYTES (1024 * 1024)
 
-typedef enum { GW_PATH_PREFIX, GW_PATH_EXACT } gw_path_kind;
+typedef enum { GW_PATH_PREFIX, GW_PATH_EXACT, GW_PATH_REGEX } gw_path_kind;
 
+/* A header's or query parameter's value: exactly this, or the whole of it matching a POSIX
+ * extended regular expression. */
 typedef struct {
-    char *name;                  /* header name (compared case-insensitively) */
-    char *value;                 /* exact value */
-} gw_header_match;
+    char *name;                  /* header name (compared case-insensitively), or query name */
+    char *value;                 /* exact value; NULL with re */
+    regex_t *re;                 /* value: {regex: R}; NULL with value */
+} gw_value_match;
 
 typedef struct {
     gw_path_kind path_kind;
-    char *path;                  /* "/" when the match names none */
+    char *path;                  /* "/" when the match names none; the pattern for a regex */
+    regex_t *path_re;            /* GW_PATH_REGEX: path anchored at both ends */
     char *method;                /* NULL: any */
-    gw_header_match *headers;
+    gw_value_match *headers;
     size_t n_headers;
+    gw_value_match *query;
+    size_t n_query;
 } gw_match;
+
+/* Does the whole of s match m's value (exact or regex)? */
+bool gw_value_matches(const gw_value_match *m, const char *s);
 
 /* jwtAuth. agentid defaults to strict (agentgateway: optional). */
 typedef enum { GW_JWT_STRICT, GW_JWT_OPTIONAL, GW_JWT_PERMISSIVE } gw_jwt_mode;

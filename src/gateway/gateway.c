@@ -270,6 +270,9 @@ static long match_score(const gw_match *m, const char *path, http_req *r)
     if (m->path_kind == GW_PATH_EXACT) {
         if (strcmp(m->path, path)) return -1;
         score = 1L << 40;
+    } else if (m->path_kind == GW_PATH_REGEX) { /* ranked as a prefix of the pattern's length */
+        if (regexec(m->path_re, path, 0, NULL, 0) != 0) return -1;
+        score = (long)strlen(m->path) << 20;
     } else {
         if (!prefix_match(m->path, path)) return -1;
         score = (long)strlen(m->path) << 20;
@@ -280,8 +283,11 @@ static long match_score(const gw_match *m, const char *path, http_req *r)
         score += 1L << 16;
     }
     for (size_t i = 0; i < m->n_headers; i++) {
-        const char *v = http_req_header(r, m->headers[i].name);
-        if (!v || strcmp(v, m->headers[i].value)) return -1;
+        if (!gw_value_matches(&m->headers[i], http_req_header(r, m->headers[i].name))) return -1;
+        score += 1L << 8;
+    }
+    for (size_t i = 0; i < m->n_query; i++) {
+        if (!gw_value_matches(&m->query[i], http_req_query(r, m->query[i].name))) return -1;
         score++;
     }
     return score;

@@ -73,6 +73,21 @@ const config = (up) => `binds:
     - name: full-authority
       matches: [{path: {pathPrefix: /far}}]
       policies: {requestRedirect: {scheme: https, authority: {full: "example.org:8443"}, status: 308}}
+    - name: re-items
+      matches: [{path: {regex: "/items/[0-9]+(/details)?"}}]
+      policies: {directResponse: {body: "item by regex"}}
+    - name: items-any
+      matches: [{path: {pathPrefix: /items}}]
+      policies: {directResponse: {body: "items prefix"}}
+    - name: by-query
+      matches: [{path: {pathPrefix: /q}, query: [{name: version, value: "2"}, {name: tag, value: {regex: 'v[0-9]+\\.[0-9]+'}}]}]
+      policies: {directResponse: {body: "query v2"}}
+    - name: by-header-regex
+      matches: [{path: {pathPrefix: /q}, headers: [{name: x-tenant, value: {regex: "(a|b)-[a-z]+"}}]}]
+      policies: {directResponse: {body: "header regex"}}
+    - name: q-rest
+      matches: [{path: {pathPrefix: /q}}]
+      policies: {directResponse: {body: "q"}}
     - name: empty
       matches: [{path: {exact: /ping}}]
       policies:
@@ -177,6 +192,22 @@ test('requestRedirect: Location is the request\'s URL with the given parts repla
     assert.equal(r.headers.location, location, path);
   }
   assert.equal(rec.seen.length, seen);
+});
+
+test('matches: a path regex (the whole path), query parameters and header regexes', async () => {
+  const cases = [
+    ['/items/42', {}, 'item by regex'], ['/items/42/details', {}, 'item by regex'],
+    ['/items/42/other', {}, 'items prefix'], ['/items/x42', {}, 'items prefix'], ['/items/', {}, 'items prefix'],
+    ['/q?version=2&tag=v1.10', {}, 'query v2'], ['/q?tag=v1.10&version=2&more=1', {}, 'query v2'],
+    ['/q?version=2&tag=v1', {}, 'q'], ['/q?version=3&tag=v1.1', {}, 'q'], ['/q?version=2&tag=xv1.1', {}, 'q'],
+    ['/q', { 'X-Tenant': 'a-east' }, 'header regex'], ['/q', { 'X-Tenant': 'c-east' }, 'q'],
+    ['/q', { 'X-Tenant': 'a-east-1' }, 'q'],
+    ['/q?version=2&tag=v2.0', { 'X-Tenant': 'b-west' }, 'header regex'], // a header match outranks a query match
+  ];
+  for (const [path, headers, want] of cases) {
+    const r = await request(`${G.url}${path}`, { headers });
+    assert.equal(r.text, want, `${path} ${JSON.stringify(headers)}`);
+  }
 });
 
 test('a listener hostname: its routes serve that host only', async () => {

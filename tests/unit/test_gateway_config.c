@@ -239,6 +239,10 @@ static void test_errors(void **state)
          ":5: route route1: mcp: "},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
          "        backendAuth: {key: $AGENTID_TEST_NO_SUCH_VAR}\n", ":7: backendAuth.key: environment variable"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - matches: [{path: {regex: \"/a(\"}}]\n      backends: [{host: a:1}]\n",
+         ":5: matches.path.regex: '/a(' is not a regular expression: "},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - matches: [{query: [{name: q, value: {exact: a, regex: b}}]}]\n      backends: [{host: a:1}]\n",
+         ":5: matches.query.value: give exactly one of exact and regex"},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{mcp: {targets: [{name: a, sse: {host: h}, mcp: {host: h}}]}}]\n",
          ":5: mcp.targets: target a needs exactly one of mcp, sse and stdio"},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{mcp: {targets: [{name: a, sse: {url: \"ftp://h/\"}}]}}]\n",
