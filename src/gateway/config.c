@@ -638,13 +638,52 @@ static bool parse_policies(loader *l, const yaml_node_t *n, gw_route *rt)
 
 /* ---- matches and backends -------------------------------------------------------------------- */
 
-/* A regular expression the whole of a value must match (POSIX extended, as regcomp takes it;
- * agentgateway's are Rust's, whose common forms are the same). */
+/* pat in POSIX extended syntax, ^( )$ around it. agentgateway's patterns are Rust's, whose
+ * common forms are POSIX's too, but for the escapes inside brackets ([\.] is a dot there, a
+ * backslash or a dot in POSIX) and \d, which glibc knows only as a 'd' (its \w and \s are
+ * Rust's): \d and \D become [0-9] and [^0-9], and a backslash in brackets escapes the next
+ * character (\d there: 0-9). What POSIX lacks and Rust has besides ((?i), \p{..}, lazy
+ * repeats) is refused by regcomp, or means the same in a whole-value match. */
+static char *posix_pattern(const char *pat)
+{
+    size_t n = strlen(pat);
+    char *out = xmalloc(6 * n + 5), *o = out;
+    bool in_br = false;
+    *o++ = '^', *o++ = '(';
+    for (size_t i = 0; i < n; i++) {
+        char c = pat[i];
+        if (!in_br && c == '\\' && i + 1 < n && (pat[i + 1] == 'd' || pat[i + 1] == 'D')) {
+            o += sprintf(o, pat[++i] == 'd' ? "[0-9]" : "[^0-9]");
+        } else if (!in_br && c == '\\' && i + 1 < n) {
+            *o++ = c, *o++ = pat[++i];
+        } else if (!in_br && c == '[') {
+            in_br = true;
+            *o++ = c;
+            if (pat[i + 1] == '^') *o++ = pat[++i];
+            if (pat[i + 1] == ']') *o++ = pat[++i]; /* a leading ] is one of the set */
+        } else if (in_br && c == '\\' && i + 1 < n) {
+            if (pat[++i] == 'd') o += sprintf(o, "0-9");
+            else *o++ = pat[i];
+        } else if (in_br && c == '[' && strchr(":.=", pat[i + 1])) { /* [:alpha:] and kin */
+            const char *end = strstr(pat + i + 2, (char[]){pat[i + 1], ']', 0});
+            size_t k = end ? (size_t)(end + 2 - (pat + i)) : 1;
+            memcpy(o, pat + i, k);
+            o += k, i += k - 1;
+        } else {
+            if (in_br && c == ']') in_br = false;
+            *o++ = c;
+        }
+    }
+    *o++ = ')', *o++ = '$', *o = '\0';
+    return out;
+}
+
+/* A regular expression the whole of a value must match (posix_pattern). */
 static bool parse_regex(loader *l, const yaml_node_t *n, const char *what, regex_t **out)
 {
     char *pat = NULL;
     if (!str(l, n, what, &pat)) return false;
-    char *anchored = xasprintf("^(%s)$", pat);
+    char *anchored = posix_pattern(pat);
     regex_t *re = xmalloc(sizeof *re);
     int rc = regcomp(re, anchored, REG_EXTENDED | REG_NOSUB);
     free(anchored);

@@ -209,6 +209,36 @@ static void test_mcp_kept_across_loads(void **state)
     free(changed);
 }
 
+/* Regexes as agentgateway's users write them (Rust syntax) mean the same here. */
+static void test_regex_dialect(void **state)
+{
+    (void)state;
+    static const struct { const char *re, *yes, *no; } CASES[] = {
+        {"/items/\\d+", "/items/42", "/items/4x"},
+        {"/v\\D", "/vx", "/v1"},
+        {"[\\d.]+", "1.2", "1,2"},
+        {"[\\.]x", ".x", "\\x"},
+        {"a\\.b", "a.b", "axb"},
+        {"[]a]+", "]a]", "b"},
+        {"[^]a]", "b", "]"},
+        {"[[:digit:]\\-]+", "1-2", "1_2"},
+        {"\\w+\\s\\w+", "ab cd", "ab-cd"},
+        {"(a|b)-[a-z]+", "a-east", "a-east-1"},
+    };
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) {
+        char text[512], err[512] = "";
+        snprintf(text, sizeof text, "binds:\n- port: 1\n  listeners:\n  - routes:\n"
+                 "    - matches: [{headers: [{name: x, value: {regex: '%s'}}]}]\n      backends: [{host: a:1}]\n",
+                 CASES[i].re);
+        gw_config *c = load_text(text, err, sizeof err, NULL);
+        if (!c) fail_msg("case %zu: %s", i, err);
+        const gw_value_match *m = &c->binds[0].routes[0].matches[0].headers[0];
+        if (!gw_value_matches(m, CASES[i].yes)) fail_msg("case %zu: %s should match %s", i, CASES[i].re, CASES[i].yes);
+        if (gw_value_matches(m, CASES[i].no)) fail_msg("case %zu: %s should not match %s", i, CASES[i].re, CASES[i].no);
+        gw_config_unref(c);
+    }
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -267,6 +297,7 @@ int main(void)
         cmocka_unit_test(test_full),
         cmocka_unit_test(test_mcp_kept_across_loads),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_regex_dialect),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
