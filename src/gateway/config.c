@@ -454,14 +454,22 @@ static bool url_path(loader *l, const yaml_node_t *n, const char *what, char **d
     return true;
 }
 
+static bool parse_authority(loader *l, const yaml_node_t *v, const char *what, char **host, unsigned *port,
+                            bool *full_authority);
+
 static bool parse_rewrite(loader *l, const yaml_node_t *n, gw_route *rt)
 {
     static const char *const KEYS[] = {"path", "authority", NULL};
     static const char *const PATH_KEYS[] = {"prefix", "full", NULL};
     if (!map_ok(l, n, "urlRewrite", KEYS)) return false;
     yaml_node_t *v = get(l, n, "authority"), *p, *f;
-    if (v) return fail(l, v, "urlRewrite.authority is not supported (the backend's host is sent)");
-    if (!(v = get(l, n, "path"))) return fail(l, n, "urlRewrite: path is required");
+    bool full = false;
+    if (v && !parse_authority(l, v, "urlRewrite.authority", &rt->rewrite_host, &rt->rewrite_port, &full))
+        return false;
+    if (!(v = get(l, n, "path"))) {
+        if (rt->rewrite_host || rt->rewrite_port) return true;
+        return fail(l, n, "urlRewrite: path or authority is required");
+    }
     if (!map_ok(l, v, "urlRewrite.path", PATH_KEYS)) return false;
     p = get(l, v, "prefix");
     f = get(l, v, "full");
@@ -488,10 +496,52 @@ static bool host_within(const char *listener, const char *route)
     return rl > sl && !strcasecmp(r + rl - sl, listener + 1);
 }
 
+/* An authority to put in place of another (requestRedirect, urlRewrite): {full: HOST[:PORT]}
+ * alone, or {host, port}, either or both. */
+static bool parse_authority(loader *l, const yaml_node_t *v, const char *what, char **host, unsigned *port,
+                            bool *full_authority)
+{
+    static const char *const AKEYS[] = {"full", "host", "port", NULL};
+    char lab[64];
+    yaml_node_t *a;
+    long num;
+    if (!map_ok(l, v, what, AKEYS)) return false;
+    if ((a = get(l, v, "full"))) {
+        if (get(l, v, "host") || get(l, v, "port")) return fail(l, v, "%s: full goes alone", what);
+        char *full = NULL;
+        snprintf(lab, sizeof lab, "%s.full", what);
+        if (!str(l, a, lab, &full)) return false;
+        char *colon = strrchr(full, ':');
+        if (colon && !strchr(colon, ']')) {
+            char *end = NULL;
+            long p = strtol(colon + 1, &end, 10);
+            if (!*(colon + 1) || *end || p < 1 || p > 65535) {
+                free(full);
+                return fail(l, a, "%s: expected HOST or HOST:PORT", lab);
+            }
+            *port = (unsigned)p;
+            *colon = '\0';
+        }
+        *host = full;
+        *full_authority = true;
+    } else {
+        snprintf(lab, sizeof lab, "%s.host", what);
+        if ((a = get(l, v, "host")) && !str(l, a, lab, host)) return false;
+        snprintf(lab, sizeof lab, "%s.port", what);
+        if ((a = get(l, v, "port"))) {
+            if (!integer(l, a, lab, 1, 65535, &num)) return false;
+            *port = (unsigned)num;
+        }
+        if (!*host && !*port) return fail(l, v, "%s: give full, or host and/or port", what);
+    }
+    if (*host && !host_name_ok(*host) && strspn(*host, "0123456789.") != strlen(*host))
+        return fail(l, v, "%s: '%s' is not a host name", what, *host);
+    return true;
+}
+
 static bool parse_redirect(loader *l, const yaml_node_t *n, gw_route *rt)
 {
     static const char *const KEYS[] = {"scheme", "authority", "path", "status", NULL};
-    static const char *const AKEYS[] = {"full", "host", "port", NULL};
     static const char *const PKEYS[] = {"full", "prefix", NULL};
     if (!map_ok(l, n, "requestRedirect", KEYS)) return false;
     gw_redirect *rd = rt->redirect = xcalloc(1, sizeof *rd);
@@ -503,36 +553,9 @@ static bool parse_redirect(loader *l, const yaml_node_t *n, gw_route *rt)
         if (strcmp(rd->scheme, "http") && strcmp(rd->scheme, "https"))
             return fail(l, v, "requestRedirect.scheme: expected http or https");
     }
-    if ((v = get(l, n, "authority"))) {
-        if (!map_ok(l, v, "requestRedirect.authority", AKEYS)) return false;
-        if ((a = get(l, v, "full"))) {
-            if (get(l, v, "host") || get(l, v, "port"))
-                return fail(l, v, "requestRedirect.authority: full goes alone");
-            char *full = NULL;
-            if (!str(l, a, "requestRedirect.authority.full", &full)) return false;
-            char *colon = strrchr(full, ':');
-            if (colon && !strchr(colon, ']')) {
-                char *end = NULL;
-                long p = strtol(colon + 1, &end, 10);
-                if (!*(colon + 1) || *end || p < 1 || p > 65535) {
-                    free(full);
-                    return fail(l, a, "requestRedirect.authority.full: expected HOST or HOST:PORT");
-                }
-                rd->port = (unsigned)p;
-                *colon = '\0';
-            }
-            rd->host = full;
-            rd->full_authority = true;
-        } else {
-            if ((a = get(l, v, "host")) && !str(l, a, "requestRedirect.authority.host", &rd->host)) return false;
-            if ((a = get(l, v, "port"))) {
-                if (!integer(l, a, "requestRedirect.authority.port", 1, 65535, &num)) return false;
-                rd->port = (unsigned)num;
-            }
-        }
-        if (rd->host && !host_name_ok(rd->host) && strspn(rd->host, "0123456789.") != strlen(rd->host))
-            return fail(l, v, "requestRedirect.authority: '%s' is not a host name", rd->host);
-    }
+    if ((v = get(l, n, "authority")) &&
+        !parse_authority(l, v, "requestRedirect.authority", &rd->host, &rd->port, &rd->full_authority))
+        return false;
     if ((v = get(l, n, "path"))) {
         if (!map_ok(l, v, "requestRedirect.path", PKEYS)) return false;
         a = get(l, v, "full");
@@ -1113,7 +1136,8 @@ static bool parse_route(loader *l, const yaml_node_t *n, gw_route *rt, size_t in
     if (rt->direct) { /* answered by the gateway: nothing goes upstream */
         if (backends) return fail(l, backends, "route %s: %s answers itself: no backends", rt->name,
                                   rt->redirect ? "requestRedirect" : "directResponse");
-        if (rt->req_mod || rt->resp_mod || rt->rewrite_prefix || rt->rewrite_full || rt->backend_key ||
+        if (rt->req_mod || rt->resp_mod || rt->rewrite_prefix || rt->rewrite_full || rt->rewrite_host ||
+            rt->rewrite_port || rt->backend_key ||
             rt->passthrough || rt->n_claim_headers || rt->timeout_ms)
             return fail(l, n, "route %s: %s goes with no upstream policy (header modifiers, "
                         "urlRewrite, backendAuth, claimsToHeaders, timeout)", rt->name,
@@ -1138,7 +1162,8 @@ static bool parse_route(loader *l, const yaml_node_t *n, gw_route *rt, size_t in
 
     if ((rt->req_mod || rt->resp_mod) && rt->backend.kind == GW_BACKEND_MCP)
         return fail(l, n, "route %s: header modifiers need a host or ai backend (MCP answers are the gateway's own)", rt->name);
-    if ((rt->rewrite_prefix || rt->rewrite_full) && rt->backend.kind != GW_BACKEND_HOST)
+    if ((rt->rewrite_prefix || rt->rewrite_full || rt->rewrite_host || rt->rewrite_port) &&
+        rt->backend.kind != GW_BACKEND_HOST)
         return fail(l, n, "route %s: urlRewrite needs a host backend (ai backends have their own paths)", rt->name);
     if (rt->mcp_authz && rt->backend.kind != GW_BACKEND_MCP)
         return fail(l, n, "route %s: mcpAuthorization needs an mcp backend", rt->name);
@@ -1352,6 +1377,7 @@ static void free_route(gw_route *rt)
     free_header_mod(rt->resp_mod);
     free(rt->rewrite_prefix);
     free(rt->rewrite_full);
+    free(rt->rewrite_host);
     free(rt->direct_body);
     free_redirect(rt->redirect);
     list_free(rt->hostnames);

@@ -170,6 +170,8 @@ typedef struct {
     gw_header_mod *resp_mod;     /* responseHeaderModifier; NULL: none */
     char *rewrite_prefix;        /* urlRewrite.path.prefix: replaces the matched path prefix */
     char *rewrite_full;          /* urlRewrite.path.full: replaces the whole path */
+    char *rewrite_host;          /* urlRewrite.authority: the Host the upstream gets is this host ... */
+    unsigned rewrite_port;       /* ... and this port (0: the backend's), else the backend's own */
     struct gw_redirect *redirect;/* requestRedirect; NULL: none */
     bool direct;                 /* directResponse: the gateway answers (no backend) ... */
     int direct_status;           /* ... with this status (200) ... */

@@ -1073,6 +1073,17 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
         if (v) up_set(&u, rt->claim_headers[i].header, v);
         free(v);
     }
+    if (rt->rewrite_host || rt->rewrite_port) { /* urlRewrite.authority, over the backend's own */
+        const char *auth = strstr(rt->backend.base_url, "://") + 3;
+        size_t alen = strcspn(auth, "/"), hlen = host_len(auth);
+        if (hlen > alen) hlen = alen;
+        const char *bport = hlen < alen && auth[hlen] == ':' ? auth + hlen + 1 : NULL;
+        char port[16] = "";
+        if (rt->rewrite_port) snprintf(port, sizeof port, ":%u", rt->rewrite_port);
+        else if (bport) snprintf(port, sizeof port, ":%.*s", (int)(auth + alen - bport), bport);
+        if (rt->rewrite_host) up_addf(&u, "Host: %s%s", rt->rewrite_host, port);
+        else up_addf(&u, "Host: %.*s%s", (int)hlen, auth, port);
+    }
     if (rt->backend_key) up_addf(&u, "Authorization: Bearer %s", rt->backend_key);
     /* Without these curl would add "Accept: any" and a form Content-Type to a body. */
     if (!u.has_accept) up_addf(&u, "%s", "Accept:");

@@ -39,6 +39,18 @@ const config = (up) => `binds:
       backends: [{host: "${up}"}]
       policies:
         urlRewrite: {path: {full: /fixed/path}}
+    - name: auth-full
+      matches: [{path: {pathPrefix: /af}}]
+      backends: [{host: "${up}"}]
+      policies: {urlRewrite: {authority: {full: "api.internal:9000"}}}
+    - name: auth-host
+      matches: [{path: {pathPrefix: /ah}}]
+      backends: [{host: "${up}"}]
+      policies: {urlRewrite: {authority: {host: svc.local}, path: {prefix: /}}}
+    - name: auth-port
+      matches: [{path: {pathPrefix: /ap}}]
+      backends: [{host: "${up}"}]
+      policies: {urlRewrite: {authority: {port: 8443}}}
     - name: plain
       matches: [{path: {pathPrefix: /plain}}]
       backends: [{host: "${up}"}]
@@ -123,6 +135,18 @@ test('urlRewrite.path.full replaces the whole path', async () => {
   assert.equal((await request(`${G.url}/full?k=v`)).status, 201);
   assert.equal(rec.last().path, '/fixed/path');
   assert.deepEqual(rec.last().query, { k: 'v' });
+});
+
+test('urlRewrite.authority: the Host the upstream gets (full, or host and port over the backend\'s)', async () => {
+  const upPort = rec.url.split(':').pop();
+  for (const [path, host, seenPath] of [['/af/x', 'api.internal:9000', '/af/x'], ['/ah/y', `svc.local:${upPort}`, '/y'],
+    ['/ap/z', '127.0.0.1:8443', '/ap/z'], ['/plain/p', `127.0.0.1:${upPort}`, '/plain/p']]) {
+    const r = await request(`${G.url}${path}`, { headers: { Host: 'client.example' } });
+    assert.equal(r.status, 201, path);
+    assert.equal(rec.last().headers.host, host, path);
+    assert.equal(rec.last().path, seenPath, path);
+    assert.equal(rec.last().headers['x-forwarded-host'], 'client.example', 'the client\'s stays in X-Forwarded-Host');
+  }
 });
 
 test('requestHeaderModifier: set replaces, add adds, remove takes the client\'s and the gateway\'s own away', async () => {
@@ -230,7 +254,8 @@ test('bad modifier or rewrite settings stop start-up with FILE:LINE: reason', ()
     ['b2', '        responseHeaderModifier: {set: {Content-Type: text/html}}\n', /b2\.yaml:8: responseHeaderModifier\.set: Content-Type is the gateway's to set/],
     ['b3', '        requestHeaderModifier: {add: {"bad name": x}}\n', /b3\.yaml:8: requestHeaderModifier\.add: 'bad name' is not a header name/],
     ['b4', '        requestHeaderModifier: {sett: {}}\n', /b4\.yaml:8: .*unknown or unsupported key 'sett'/],
-    ['b5', '        urlRewrite: {authority: {host: x}}\n', /b5\.yaml:8: urlRewrite\.authority is not supported/],
+    ['b5', '        urlRewrite: {authority: {host: "not a host"}}\n', /b5\.yaml:8: urlRewrite\.authority: 'not a host' is not a host name/],
+    ['b5b', '        urlRewrite: {authority: {}}\n', /b5b\.yaml:8: urlRewrite\.authority: give full, or host and\/or port/],
     ['b6', '        urlRewrite: {path: {prefix: nope}}\n', /b6\.yaml:8: urlRewrite\.path: 'nope' must start with \//],
     ['b7', '        urlRewrite: {path: {prefix: /a, full: /b}}\n', /b7\.yaml:8: urlRewrite\.path: give exactly one of prefix and full/],
     ['b8', '        urlRewrite: {path: {prefix: /a}}\n', /b8\.yaml:5: route r: urlRewrite needs a host backend/,

@@ -26,7 +26,9 @@ export async function freePort() {
 /** Run the binary to completion; returns { code, stdout, stderr }. */
 export function run(args, opts = {}) {
   try {
-    const stdout = execFileSync(BIN, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+    // A command that should end but serves instead (a server given a config it should refuse)
+    // is killed after 30 s, so the test fails rather than hangs.
+    const stdout = execFileSync(BIN, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30000, ...opts });
     return { code: 0, stdout, stderr: '' };
   } catch (e) {
     return { code: e.status, stdout: e.stdout?.toString() ?? '', stderr: e.stderr?.toString() ?? '' };
