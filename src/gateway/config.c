@@ -994,20 +994,49 @@ static bool parse_mcp(loader *l, const yaml_node_t *n, gw_route *rt)
     return true;
 }
 
+/* One host or url backend of several: its base URL and weight (default 1). */
+static bool parse_weighted(loader *l, const yaml_node_t *b, char **url, unsigned *weight)
+{
+    yaml_node_t *v = get(l, b, "host"), *w = get(l, b, "weight");
+    long num = 1;
+    if (!v && !get(l, b, "url")) return fail(l, b, "backends: several backends must all be host or url ones (ai and mcp go alone)");
+    if (w && !integer(l, w, "backends.weight", 0, 1000000, &num)) return false;
+    *weight = (unsigned)num;
+    return base_url(l, v ? v : get(l, b, "url"), v ? "backends.host" : "backends.url", url);
+}
+
 static bool parse_backend(loader *l, const yaml_node_t *n, gw_route *rt)
 {
     static const char *const KEYS[] = {"host", "url", "ai", "mcp", "weight", NULL};
     if (!seq_ok(l, n, "backends")) return false;
-    if (seq_len(n) != 1) return fail(l, n, "backends: exactly one backend is supported");
+    size_t nb = seq_len(n);
+    if (!nb) return fail(l, n, "backends: at least one backend is required");
+    if (nb > GW_MAX_BACKENDS) return fail(l, n, "backends: at most %d", GW_MAX_BACKENDS);
+    gw_backend *bk = &rt->backend;
+    ITEMS(n, it) {
+        yaml_node_t *b = node_at(l, *it);
+        if (!map_ok(l, b, "backends", KEYS)) return false;
+        int kinds = !!get(l, b, "host") + !!get(l, b, "url") + !!get(l, b, "ai") + !!get(l, b, "mcp");
+        if (kinds != 1) return fail(l, b, "backends: give exactly one of host, url, ai and mcp");
+    }
     yaml_node_t *b = node_at(l, n->data.sequence.items.start[0]), *v;
-    if (!map_ok(l, b, "backends", KEYS)) return false;
-    int kinds = !!get(l, b, "host") + !!get(l, b, "url") + !!get(l, b, "ai") + !!get(l, b, "mcp");
-    if (kinds != 1) return fail(l, b, "backends: give exactly one of host, url, ai and mcp");
-    if ((v = get(l, b, "ai"))) return parse_ai(l, v, &rt->backend);
-    if ((v = get(l, b, "mcp"))) return parse_mcp(l, v, rt);
-    rt->backend.kind = GW_BACKEND_HOST;
-    v = get(l, b, "host");
-    return base_url(l, v ? v : get(l, b, "url"), v ? "backends.host" : "backends.url", &rt->backend.base_url);
+    if (nb == 1 && (v = get(l, b, "ai"))) return parse_ai(l, v, bk);
+    if (nb == 1 && (v = get(l, b, "mcp"))) return parse_mcp(l, v, rt);
+    bk->kind = GW_BACKEND_HOST;
+    if (nb == 1) {
+        v = get(l, b, "host");
+        return base_url(l, v ? v : get(l, b, "url"), v ? "backends.host" : "backends.url", &bk->base_url);
+    }
+    bk->urls = xcalloc(nb, sizeof *bk->urls);
+    bk->weights = xcalloc(nb, sizeof *bk->weights);
+    ITEMS(n, it) {
+        size_t i = bk->n_urls++;
+        if (!parse_weighted(l, node_at(l, *it), &bk->urls[i], &bk->weights[i])) return false;
+        bk->total_weight += bk->weights[i];
+        if (!bk->base_url && bk->weights[i]) bk->base_url = xstrdup(bk->urls[i]);
+    }
+    if (!bk->total_weight) return fail(l, n, "backends: their weights add up to 0");
+    return true;
 }
 
 /* ---- MCP multiplexers, kept across reloads ----------------------------------------------------- */
@@ -1365,6 +1394,9 @@ static void free_backend(gw_backend *b)
     }
     free(b->targets);
     free(b->base_url);
+    for (size_t i = 0; i < b->n_urls; i++) free(b->urls[i]);
+    free(b->urls);
+    free(b->weights);
     free(b->ai_name);
     free(b->model);
     free(b->chat_path);

@@ -100,9 +100,17 @@ typedef struct {
 typedef enum { GW_BACKEND_HOST, GW_BACKEND_AI, GW_BACKEND_MCP } gw_backend_kind;
 typedef enum { GW_AI_OPENAI, GW_AI_OLLAMA } gw_ai_provider;
 
+#define GW_MAX_BACKENDS 16        /* host backends of one route */
+
 typedef struct {
     gw_backend_kind kind;
     char *base_url;              /* HOST, AI: "http(s)://host:port[/path]", no trailing '/' */
+    /* HOST, several backends: each request goes to one of urls, at random in proportion to
+     * its weight (base_url is then the first with a weight) */
+    char **urls;
+    unsigned *weights;
+    size_t n_urls;               /* 0: base_url alone */
+    unsigned long total_weight;
     /* AI */
     char *ai_name;
     gw_ai_provider provider;

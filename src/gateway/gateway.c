@@ -882,15 +882,15 @@ static char *replace_prefix(const gw_match *m, const char *target, const char *e
     return xasprintf("%s%.*s", pre, (int)(end - rest), rest);
 }
 
-static char *upstream_url(const gw_route *rt, const gw_match *m, http_req *r)
+static char *upstream_url(const gw_route *rt, const char *base, const gw_match *m, http_req *r)
 {
     const char *target = http_req_target(r), *query = strchr(target, '?');
     const char *end = target + strcspn(target, "?");
     if (rt->backend.kind != GW_BACKEND_AI) {
-        if (rt->rewrite_full) return xasprintf("%s%s%s", rt->backend.base_url, rt->rewrite_full, query ? query : "");
-        if (!rt->rewrite_prefix) return xasprintf("%s%s", rt->backend.base_url, target);
+        if (rt->rewrite_full) return xasprintf("%s%s%s", base, rt->rewrite_full, query ? query : "");
+        if (!rt->rewrite_prefix) return xasprintf("%s%s", base, target);
         char *path = replace_prefix(m, target, end, rt->rewrite_prefix);
-        char *url = xasprintf("%s%s%s", rt->backend.base_url, path, query ? query : "");
+        char *url = xasprintf("%s%s%s", base, path, query ? query : "");
         free(path);
         return url;
     }
@@ -898,8 +898,8 @@ static char *upstream_url(const gw_route *rt, const gw_match *m, http_req *r)
     size_t rlen = (size_t)(end - rest);
     bool chat = rlen == 0 || (rlen == 1 && *rest == '/') ||
                 (rlen >= 17 && !strncmp(end - 17, "/chat/completions", 17));
-    return chat ? xasprintf("%s%s%s", rt->backend.base_url, rt->backend.chat_path, query ? query : "")
-                : xasprintf("%s%.*s%s", rt->backend.base_url, (int)rlen, rest, query ? query : "");
+    return chat ? xasprintf("%s%s%s", base, rt->backend.chat_path, query ? query : "")
+                : xasprintf("%s%.*s%s", base, (int)rlen, rest, query ? query : "");
 }
 
 /* The request body, with the configured model for an ai backend (JSON objects only); NULL for
@@ -1038,12 +1038,25 @@ static void proxy_resumed(http_req *r, void *arg, bool cancelled)
     if (!proxy_try(r, p)) log_line(r, t0);
 }
 
+/* The backend this request goes to: of several, one at random in proportion to its weight. */
+static const char *pick_base(const gw_backend *b)
+{
+    if (!b->n_urls) return b->base_url;
+    unsigned long x = (unsigned long)(trace_rand() % b->total_weight);
+    for (size_t i = 0; i < b->n_urls; i++) {
+        if (x < b->weights[i]) return b->urls[i];
+        x -= b->weights[i];
+    }
+    return b->base_url; /* not reached */
+}
+
 /* Send the request upstream. On a server thread (may_block false) the answer comes without
  * waiting: true if the request now waits for it (its log line is written then). On a worker
  * (may_block) this waits for the upstream's headers and answers before returning false. */
 static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r, const jwt *t, bool strip_auth,
                   int64_t t0, bool may_block)
 {
+    const char *base = pick_base(&rt->backend);
     up_headers u; /* not "= {...}": that would clear the arena on every request */
     u.n = u.used = 0;
     u.rt = rt;
@@ -1074,7 +1087,7 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
         free(v);
     }
     if (rt->rewrite_host || rt->rewrite_port) { /* urlRewrite.authority, over the backend's own */
-        const char *auth = strstr(rt->backend.base_url, "://") + 3;
+        const char *auth = strstr(base, "://") + 3;
         size_t alen = strcspn(auth, "/"), hlen = host_len(auth);
         if (hlen > alen) hlen = alen;
         const char *bport = hlen < alen && auth[hlen] == ':' ? auth + hlen + 1 : NULL;
@@ -1092,7 +1105,7 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
     u.lines[u.n] = NULL;
 
     size_t len = 0;
-    char *owned = NULL, *url = upstream_url(rt, m, r), err[300];
+    char *owned = NULL, *url = upstream_url(rt, base, m, r), err[300];
     const char *body = upstream_body(rt, r, &len, &owned);
     httpc_request req = {.method = http_req_method(r), .url = url, .headers = (const char *const *)u.lines,
                          .body = body, .body_len = len, .timeout_ms = rt->timeout_ms,

@@ -10,9 +10,9 @@ import { join } from 'node:path';
 import { start, request, run } from './harness.mjs';
 import { startRecorder } from './sidecar.mjs';
 
-let rec, G, dir;
+let rec, rec2, G, dir;
 
-const config = (up) => `binds:
+const config = (up, up2) => `binds:
 - port: 0
   listeners:
   - routes:
@@ -51,6 +51,12 @@ const config = (up) => `binds:
       matches: [{path: {pathPrefix: /ap}}]
       backends: [{host: "${up}"}]
       policies: {urlRewrite: {authority: {port: 8443}}}
+    - name: balanced
+      matches: [{path: {pathPrefix: /lb}}]
+      backends: [{host: "${up}", weight: 3}, {url: "http://${up2}"}]
+    - name: drained
+      matches: [{path: {pathPrefix: /drain}}]
+      backends: [{host: "${up2}", weight: 0}, {host: "${up}", weight: 5}]
     - name: plain
       matches: [{path: {pathPrefix: /plain}}]
       backends: [{host: "${up}"}]
@@ -109,14 +115,16 @@ const config = (up) => `binds:
 
 before(async () => {
   rec = await startRecorder();
+  rec2 = await startRecorder();
   dir = mkdtempSync(join(tmpdir(), 'agentid-rewrite-'));
-  writeFileSync(join(dir, 'gateway.yaml'), config(rec.url.slice(7)));
+  writeFileSync(join(dir, 'gateway.yaml'), config(rec.url.slice(7), rec2.url.slice(7)));
   G = await start(['gateway', '--config', join(dir, 'gateway.yaml')]);
 });
 
 after(async () => {
   assert.equal(await G?.stop(), 0, 'clean exit (no leaks under ASan)');
   await rec?.close();
+  await rec2?.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -147,6 +155,16 @@ test('urlRewrite.authority: the Host the upstream gets (full, or host and port o
     assert.equal(rec.last().path, seenPath, path);
     assert.equal(rec.last().headers['x-forwarded-host'], 'client.example', 'the client\'s stays in X-Forwarded-Host');
   }
+});
+
+test('several backends: requests spread in proportion to their weights; weight 0 gets none', async () => {
+  const [a0, b0] = [rec.seen.length, rec2.seen.length];
+  for (let i = 0; i < 200; i++) assert.equal((await request(`${G.url}/lb/${i}`)).status, 201);
+  const [a, b] = [rec.seen.length - a0, rec2.seen.length - b0];
+  assert.equal(a + b, 200);
+  assert.ok(a >= 110 && a <= 185, `weight 3 against 1: ${a} and ${b} of 200`); // 150 expected, 6 sd either side
+  for (let i = 0; i < 30; i++) await request(`${G.url}/drain/${i}`);
+  assert.equal(rec2.seen.length - b0, b, 'nothing to the backend of weight 0');
 });
 
 test('requestHeaderModifier: set replaces, add adds, remove takes the client\'s and the gateway\'s own away', async () => {

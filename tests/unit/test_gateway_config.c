@@ -251,8 +251,10 @@ static void test_errors(void **state)
         {"binds:\n- port: 1\n  address: 10.0.0.1\n  listeners: []\n", ":2: binds.address 10.0.0.1 is not a loopback"},
         {"binds:\n- port: 1\n  address: localhost\n  listeners: []\n", ":3: binds.address: expected a numeric IP"},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - name: r\n", ":5: route r: backends is required"},
-        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}, {host: b:2}]\n",
-         ":5: backends: exactly one backend is supported"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}, {ai: {name: m, provider: {openAI: {}}}}]\n",
+         ":5: backends: several backends must all be host or url ones (ai and mcp go alone)"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1, weight: 0}, {host: b:2, weight: 0}]\n",
+         ":5: backends: their weights add up to 0"},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
          "        jwtAuth: {jwks: {file: keys.json}}\n", ":7: jwtAuth: issuer is required"},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
