@@ -320,3 +320,16 @@ test('stopping with a body on its way: a clean exit, the upstream sees it cut sh
   await waitFor(() => seen.get('stopping').aborted, 5000, 'the upstream to see the body cut short');
   assert.equal(seen.get('stopping').ended, false);
 });
+
+test('many uploads at once, chunked and with lengths: each arrives whole', async () => {
+  const one = async (i) => {
+    const body = randomBytes(256 * 1024 + i * 997);
+    const c = upload('/echo', { id: `many-${i}`, length: i % 2 ? body.length : undefined });
+    for (let k = 0; k < body.length; k += 65536) await c.write(body.subarray(k, k + 65536));
+    c.req.end();
+    const r = await c.done;
+    return r.json?.sha256 === createHash('sha256').update(body).digest('hex');
+  };
+  const all = await Promise.all(Array.from({ length: 40 }, (_, i) => one(i)));
+  assert.deepEqual(all, Array(40).fill(true));
+});
