@@ -85,6 +85,7 @@ before(async () => {
   writeFileSync(join(tmp, 'jwks.json'), jwks.text);
   const port = await freePort();
   const q = JSON.stringify;   // JSON strings are valid YAML scalars
+  const jwtAuth = `jwtAuth: {mode: strict, issuer: ${q(t.claims.iss)}, audiences: [${q(t.claims.aud)}], jwks: {file: jwks.json}}`;
   writeFileSync(join(tmp, 'gateway.yaml'), `
 binds:
 - port: ${port}
@@ -105,11 +106,7 @@ binds:
               args: [${q(STDIO_SERVER)}]
               env: {GREETING: "hello from the gateway config"}
       policies:
-        jwtAuth:
-          mode: strict
-          issuer: ${q(t.claims.iss)}
-          audiences: [${q(t.claims.aud)}]
-          jwks: {file: jwks.json}
+        ${jwtAuth}
         mcpAuthorization:
           rules:
           - deny: "mcp.tool.name == 'secret-tool'"
@@ -125,11 +122,7 @@ binds:
           - name: http1
             mcp: {url: ${q(up.url)}}
       policies:
-        jwtAuth:
-          mode: strict
-          issuer: ${q(t.claims.iss)}
-          audiences: [${q(t.claims.aud)}]
-          jwks: {file: jwks.json}
+        ${jwtAuth}
 `);
   gw = await startGateway(join(tmp, 'gateway.yaml'), port);
 });
