@@ -586,8 +586,9 @@ static bool parse_policies(loader *l, const yaml_node_t *n, gw_route *rt)
     static const char *const KEYS[] = {"jwtAuth", "authorization", "mcpAuthorization", "cors", "timeout",
                                        "localRateLimit", "backendAuth", "claimsToHeaders",
                                        "requestHeaderModifier", "responseHeaderModifier", "urlRewrite",
-                                       "directResponse", "requestRedirect", NULL};
+                                       "directResponse", "requestRedirect", "retry", NULL};
     static const char *const TIMEOUT_KEYS[] = {"requestTimeout", NULL};
+    static const char *const RETRY_KEYS[] = {"attempts", "backoff", "codes", NULL};
     static const char *const AUTH_KEYS[] = {"passthrough", "key", NULL};
     if (!map_ok(l, n, "policies", KEYS)) return false;
     yaml_node_t *v;
@@ -603,6 +604,24 @@ static bool parse_policies(loader *l, const yaml_node_t *n, gw_route *rt)
         if (!(t = get(l, v, "requestTimeout"))) return fail(l, v, "timeout: requestTimeout is required");
         if (!duration(l, t, "timeout.requestTimeout", &ms)) return false;
         rt->timeout_ms = (long)ms;
+    }
+    if ((v = get(l, n, "retry"))) { /* agentgateway's: {attempts: 1-255 (1), backoff, codes} */
+        yaml_node_t *a, *c;
+        long num = 1;
+        int64_t ms = 0;
+        if (!map_ok(l, v, "retry", RETRY_KEYS)) return false;
+        if ((a = get(l, v, "attempts")) && !integer(l, a, "retry.attempts", 1, 255, &num)) return false;
+        if ((a = get(l, v, "backoff")) && !duration(l, a, "retry.backoff", &ms)) return false;
+        if (!(c = get(l, v, "codes"))) return fail(l, v, "retry: codes is required");
+        if (!seq_ok(l, c, "retry.codes") || !seq_len(c)) return fail(l, c, "retry.codes: expected a list of statuses");
+        rt->retry_attempts = (unsigned)num;
+        rt->retry_backoff_ms = (long)ms;
+        rt->retry_codes = xcalloc(seq_len(c), sizeof *rt->retry_codes);
+        ITEMS(c, it) {
+            long code;
+            if (!integer(l, node_at(l, *it), "retry.codes", 100, 599, &code)) return false;
+            rt->retry_codes[rt->n_retry_codes++] = (int)code;
+        }
     }
     if ((v = get(l, n, "backendAuth"))) {
         yaml_node_t *pt, *key;
@@ -1166,10 +1185,10 @@ static bool parse_route(loader *l, const yaml_node_t *n, gw_route *rt, size_t in
         if (backends) return fail(l, backends, "route %s: %s answers itself: no backends", rt->name,
                                   rt->redirect ? "requestRedirect" : "directResponse");
         if (rt->req_mod || rt->resp_mod || rt->rewrite_prefix || rt->rewrite_full || rt->rewrite_host ||
-            rt->rewrite_port || rt->backend_key ||
+            rt->rewrite_port || rt->retry_attempts || rt->backend_key ||
             rt->passthrough || rt->n_claim_headers || rt->timeout_ms)
             return fail(l, n, "route %s: %s goes with no upstream policy (header modifiers, "
-                        "urlRewrite, backendAuth, claimsToHeaders, timeout)", rt->name,
+                        "urlRewrite, retry, backendAuth, claimsToHeaders, timeout)", rt->name,
                         rt->redirect ? "requestRedirect" : "directResponse");
     } else {
         if (!backends) return fail(l, n, "route %s: backends is required", rt->name);
@@ -1194,6 +1213,8 @@ static bool parse_route(loader *l, const yaml_node_t *n, gw_route *rt, size_t in
     if ((rt->rewrite_prefix || rt->rewrite_full || rt->rewrite_host || rt->rewrite_port) &&
         rt->backend.kind != GW_BACKEND_HOST)
         return fail(l, n, "route %s: urlRewrite needs a host backend (ai backends have their own paths)", rt->name);
+    if (rt->retry_attempts && rt->backend.kind == GW_BACKEND_MCP)
+        return fail(l, n, "route %s: retry needs a host or ai backend", rt->name);
     if (rt->mcp_authz && rt->backend.kind != GW_BACKEND_MCP)
         return fail(l, n, "route %s: mcpAuthorization needs an mcp backend", rt->name);
     if (rt->backend.kind == GW_BACKEND_MCP) return mcp_backend(l, n, rt);
@@ -1410,6 +1431,7 @@ static void free_route(gw_route *rt)
     free(rt->rewrite_prefix);
     free(rt->rewrite_full);
     free(rt->rewrite_host);
+    free(rt->retry_codes);
     free(rt->direct_body);
     free_redirect(rt->redirect);
     list_free(rt->hostnames);

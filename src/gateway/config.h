@@ -178,6 +178,10 @@ typedef struct {
     gw_header_mod *resp_mod;     /* responseHeaderModifier; NULL: none */
     char *rewrite_prefix;        /* urlRewrite.path.prefix: replaces the matched path prefix */
     char *rewrite_full;          /* urlRewrite.path.full: replaces the whole path */
+    unsigned retry_attempts;     /* retry: this many more tries after the first (0: none) ... */
+    long retry_backoff_ms;       /* ... this long apart ... */
+    int *retry_codes;            /* ... when the upstream answered one of these statuses ... */
+    size_t n_retry_codes;        /* ... or could not be reached */
     char *rewrite_host;          /* urlRewrite.authority: the Host the upstream gets is this host ... */
     unsigned rewrite_port;       /* ... and this port (0: the backend's), else the backend's own */
     struct gw_redirect *redirect;/* requestRedirect; NULL: none */

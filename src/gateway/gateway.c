@@ -631,7 +631,49 @@ typedef struct {
     char *pre;                   /* body bytes read before the stream began: pre[pre_off..pre_len) */
     size_t pre_len, pre_off;
     http_body *body;             /* the request's body as it arrives (streamed), else NULL */
+    struct replay *rp;           /* retry: the request kept to send again; NULL: no retries */
 } pstream;
+
+/* retry: what went upstream, kept to be sent again (a buffered body only). */
+typedef struct replay {
+    httpc_request req;           /* pointing at the below, or at the request's own body */
+    char *url, *body;            /* body: an ai backend's rewritten one; NULL: the request's */
+    char **lines;                /* header lines, NULL-terminated */
+    const gw_route *rt;          /* its codes and backoff (the configuration outlives the request) */
+    unsigned left;               /* tries left */
+    bool on_loop;                /* host backend: tries started on a loop go on the loop's client */
+    const atomic_bool *stopping; /* the gateway's: a backoff is cut short */
+} replay;
+
+/* req's copy for later tries; owned_body (may be NULL) is taken over. */
+static replay *replay_new(const httpc_request *req, const gw_route *rt, char *owned_body,
+                          const atomic_bool *stopping)
+{
+    replay *rp = xcalloc(1, sizeof *rp);
+    size_t n = 0;
+    while (req->headers[n]) n++;
+    rp->lines = xcalloc(n + 1, sizeof *rp->lines);
+    for (size_t i = 0; i < n; i++) rp->lines[i] = xstrdup(req->headers[i]);
+    rp->req = *req;
+    rp->req.url = rp->url = xstrdup(req->url);
+    rp->req.headers = (const char *const *)rp->lines;
+    if (owned_body) rp->req.body = rp->body = owned_body;
+    rp->rt = rt;
+    rp->left = rt->retry_attempts;
+    rp->on_loop = rt->backend.kind == GW_BACKEND_HOST;
+    rp->stopping = stopping;
+    return rp;
+}
+
+static void replay_free(replay *rp)
+{
+    if (!rp) return;
+    for (char **l = rp->lines; *l; l++) util_free_secret(*l); /* may carry a key or a token */
+    free(rp->lines);
+    free(rp->url);
+    free(rp->body);
+    free(rp);
+}
 
 static void proxy_notify(void *ctx)
 {
@@ -662,6 +704,7 @@ static void proxy_free(pstream *p)
 {
     httpc_async_close(p->a); /* no notify after this: the waker is not used again */
     http_body_release(p->body); /* after: the transfer reads it no more */
+    replay_free(p->rp);
     free(p->pre);
     free(p);
 }
@@ -925,11 +968,99 @@ static const char *upstream_body(const gw_route *rt, http_req *r, size_t *len, c
 }
 
 static void log_line(http_req *r, int64_t t0);
+static bool proxy_answer(http_req *r, pstream *p);
+static bool proxy_try(http_req *r, pstream *p);
+
+/* Does this try's outcome call for another (retry): a listed status, or no upstream reached? */
+static bool retry_due(pstream *p)
+{
+    const replay *rp = p->rp;
+    if (!rp || !rp->left) return false;
+    if (httpc_async_poll(p->a) == HTTPC_ASYNC_HEADERS) {
+        long st = httpc_async_status(p->a);
+        for (size_t i = 0; i < rp->rt->n_retry_codes; i++)
+            if (rp->rt->retry_codes[i] == st) return true;
+        return false;
+    }
+    char err[8];
+    return httpc_async_error(p->a, err, sizeof err) == HTTPC_CONNECT; /* a timeout: not again */
+}
+
+/* The backoff, on a worker; cut short when the gateway stops. */
+static void retry_pause(const replay *rp)
+{
+    for (long left = rp->rt->retry_backoff_ms; left > 0 && !atomic_load(rp->stopping); left -= 20) {
+        struct timespec ts = {0, (left < 20 ? left : 20) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Send the kept request again. On a loop: 1 if the answer comes later, -1 if the request was
+ * answered (p is gone). On a worker, which waits for the new try's headers: 0 (look at them),
+ * or -1 (answered: the gateway stops). */
+static int send_again(http_req *r, pstream *p)
+{
+    replay *rp = p->rp;
+    bool on_loop = http_loop_state() != NULL;
+    char err[300];
+    p->a = httpc_async_start_on(on_loop && rp->on_loop ? http_loop_state() : NULL, &rp->req, proxy_notify, p,
+                                err, sizeof err);
+    if (!p->a) log_msg(LOG_WARN, "upstream_failed", "route %s: %s", p->route, err);
+    else if (on_loop) return proxy_try(r, p) ? 1 : -1;
+    else if (httpc_async_wait(p->a, rp->stopping) == HTTPC_ASYNC_WAITING) {
+        http_reply_text(r, 503, "the gateway is stopping");
+        proxy_free(p);
+        return -1;
+    }
+    return 0;
+}
+
+/* On a worker: the backoff, then the next try and its answer. */
+static void retry_later(http_req *r, void *arg, bool cancelled)
+{
+    pstream *p = arg;
+    int64_t t0 = p->t0;
+    if (cancelled) {
+        proxy_free(p);
+    } else {
+        retry_pause(p->rp);
+        if (send_again(r, p) == 0) proxy_answer(r, p);
+    }
+    log_line(r, t0);
+}
+
+/* Try again while the outcome calls for it (retry_due). 0: answer this outcome; 1: the answer
+ * comes later (on a loop: the new try is awaited, or the backoff went to a worker); -1: the
+ * request was answered. */
+static int maybe_retry(http_req *r, pstream *p)
+{
+    while (retry_due(p)) {
+        replay *rp = p->rp;
+        rp->left--;
+        bool answered = httpc_async_poll(p->a) == HTTPC_ASYNC_HEADERS;
+        log_msg(LOG_INFO, "upstream_retry", "route %s: %s %ld; again (%u more at most)", p->route,
+                answered ? "HTTP" : "unreachable", answered ? httpc_async_status(p->a) : 0L, rp->left);
+        httpc_async_close(p->a);
+        p->a = NULL;
+        if (rp->rt->retry_backoff_ms) {
+            if (http_loop_state()) { /* a loop does not sleep: a worker waits it out */
+                if (http_defer(r, retry_later, p)) return 1;
+            } else {
+                retry_pause(rp);
+            }
+        }
+        int rc = send_again(r, p);
+        if (rc) return rc;
+    }
+    return 0;
+}
 
 /* The upstream's answer is in (or will never come): answer the client, and p goes to the
- * streamed body or is freed. */
-static void proxy_answer(http_req *r, pstream *p)
+ * streamed body or is freed. True if the answer comes later instead (a retry). */
+static bool proxy_answer(http_req *r, pstream *p)
 {
+    int retried = maybe_retry(r, p);
+    if (retried) return retried > 0;
     char err[300];
     if (httpc_async_poll(p->a) != HTTPC_ASYNC_HEADERS) {
         httpc_result res = httpc_async_error(p->a, err, sizeof err);
@@ -937,7 +1068,7 @@ static void proxy_answer(http_req *r, pstream *p)
         if (res == HTTPC_TIMEOUT) http_reply_text(r, 504, "upstream request timeout");
         else http_reply_text(r, 502, "upstream connect error");
         proxy_free(p);
-        return;
+        return false;
     }
 
     /* The answer's headers, minus hop-by-hop ones and what the server sets itself. */
@@ -988,7 +1119,7 @@ static void proxy_answer(http_req *r, pstream *p)
         proxy_free(p);
         http_reply(r, (int)status, ctype, "", 0);
         free(ctype);
-        return;
+        return false;
     }
     /* What of the body is here already: if that is all of it, one plain answer (status, headers
      * and body in one send, with Content-Length) instead of a chunked stream of several. */
@@ -1008,6 +1139,7 @@ static void proxy_answer(http_req *r, pstream *p)
         http_reply_stream(r, (int)status, ctype, proxy_read, p, proxy_done);
     }
     free(ctype);
+    return false;
 }
 
 /* Answer if the upstream's headers are in, else wait for them without a thread. True if the
@@ -1022,8 +1154,7 @@ static bool proxy_try(http_req *r, pstream *p)
         proxy_free(p);
         return false;
     }
-    proxy_answer(r, p);
-    return false;
+    return proxy_answer(r, p);
 }
 
 static void proxy_resumed(http_req *r, void *arg, bool cancelled)
@@ -1130,6 +1261,10 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
      * so reusing its connections matters more there than the hand-off between threads. */
     httpc_loop *L = rt->backend.kind == GW_BACKEND_HOST ? http_loop_state() : NULL;
     p->a = httpc_async_start_on(L, &req, proxy_notify, p, err, sizeof err); /* copies */
+    if (rt->retry_attempts && !p->body) { /* a streamed body cannot be sent twice */
+        p->rp = replay_new(&req, rt, owned, &sv->gw->stopping);
+        owned = NULL;
+    }
     free(owned);
     free(url);
     up_free(&u);
@@ -1146,8 +1281,7 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
         proxy_free(p);
         return false;
     }
-    proxy_answer(r, p);
-    return false;
+    return proxy_answer(r, p);
 }
 
 /* ---- RFC 9728 protected-resource metadata --------------------------------------------------- */

@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import { createHash, randomBytes, generateKeyPairSync, sign } from 'node:crypto';
 import { mkdtempSync, writeFileSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,6 +29,7 @@ function token(claims = {}) {
 // /echo answers with what arrived; /hold does not read until released; /refuse answers 403
 // at once without reading.
 const seen = new Map(); // id -> { bytes, ended, aborted, te, cl }
+const tries = new Map(); // id -> requests seen with that x-id
 let release = null;
 function startUpstream() {
   const srv = http.createServer((req, res) => {
@@ -40,6 +42,19 @@ function startUpstream() {
     if (req.url === '/keys.json') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(jwks());
+      return;
+    }
+    if (req.url.startsWith('/flaky') || req.url.startsWith('/slowretry')) { // 503 for the first x-fail tries
+      const n = (tries.get(id) ?? 0) + 1;
+      tries.set(id, n);
+      const chunks = [];
+      req.on('data', (b) => chunks.push(b));
+      req.on('end', () => {
+        const body = Buffer.concat(chunks);
+        if (n <= Number(req.headers['x-fail'] ?? 0)) { res.writeHead(503, { 'content-type': 'text/plain' }); res.end(`try ${n} failed`); return; }
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ try: n, sha256: createHash('sha256').update(body).digest('hex') }));
+      });
       return;
     }
     if (req.url.startsWith('/answer-first')) { // answers at once, then reads the body slowly
@@ -95,8 +110,10 @@ function upload(path, { id, length, headers = {} } = {}) {
 
 const vmrss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${G.proc.pid}/status`, 'utf8'))[1]) * 1024;
 
+let closedPort;
 before(async () => {
   up = await startUpstream();
+  closedPort = await new Promise((ok) => { const x = net.createServer().listen(0, '127.0.0.1', () => { const p = x.address().port; x.close(() => ok(p)); }); });
   dir = mkdtempSync(join(tmpdir(), 'agentid-upload-'));
   const host = `127.0.0.1:${up.address().port}`;
   writeFileSync(join(dir, 'keys.json'), jwks());
@@ -120,6 +137,18 @@ before(async () => {
     - name: llm-model
       matches: [{path: {pathPrefix: /model}}]
       backends: [{ai: {name: local, provider: {openAI: {model: set-here}}, hostOverride: "http://${host}"}}]
+    - name: flaky
+      matches: [{path: {pathPrefix: /flaky}}]
+      backends: [{host: "${host}"}]
+      policies: {retry: {attempts: 2, codes: [503, 504]}}
+    - name: slow-retry
+      matches: [{path: {pathPrefix: /slowretry}}]
+      backends: [{host: "${host}"}]
+      policies: {retry: {attempts: 2, backoff: 150ms, codes: [503]}}
+    - name: down
+      matches: [{path: {pathPrefix: /down}}]
+      backends: [{host: "127.0.0.1:${closedPort}"}]
+      policies: {retry: {attempts: 2, codes: [503]}}
     - name: limited
       matches: [{path: {pathPrefix: /limited}}]
       backends: [{host: "${host}"}]
@@ -332,4 +361,31 @@ test('many uploads at once, chunked and with lengths: each arrives whole', async
   };
   const all = await Promise.all(Array.from({ length: 40 }, (_, i) => one(i)));
   assert.deepEqual(all, Array(40).fill(true));
+});
+
+test('retry: a listed status is tried again with the same body, up to attempts more times', async () => {
+  const body = randomBytes(20000);
+  const want = createHash('sha256').update(body).digest('hex');
+  const post = (path, id, fail) => request(`${G.url}${path}`, { method: 'POST', body,
+    headers: { 'x-id': id, 'x-fail': String(fail), 'content-length': String(body.length) } });
+  let r = await post('/flaky/a', 'retry-ok', 2);
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.json, { try: 3, sha256: want }, 'the third try, with the same body');
+  r = await post('/flaky/b', 'retry-spent', 3);
+  assert.equal(r.status, 503, 'tries spent: the last answer goes to the client');
+  assert.equal(r.text, 'try 3 failed');
+  assert.equal(tries.get('retry-spent'), 3);
+  const t0 = Date.now();
+  r = await post('/slowretry/c', 'retry-backoff', 2);
+  assert.equal(r.json.try, 3);
+  assert.ok(Date.now() - t0 >= 300, `two backoffs of 150 ms (${Date.now() - t0} ms)`);
+  const before = (G.logs().match(/"upstream_retry"/g) ?? []).length;
+  r = await request(`${G.url}/down/x`);
+  assert.equal(r.status, 502, 'an upstream that cannot be reached: tried 3 times, then 502');
+  await waitFor(() => (G.logs().match(/"upstream_retry"/g) ?? []).length - before === 2, 5000, 'two retries logged');
+  const c = upload('/flaky/streamed', { id: 'retry-streamed', headers: { 'x-fail': '1' } });
+  await c.write(Buffer.alloc(MiB, 11));
+  c.req.end();
+  assert.equal((await c.done).status, 503, 'a streamed body is not sent twice');
+  assert.equal(tries.get('retry-streamed'), 1);
 });

@@ -253,6 +253,12 @@ static void test_errors(void **state)
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - name: r\n", ":5: route r: backends is required"},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}, {ai: {name: m, provider: {openAI: {}}}}]\n",
          ":5: backends: several backends must all be host or url ones (ai and mcp go alone)"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
+         "        retry: {attempts: 3}\n", ":7: retry: codes is required"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
+         "        retry: {attempts: 0, codes: [503]}\n", ":7: retry.attempts: expected a whole number from 1 to 255"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
+         "        retry: {codes: [99]}\n", ":7: retry.codes: expected a whole number from 100 to 599"},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1, weight: 0}, {host: b:2, weight: 0}]\n",
          ":5: backends: their weights add up to 0"},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
