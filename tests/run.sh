@@ -38,7 +38,8 @@ for b in "${@:-build}"; do
     if [ -n "$node_tests" ]; then
         log=tests/artifacts/$(basename "$b")-node.log
         echo "-- node --test ($(echo "$node_tests" | wc -l) files)"
-        node --test --test-concurrency=2 --test-reporter=tap $node_tests >"$log" 2>&1; rc=$?
+        # A test that hangs fails after 5 minutes instead of holding the run (and CI) forever.
+        node --test --test-concurrency=2 --test-timeout=300000 --test-reporter=tap $node_tests >"$log" 2>&1; rc=$?
         count "$log"
         if [ $rc -ne 0 ]; then
             grep -qE '^# fail [1-9]' "$log" || fail=$((fail + 1))
