@@ -715,15 +715,6 @@ static size_t async_on_read(char *buf, size_t size, size_t nitems, void *userp)
     return n < 0 ? CURL_READFUNC_ABORT : (size_t)n;
 }
 
-/* What curl_easy_pause must be told to leave paused: exactly the directions still waiting. */
-static int pause_mask(httpc_async *a)
-{
-    pthread_mutex_lock(&a->mu);
-    int m = (a->paused ? CURLPAUSE_RECV : 0) | (a->send_paused ? CURLPAUSE_SEND : 0);
-    pthread_mutex_unlock(&a->mu);
-    return m;
-}
-
 /* A GET without a body or CA file: setup() and async_new() set every option of such a
  * transfer anew, so a handle whose last transfer was plain needs no curl_easy_reset() for
  * the next plain one (reusing a handle with its options is libcurl's own pattern; the reset,
@@ -814,6 +805,39 @@ static void loop_detach(httpc_async *a)
     a->in_multi = false;
 }
 
+/* CMD_UNPAUSE (the reader made room: receive again) and CMD_BODY (more body to send), carried
+ * out on the loop's thread outside curl's callbacks: the directions named go on, the other
+ * stays as it is. */
+static void unpause_now(httpc_async *a, unsigned cmds)
+{
+    pthread_mutex_lock(&a->mu);
+    if (cmds & CMD_UNPAUSE) a->paused = a->unpause_queued = false;
+    if (cmds & CMD_BODY) a->send_paused = false;
+    int still = (a->paused ? CURLPAUSE_RECV : 0) | (a->send_paused ? CURLPAUSE_SEND : 0);
+    pthread_mutex_unlock(&a->mu);
+    /* may deliver the held piece right away (async_on_body, which may pause again) */
+    if (a->in_multi) curl_easy_pause(a->h, still);
+    loop_flush(a->L);
+}
+
+/* The same from the transfer's owner: at once on a loop it runs itself (it is that loop's
+ * thread), else queued for the client thread. */
+static void unpause(httpc_async *a, unsigned cmd)
+{
+    if (a->L->bound) {
+        unpause_now(a, cmd);
+        return;
+    }
+    pthread_mutex_lock(&a->L->mu);
+    bool wake = false;
+    if (!a->loop_released) { /* else finished: nothing to unpause */
+        enqueue(a, cmd);
+        wake = loop_needs_wake(a->L);
+    }
+    pthread_mutex_unlock(&a->L->mu);
+    if (wake) loop_wake(a->L);
+}
+
 static void loop_commands(httpc_loop *L)
 {
     pthread_mutex_lock(&L->mu);
@@ -848,15 +872,7 @@ static void loop_commands(httpc_loop *L)
             a->loop_released = true;
             continue;
         }
-        if (cmds & (CMD_UNPAUSE | CMD_BODY)) {
-            pthread_mutex_lock(&a->mu);
-            if (cmds & CMD_UNPAUSE) a->paused = a->unpause_queued = false;
-            if (cmds & CMD_BODY) a->send_paused = false;
-            pthread_mutex_unlock(&a->mu);
-            /* may deliver the held piece right away (async_on_body, which may pause again) */
-            if (a->in_multi) curl_easy_pause(a->h, pause_mask(a));
-            loop_flush(L);
-        }
+        if (cmds & (CMD_UNPAUSE | CMD_BODY)) unpause_now(a, cmds);
         pthread_mutex_lock(&L->mu);
     }
     pthread_mutex_unlock(&L->mu);
@@ -1241,44 +1257,13 @@ long httpc_async_read(httpc_async *a, char *buf, size_t max)
         wake = true;
     }
     pthread_mutex_unlock(&a->mu);
-    if (wake && a->L->bound) { /* the caller is the loop thread, outside curl's callbacks */
-        pthread_mutex_lock(&a->mu);
-        a->paused = a->unpause_queued = false;
-        pthread_mutex_unlock(&a->mu);
-        if (a->in_multi) curl_easy_pause(a->h, pause_mask(a));
-        loop_flush(a->L);
-    } else if (wake) {
-        pthread_mutex_lock(&aloop.mu);
-        enqueue(a, CMD_UNPAUSE);
-        wake = loop_needs_wake(&aloop);
-        pthread_mutex_unlock(&aloop.mu);
-        if (wake) loop_wake(&aloop);
-    }
+    if (wake) unpause(a, CMD_UNPAUSE);
     return n;
 }
 
 void httpc_async_body_ready(httpc_async *a)
 {
-    if (!a || !a->body_read) return;
-    if (a->L->bound) { /* the caller is the loop thread, outside curl's callbacks */
-        pthread_mutex_lock(&a->mu);
-        bool was = a->send_paused;
-        a->send_paused = false;
-        pthread_mutex_unlock(&a->mu);
-        if (was && a->in_multi) {
-            curl_easy_pause(a->h, pause_mask(a));
-            loop_flush(a->L);
-        }
-        return;
-    }
-    pthread_mutex_lock(&aloop.mu);
-    bool wake = false;
-    if (!a->loop_released) {
-        enqueue(a, CMD_BODY);
-        wake = loop_needs_wake(&aloop);
-    }
-    pthread_mutex_unlock(&aloop.mu);
-    if (wake) loop_wake(&aloop);
+    if (a && a->body_read) unpause(a, CMD_BODY);
 }
 
 size_t httpc_async_buffered(httpc_async *a)
