@@ -220,7 +220,7 @@ struct http_req {
     struct http_req *qnext;
 
     http_waker *w;               /* created by http_req_waker / http_wait / a stream */
-    http_waited wfn;             /* http_wait: what to run when woken */
+    http_waited wfn;             /* http_wait: what to run when woken (a streamed body: once it is in) */
     void *warg;
     bool wsusp;                  /* suspended by http_wait (the server thread's) */
 
@@ -228,7 +228,6 @@ struct http_req {
     size_t bstreamed;            /* bytes of it received so far */
     bool in_early;               /* opts.early runs: http_req_stream_body is allowed */
     bool bdone;                  /* the streamed body is all in (or failed) */
-    bool wlater;                 /* http_wait while the streamed body still came: wait once it is in */
 };
 
 /* ---- listen address ---------------------------------------------------------- */
@@ -330,7 +329,6 @@ static void run_hooks(done_hook *h)
 static void waker_unref(http_waker *w);
 static size_t body_take(http_req *r, const char *data, size_t n, bool *stopping);
 static void body_finish(http_body *b, bool failed);
-static void body_stop(http_body *b);
 static void body_unref(http_body *b);
 static bool waker_try_suspend(http_waker *w, bool *stopping);
 
@@ -340,7 +338,6 @@ static void wait_cancel(http_req *r)
     if (!r->wfn) return;
     http_waited fn = r->wfn;
     r->wfn = NULL;
-    r->wlater = false;
     fn(r, r->warg, true);
 }
 
@@ -629,9 +626,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
                  * at once or does not wait for its answer, nothing will read the body: dropped. */
                 s->handler(r, s->ctx);
                 if (r->resp) r->refused = true, r->discard_limit = s->max_body;
-                if (!r->wfn) body_stop(r->bpipe);
+                if (!r->wfn) http_body_stop(r->bpipe);
             } else if (r->bpipe) {
-                body_stop(r->bpipe);
+                http_body_stop(r->bpipe);
             }
         }
         if (n > 0 && !r->refused && !r->bpipe) { /* size the buffer once */
@@ -692,11 +689,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     if (ds == D_NONE) {
         if (r->wsusp) {
             r->wsusp = false; /* woken after http_wait: run its fn below */
-        } else if (r->wlater) {
-            /* It waited while its body came, and the wakes of that time may have been spent
-             * resuming the body (body_take): fn runs now, as after a wake, and checks for itself
-             * (and waits again, now parked, if it must). */
-            r->wlater = false;
+        } else if (r->wfn) {
+            /* It waited (http_wait) while its body came, and the wakes of that time may have
+             * been spent resuming the body (body_take): fn runs now, as after a wake, and checks
+             * for itself (and waits again, now parked, if it must). */
         } else if (!r->bpipe) {
             s->handler(r, s->ctx);
         }
@@ -1350,9 +1346,8 @@ bool http_wait(http_req *r, http_waited fn, void *arg)
     http_waker *w = waker_of(r);
     if (!w) return false;
     if (r->bpipe && !r->bdone) { /* the body still comes: the connection must go on reading it */
-        r->wfn = fn;
+        r->wfn = fn; /* not parked: on_access runs fn once the body is in */
         r->warg = arg;
-        r->wlater = true;
         return true;
     }
     bool stopping;
@@ -1474,8 +1469,9 @@ static void body_finish(http_body *b, bool failed)
 
 /* The reader wants no more: what is held and what still comes is dropped, and a connection
  * waiting for room goes on. */
-static void body_stop(http_body *b)
+void http_body_stop(http_body *b)
 {
+    if (!b) return;
     pthread_mutex_lock(&b->mu);
     b->stopped = true;
     b->off = b->len = 0;
@@ -1539,11 +1535,6 @@ void http_body_on_more(http_body *b, void (*fn)(void *ctx), void *ctx)
     if (more) more(mctx);
 }
 
-void http_body_stop(http_body *b)
-{
-    if (b) body_stop(b);
-}
-
 void http_body_release(http_body *b)
 {
     if (!b) return;
@@ -1551,7 +1542,7 @@ void http_body_release(http_body *b)
     b->on_more = NULL;
     b->more_ctx = NULL;
     pthread_mutex_unlock(&b->mu);
-    body_stop(b);
+    http_body_stop(b);
     body_unref(b);
 }
 
