@@ -230,6 +230,12 @@ int util_write_file(const char *path, const void *data, size_t len, unsigned mod
     return 0;
 }
 
+uint64_t util_fnv1a(uint64_t h, const void *data, size_t n)
+{
+    for (const unsigned char *p = data, *e = p + n; p < e; p++) h = (h ^ *p) * UTIL_FNV_PRIME;
+    return h;
+}
+
 void util_free_secret(char *s)
 {
     if (!s) return;

@@ -43,6 +43,11 @@ bool util_str_starts_with(const char *s, const char *prefix);
 
 /* Whole file into memory (NUL-terminated); NULL with errno on failure; cap in bytes. */
 char *util_read_file(const char *path, size_t cap, size_t *len);
+/* FNV-1a, 64 bits: h (UTIL_FNV_BASIS to start, or a previous result to go on) over n bytes.
+ * For hash tables and change detection, not against an adversary. */
+#define UTIL_FNV_BASIS 14695981039346656037ULL
+#define UTIL_FNV_PRIME 1099511628211ULL
+uint64_t util_fnv1a(uint64_t h, const void *data, size_t n);
 /* Overwrite the NUL-terminated secret s (a key, a token) and free it; NULL is fine. */
 void util_free_secret(char *s);
 /* Write atomically (temp file + rename) with the given mode. 0 or -1 with errno. */

@@ -74,10 +74,8 @@ typedef struct {
 static uint64_t tls_id(const gw_bind *b)
 {
     if (!b->tls_cert_pem) return 0;
-    uint64_t h = 1469598103934665603ULL;
-    for (const char *p = b->tls_cert_pem; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    for (const char *p = b->tls_key_pem; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    return h | 1;
+    uint64_t h = util_fnv1a(UTIL_FNV_BASIS, b->tls_cert_pem, strlen(b->tls_cert_pem));
+    return util_fnv1a(h, b->tls_key_pem, strlen(b->tls_key_pem)) | 1;
 }
 
 struct gateway {
@@ -641,7 +639,6 @@ typedef struct replay {
     char **lines;                /* header lines, NULL-terminated */
     const gw_route *rt;          /* its codes and backoff (the configuration outlives the request) */
     unsigned left;               /* tries left */
-    bool on_loop;                /* host backend: tries started on a loop go on the loop's client */
     const atomic_bool *stopping; /* the gateway's: a backoff is cut short */
 } replay;
 
@@ -660,7 +657,6 @@ static replay *replay_new(const httpc_request *req, const gw_route *rt, char *ow
     if (owned_body) rp->req.body = rp->body = owned_body;
     rp->rt = rt;
     rp->left = rt->retry_attempts;
-    rp->on_loop = rt->backend.kind == GW_BACKEND_HOST;
     rp->stopping = stopping;
     return rp;
 }
@@ -995,6 +991,17 @@ static void retry_pause(const replay *rp)
     }
 }
 
+/* The HTTP client a transfer to rt's backend goes on. Host backends, on a loop thread: the
+ * loop's own client, no other thread involved, and upstream connections kept alive per loop
+ * (as nginx's per worker). AI backends, and everything on a deferred worker: the shared client
+ * thread, whose one pool of kept-alive connections serves every loop — a provider is far away
+ * and its TLS handshake costly, so reusing its connections matters more there than the
+ * hand-off between threads. */
+static httpc_loop *client_for(const gw_route *rt)
+{
+    return rt->backend.kind == GW_BACKEND_HOST ? http_loop_state() : NULL;
+}
+
 /* Send the kept request again. On a loop: 1 if the answer comes later, -1 if the request was
  * answered (p is gone). On a worker, which waits for the new try's headers: 0 (look at them),
  * or -1 (answered: the gateway stops). */
@@ -1003,8 +1010,7 @@ static int send_again(http_req *r, pstream *p)
     replay *rp = p->rp;
     bool on_loop = http_loop_state() != NULL;
     char err[300];
-    p->a = httpc_async_start_on(on_loop && rp->on_loop ? http_loop_state() : NULL, &rp->req, proxy_notify, p,
-                                err, sizeof err);
+    p->a = httpc_async_start_on(client_for(rp->rt), &rp->req, proxy_notify, p, err, sizeof err);
     if (!p->a) log_msg(LOG_WARN, "upstream_failed", "route %s: %s", p->route, err);
     else if (on_loop) return proxy_try(r, p) ? 1 : -1;
     else if (httpc_async_wait(p->a, rp->stopping) == HTTPC_ASYNC_WAITING) {
@@ -1254,13 +1260,7 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
     p->cors = rt->cors != NULL;
     p->resp_mod = rt->resp_mod;
     snprintf(p->route, sizeof p->route, "%s", rt->name);
-    /* Host backends, on a loop thread: the loop's own client, no other thread involved, and
-     * upstream connections kept alive per loop (as nginx's per worker). AI backends, and
-     * everything on a deferred worker: the shared client thread, whose one pool of kept-alive
-     * connections serves every loop — a provider is far away and its TLS handshake costly,
-     * so reusing its connections matters more there than the hand-off between threads. */
-    httpc_loop *L = rt->backend.kind == GW_BACKEND_HOST ? http_loop_state() : NULL;
-    p->a = httpc_async_start_on(L, &req, proxy_notify, p, err, sizeof err); /* copies */
+    p->a = httpc_async_start_on(client_for(rt), &req, proxy_notify, p, err, sizeof err); /* copies */
     if (rt->retry_attempts && !p->body) { /* a streamed body cannot be sent twice */
         p->rp = replay_new(&req, rt, owned, &sv->gw->stopping);
         owned = NULL;
@@ -1482,7 +1482,7 @@ static uint64_t route_scope(uint64_t gen, const server *sv, const gw_bind *b, co
 static bool streams_body(http_req *r, const gw_route *rt)
 {
     bool as_is = rt->backend.kind == GW_BACKEND_HOST || (rt->backend.kind == GW_BACKEND_AI && !rt->backend.model);
-    if (!as_is || rt->direct || rt->redirect) return false;
+    if (!as_is || rt->direct) return false; /* direct: also requestRedirect's */
     const char *cl = http_req_header(r, "Content-Length");
     return !cl || strtoull(cl, NULL, 10) > STREAM_MIN; /* early: a body is coming */
 }
@@ -1516,7 +1516,7 @@ static void early(http_req *r, void *ctx)
         int rc = -1;
         uint64_t scope = route_scope(gen, sv, b, rt);
         if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
-        else rc = token_cached(sv->gw, scope, rt, token, &t) ? 0 : check_token(sv->gw, scope, rt, token, &t, &v, false);
+        else rc = check_token(sv->gw, scope, rt, token, &t, &v, false); /* the cache first, as always */
         jwt_clear(&t);
         undecided = rc > 0;
         if (rc < 0 && !jwt_lets_through(rt->jwt, token)) {

@@ -28,9 +28,8 @@ struct tokcache {
  * whole token). */
 static uint64_t slot_hash(const char *s, size_t len)
 {
-    uint64_t h = (14695981039346656037ULL ^ len) * 1099511628211ULL;
-    for (size_t i = len > 32 ? len - 32 : 0; i < len; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-    return h;
+    size_t from = len > 32 ? len - 32 : 0;
+    return util_fnv1a((UTIL_FNV_BASIS ^ len) * UTIL_FNV_PRIME, s + from, len - from);
 }
 
 tokcache *tokcache_new(size_t slots)
