@@ -473,42 +473,29 @@ static json_t *sse_find(const char *body, size_t len, json_int_t id)
     return found;
 }
 
-/* POST one message (a request when id > 0, else a notification) to an HTTP target.
- * 0 with *resp (requests), UP_GONE for 404 on a session, -1 with e. *sid_out (may be NULL)
- * receives the upstream's Mcp-Session-Id. */
-static int http_post(const mcp_mux *m, const target *t, const call_ctx *cx, const char *sid,
-                     const char *version, json_t *msg, json_int_t id, json_t **resp, up_err *e,
-                     char **sid_out)
+/* POST one JSON-RPC message to url with the target's identity and the extra header lines
+ * (NULL-terminated, may be NULL). 0 with *rs (a 2xx answer; the caller frees it), UP_GONE for a
+ * 404 when gone404 (the upstream forgot the session), -1 with e. */
+static int post_json(const mcp_mux *m, const target *t, const call_ctx *cx, const char *url,
+                     const char *const *extra, bool gone404, json_t *msg, httpc_response *rs, up_err *e)
 {
     int rc = -1;
-    char *auth = NULL, *h_sid = NULL, *h_ver = NULL, *body = NULL;
-    httpc_response rs = {0};
-    bool have_rs = false;
-    char herr[256];
-
-    if (resp) *resp = NULL;
-    if (sid_out) *sid_out = NULL;
-    if (auth_header(m, t, cx, &auth, e) != 0) goto end;
-    body = json_dumps(msg, JSON_COMPACT);
-    if (!body) {
+    char *auth = NULL, *body = NULL, herr[256];
+    const char *hdrs[8];
+    size_t k = 0;
+    if (auth_header(m, t, cx, &auth, e) != 0) return -1;
+    if (!(body = json_dumps(msg, JSON_COMPACT))) {
         set_err(e, 0, "target %s: cannot encode the request", t->name);
         goto end;
     }
-    if (sid) h_sid = xasprintf("Mcp-Session-Id: %s", sid);
-    if (version) h_ver = xasprintf("MCP-Protocol-Version: %s", version);
-    const char *hdrs[6];
-    size_t k = 0;
     hdrs[k++] = "Content-Type: application/json";
-    hdrs[k++] = "Accept: application/json, text/event-stream";
-    if (h_sid) hdrs[k++] = h_sid;
-    if (h_ver) hdrs[k++] = h_ver;
+    for (const char *const *x = extra; x && *x && k < 6; x++) hdrs[k++] = *x;
     if (auth) hdrs[k++] = auth;
     hdrs[k] = NULL;
-    httpc_request rq = {.method = "POST", .url = t->url, .headers = hdrs, .body = body,
+    httpc_request rq = {.method = "POST", .url = url, .headers = hdrs, .body = body,
                         .body_len = strlen(body), .timeout_ms = m->timeout_ms,
                         .max_response = MCP_MAX_MSG};
-    httpc_result hr = httpc_do(&rq, &rs, herr, sizeof herr);
-    have_rs = true;
+    httpc_result hr = httpc_do(&rq, rs, herr, sizeof herr);
     if (hr != HTTPC_OK) {
         set_err(e, 0, "target %s: %s: %s", t->name,
                 hr == HTTPC_TIMEOUT ? "upstream timed out"
@@ -517,55 +504,71 @@ static int http_post(const mcp_mux *m, const target *t, const call_ctx *cx, cons
                 herr);
         goto end;
     }
-    if (rs.status == 404 && sid) {
+    if (rs->status == 404 && gone404) {
         rc = UP_GONE;
         set_err(e, 0, "target %s: upstream session ended", t->name);
-        goto end;
-    }
-    if (rs.status == 401) { /* as agentgateway: the upstream's 401 reaches the client */
+    } else if (rs->status == 401) { /* as agentgateway: the upstream's 401 reaches the client */
         set_err(e, 401, "target %s: upstream answered HTTP 401", t->name);
-        goto end;
+    } else if (rs->status < 200 || rs->status > 299) {
+        set_err(e, 0, "target %s: upstream answered HTTP %ld", t->name, rs->status);
+    } else {
+        rc = 0;
     }
-    if (rs.status < 200 || rs.status > 299) {
-        set_err(e, 0, "target %s: upstream answered HTTP %ld", t->name, rs.status);
-        goto end;
-    }
+    if (rc != 0) httpc_response_free(rs);
+end:
+    free_secret(auth);
+    free(body);
+    return rc;
+}
+
+/* POST one message (a request when id > 0, else a notification) to a Streamable HTTP target.
+ * 0 with *resp (requests), UP_GONE for 404 on a session, -1 with e. *sid_out (may be NULL)
+ * receives the upstream's Mcp-Session-Id. */
+static int http_post(const mcp_mux *m, const target *t, const call_ctx *cx, const char *sid,
+                     const char *version, json_t *msg, json_int_t id, json_t **resp, up_err *e,
+                     char **sid_out)
+{
+    if (resp) *resp = NULL;
+    if (sid_out) *sid_out = NULL;
+    char *h_sid = sid ? xasprintf("Mcp-Session-Id: %s", sid) : NULL;
+    char *h_ver = version ? xasprintf("MCP-Protocol-Version: %s", version) : NULL;
+    const char *extra[4] = {"Accept: application/json, text/event-stream", NULL, NULL, NULL};
+    size_t k = 1;
+    if (h_sid) extra[k++] = h_sid;
+    if (h_ver) extra[k++] = h_ver;
+    httpc_response rs;
+    int rc = post_json(m, t, cx, t->url, extra, sid != NULL, msg, &rs, e);
+    free(h_sid);
+    free(h_ver);
+    if (rc != 0) return rc;
     if (sid_out) {
         char *s = httpc_response_header(&rs, "Mcp-Session-Id");
         if (s && is_visible_ascii(s, MCP_MAX_UP_SID)) *sid_out = s;
         else free(s);
     }
-    if (id <= 0) { /* notification: 202 (or any 2xx) is all there is */
-        rc = 0;
-        goto end;
-    }
-    json_t *j = NULL;
-    if (rs.content_type && has_token(rs.content_type, "text/event-stream")) {
-        j = sse_find(rs.body, rs.body_len, id);
-    } else {
-        j = json_loadb(rs.body, rs.body_len, 0, NULL);
-        if (!is_response_to(j, id)) {
-            json_decref(j);
-            j = NULL;
+    if (id > 0) { /* a request: its response is the answer's body, JSON or SSE */
+        json_t *j = NULL;
+        if (rs.content_type && has_token(rs.content_type, "text/event-stream")) {
+            j = sse_find(rs.body, rs.body_len, id);
+        } else {
+            j = json_loadb(rs.body, rs.body_len, 0, NULL);
+            if (!is_response_to(j, id)) {
+                json_decref(j);
+                j = NULL;
+            }
         }
-    }
-    if (!j) {
-        set_err(e, 0, "target %s: no JSON-RPC response from upstream (HTTP %ld)", t->name,
-                rs.status);
-        if (sid_out) {
-            free(*sid_out);
-            *sid_out = NULL;
+        if (j) {
+            *resp = j;
+        } else {
+            set_err(e, 0, "target %s: no JSON-RPC response from upstream (HTTP %ld)", t->name, rs.status);
+            if (sid_out) {
+                free(*sid_out);
+                *sid_out = NULL;
+            }
+            rc = -1;
         }
-        goto end;
-    }
-    *resp = j;
-    rc = 0;
-end:
-    if (have_rs) httpc_response_free(&rs);
-    free_secret(auth);
-    free(h_sid);
-    free(h_ver);
-    free(body);
+    } /* a notification: 202 (or any 2xx) is all there is */
+    httpc_response_free(&rs);
     return rc;
 }
 
@@ -694,38 +697,17 @@ static char *sse_endpoint(const char *base, const char *ep)
 static int sse_post(const mcp_mux *m, upstream *u, const call_ctx *cx, json_t *msg, json_int_t id,
                     json_t **direct, up_err *e)
 {
-    char *auth = NULL, *body = NULL, herr[256];
-    int rc = -1;
     if (direct) *direct = NULL;
-    if (auth_header(m, u->t, cx, &auth, e) != 0) return -1;
-    if (!(body = json_dumps(msg, JSON_COMPACT))) {
-        set_err(e, 0, "target %s: cannot encode the request", u->t->name);
-        goto end;
-    }
-    const char *hdrs[] = {"Content-Type: application/json", auth, NULL};
-    httpc_request rq = {.method = "POST", .url = u->post_url, .headers = hdrs, .body = body,
-                        .body_len = strlen(body), .timeout_ms = m->timeout_ms, .max_response = MCP_MAX_MSG};
     httpc_response rs;
-    httpc_result hr = httpc_do(&rq, &rs, herr, sizeof herr);
-    if (hr != HTTPC_OK) {
-        set_err(e, 0, "target %s: %s: %s", u->t->name,
-                hr == HTTPC_TIMEOUT ? "upstream timed out" : "upstream unreachable", herr);
-        goto end;
-    }
-    if (rs.status == 404) rc = UP_GONE, set_err(e, 0, "target %s: upstream session ended", u->t->name);
-    else if (rs.status == 401) set_err(e, 401, "target %s: upstream answered HTTP 401", u->t->name);
-    else if (rs.status < 200 || rs.status > 299) set_err(e, 0, "target %s: upstream answered HTTP %ld", u->t->name, rs.status);
-    else rc = 0;
-    if (rc == 0 && id > 0 && direct && rs.body_len) {
+    int rc = post_json(m, u->t, cx, u->post_url, NULL, true, msg, &rs, e);
+    if (rc != 0) return rc;
+    if (id > 0 && direct && rs.body_len) {
         json_t *j = json_loadb(rs.body, rs.body_len, 0, NULL);
         if (is_response_to(j, id)) *direct = j;
         else json_decref(j);
     }
     httpc_response_free(&rs);
-end:
-    free_secret(auth);
-    free(body);
-    return rc;
+    return 0;
 }
 
 /* Open the stream and wait for its endpoint event. Lock held. 0, or -1 with e. */
