@@ -8,9 +8,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import net from 'node:net';
 import tls from 'node:tls';
-import { initDirectory, startIssuer, start, demo, request, run, waitFor } from './harness.mjs';
+import { initDirectory, startIssuer, start, demo, request, run, waitFor, freePort } from './harness.mjs';
 import { appToken, jwtAuthYaml, writeConfig } from './gateway-setup.mjs';
 import { startRecorder } from './sidecar.mjs';
 
@@ -50,7 +49,7 @@ before(async () => {
   iss = await startIssuer(dir);
   tok = await appToken(iss, dir, d);
   rec = await startRecorder();
-  closedPort = await new Promise((res) => { const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => res(p)); }); });
+  closedPort = await freePort(); // nothing listens there
   // The issuer's server certificate (127.0.0.1, localhost; signed by the directory's CA), next to
   // the configuration: relative paths are relative to the file.
   copyFileSync(join(dir.dir, 'tls/server.crt'), join(dir.root, 'gw.crt'));

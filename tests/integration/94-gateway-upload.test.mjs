@@ -5,12 +5,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import net from 'node:net';
 import { createHash, randomBytes, generateKeyPairSync, sign } from 'node:crypto';
 import { mkdtempSync, writeFileSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { start, request, waitFor, sleep } from './harness.mjs';
+import { start, request, waitFor, sleep, freePort } from './harness.mjs';
 
 let G, up, dir;
 const MiB = 1024 * 1024;
@@ -113,7 +112,7 @@ const vmrss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${G.proc.pi
 let closedPort;
 before(async () => {
   up = await startUpstream();
-  closedPort = await new Promise((ok) => { const x = net.createServer().listen(0, '127.0.0.1', () => { const p = x.address().port; x.close(() => ok(p)); }); });
+  closedPort = await freePort(); // nothing listens there
   dir = mkdtempSync(join(tmpdir(), 'agentid-upload-'));
   const host = `127.0.0.1:${up.address().port}`;
   writeFileSync(join(dir, 'keys.json'), jwks());
