@@ -14,7 +14,7 @@ CFLAGS  += -std=c17 -D_GNU_SOURCE -pthread -Isrc \
            -Wmissing-prototypes -Wstrict-prototypes -Wno-format-nonliteral \
            -DAGENTID_VERSION='"$(VERSION)"' \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -pthread
 
 ifeq ($(SAN),1)
 CC      := clang

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(build-essential pkg-config libssl-dev libmicrohttpd-dev libgnutls28-dev libcurl4-openssl-dev
+want=(build-essential pkg-config libssl-dev libmicrohttpd-dev libgnutls28-dev libcurl4-openssl-dev libhttp-parser-dev
       libjansson-dev libyaml-dev openssl curl ca-certificates
       nodejs npm)
 if [ "${1:-build}" = check ]; then

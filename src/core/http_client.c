@@ -12,6 +12,7 @@
  * thread-safe, curl issue 4915.) One multi handle serves one stream at a time.
  */
 #include "core/http_client.h"
+#include "core/h1client.h"
 #include "core/util.h"
 
 #include <curl/curl.h>
@@ -543,7 +544,8 @@ enum { CMD_START = 1, CMD_UNPAUSE = 2, CMD_CANCEL = 4, CMD_BODY = 8 };
 struct httpc_async {
     /* set up by the starter, then the loop's */
     httpc_loop *L;               /* the loop that drives it */
-    CURL *h;
+    CURL *h;                     /* a libcurl transfer, or: */
+    h1_xfer *x;                  /* a direct one (h1client: http:// to an address, on a bound loop) */
     struct curl_slist *hl;
     char *url;
     bool in_multi;               /* loop thread only */
@@ -591,6 +593,7 @@ struct httpc_loop {
     size_t idle_cap;             /* no events (see on_socket); loop thread only */
     struct httpc_async *news;    /* changed by the callbacks of the current socket_action (loop only) */
     size_t active, conn_cap;     /* transfers in m; its connection cache limit (loop_added) */
+    h1_pool *h1;                 /* bound loops: direct transfers, their sockets in ep too */
 };
 static struct httpc_loop aloop = {.mu = PTHREAD_MUTEX_INITIALIZER, .ep = -1, .wakefd = -1};
 static pthread_once_t aloop_once = PTHREAD_ONCE_INIT;
@@ -816,7 +819,8 @@ static void unpause_now(httpc_async *a, unsigned cmds)
     int still = (a->paused ? CURLPAUSE_RECV : 0) | (a->send_paused ? CURLPAUSE_SEND : 0);
     pthread_mutex_unlock(&a->mu);
     /* may deliver the held piece right away (async_on_body, which may pause again) */
-    if (a->in_multi) curl_easy_pause(a->h, still);
+    if (a->x && !(still & CURLPAUSE_RECV)) h1_resume(a->x);
+    else if (a->in_multi) curl_easy_pause(a->h, still);
     loop_flush(a->L);
 }
 
@@ -915,7 +919,7 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
 {
     httpc_loop *L = userp;
     (void)e, (void)socketp;
-    struct epoll_event ev = {.data.fd = s};
+    struct epoll_event ev = {.data.u64 = (uint64_t)s << 1}; /* bit 0 clear: not h1's */
     if (what == CURL_POLL_REMOVE) {
         if (epoll_ctl(L->ep, EPOLL_CTL_MOD, s, &ev) == 0) set_idle(L, s, true);
         else epoll_ctl(L->ep, EPOLL_CTL_DEL, s, NULL);
@@ -1005,7 +1009,7 @@ static void *aloop_main(void *arg)
         L->asleep = false;
         pthread_mutex_unlock(&L->mu);
         for (int i = 0; i < n; i++) {
-            int fd = evs[i].data.fd;
+            int fd = (int)(evs[i].data.u64 >> 1);
             if (fd == L->wakefd) {
                 uint64_t v;
                 ssize_t k = read(fd, &v, sizeof v);
@@ -1042,7 +1046,7 @@ static void aloop_init(void)
     if (!loop_setup(L)) return;
     L->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (L->wakefd < 0) return;
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = L->wakefd};
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)L->wakefd << 1};
     if (epoll_ctl(L->ep, EPOLL_CTL_ADD, L->wakefd, &ev) != 0) return;
     pthread_t t;
     pthread_attr_t at;
@@ -1123,6 +1127,7 @@ httpc_loop *httpc_loop_new(void)
         httpc_loop_free(L);
         return NULL;
     }
+    L->h1 = h1_pool_new(L->ep);
     return L;
 }
 
@@ -1130,9 +1135,12 @@ int httpc_loop_fd(const httpc_loop *L) { return L ? L->ep : -1; }
 
 long httpc_loop_timeout(const httpc_loop *L)
 {
-    if (!L || L->deadline < 0) return -1;
+    if (!L) return -1;
+    long h1 = h1_pool_timeout(L->h1);
+    if (L->deadline < 0) return h1;
     int64_t left = L->deadline - now_ms();
-    return left < 0 ? 0 : (long)left;
+    long curl = left < 0 ? 0 : (long)left;
+    return h1 >= 0 && h1 < curl ? h1 : curl;
 }
 
 void httpc_loop_run(httpc_loop *L)
@@ -1141,7 +1149,11 @@ void httpc_loop_run(httpc_loop *L)
     struct epoll_event evs[64];
     int running = 0;
     int n = epoll_wait(L->ep, evs, 64, 0);
-    for (int i = 0; i < n; i++) loop_socket_event(L, evs[i].data.fd, evs[i].events, &running);
+    for (int i = 0; i < n; i++) {
+        if (evs[i].data.u64 & 1) h1_pool_event(L->h1, evs[i].data.u64, evs[i].events);
+        else loop_socket_event(L, (int)(evs[i].data.u64 >> 1), evs[i].events, &running);
+    }
+    h1_pool_run(L->h1); /* after the batch: what h1_start queued goes out, deadlines */
     if (L->deadline >= 0 && now_ms() >= L->deadline) {
         L->deadline = -1;
         curl_multi_socket_action(L->m, CURL_SOCKET_TIMEOUT, 0, &running);
@@ -1153,11 +1165,88 @@ void httpc_loop_free(httpc_loop *L)
 {
     if (!L) return;
     if (L->m) curl_multi_cleanup(L->m); /* its transfers were all closed (the contract) */
+    h1_pool_free(L->h1);
     for (size_t i = 0; i < L->neasy; i++) curl_easy_cleanup(L->easy[i]);
     if (L->ep >= 0) close(L->ep);
     pthread_mutex_destroy(&L->mu);
     free(L->idle);
     free(L);
+}
+
+/* ---- direct transfers (h1client) ------------------------------------------------------------
+ * On a bound loop, a request to http:// and an address, with its body in memory, goes through
+ * h1client instead of libcurl: the same httpc_async, filled by these events, which run on the
+ * loop's thread inside httpc_loop_run (so a_later and loop_flush tell the reader as for curl's). */
+
+static void direct_head(void *ctx, long status, const char *hdrs, size_t len)
+{
+    httpc_async *a = ctx;
+    pthread_mutex_lock(&a->mu);
+    a->status = status;
+    a->hlen = 0;
+    buf_add(&a->hdrs, &a->hlen, &a->hcap, hdrs, len);
+    a->headers_done = true;
+    a_later(a);
+    pthread_mutex_unlock(&a->mu);
+}
+
+/* As async_on_body, but h1 hands over every byte it read: past HTTPC_ASYNC_BUFFER it holds the
+ * connection instead (h1_resume from unpause_now once the reader drained half). */
+static bool direct_body(void *ctx, const char *data, size_t n)
+{
+    httpc_async *a = ctx;
+    pthread_mutex_lock(&a->mu);
+    size_t held = a->len - a->off;
+    if (a->off && a->len + n + 1 > a->cap) {
+        memmove(a->buf, a->buf + a->off, held);
+        a->len = held;
+        a->off = 0;
+    }
+    buf_add(&a->buf, &a->len, &a->cap, data, n);
+    a_later(a);
+    bool more = a->len - a->off < HTTPC_ASYNC_BUFFER;
+    if (!more) a->paused = true;
+    pthread_mutex_unlock(&a->mu);
+    return more;
+}
+
+static void direct_end(void *ctx, h1_result r)
+{
+    static const CURLcode rc[] = {
+        [H1_OK] = CURLE_OK,
+        [H1_CONNECT] = CURLE_COULDNT_CONNECT,
+        [H1_TIMEOUT] = CURLE_OPERATION_TIMEDOUT,
+        [H1_NOTHING] = CURLE_GOT_NOTHING,
+        [H1_SEND] = CURLE_SEND_ERROR,
+        [H1_RECV] = CURLE_RECV_ERROR,
+        [H1_PROTOCOL] = CURLE_WEIRD_SERVER_REPLY,
+        [H1_TOO_LARGE] = CURLE_WRITE_ERROR, /* as when curl's header callback gives up */
+    };
+    httpc_async *a = ctx;
+    pthread_mutex_lock(&a->mu);
+    a->done = true;
+    a->rc = rc[r];
+    a->too_large = r == H1_TOO_LARGE;
+    a_later(a);
+    pthread_mutex_unlock(&a->mu);
+}
+
+static const h1_events direct_events = {direct_head, direct_body, direct_end};
+
+static httpc_async *direct_start(httpc_loop *L, const h1_target *t, const httpc_request *req,
+                                 void (*notify)(void *ctx), void *ctx)
+{
+    httpc_async *a = xcalloc(1, sizeof *a);
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cond, NULL);
+    a->L = L;
+    a->url = xstrdup(req->url);
+    a->notify = notify;
+    a->ctx = ctx;
+    h1_request hr = {.method = req->method, .headers = req->headers, .body = req->body,
+                     .body_len = req->body_len, .timeout_ms = req->timeout_ms};
+    a->x = h1_start(L->h1, t, &hr, &direct_events, a);
+    return a;
 }
 
 httpc_async *httpc_async_start_on(httpc_loop *L, const httpc_request *req,
@@ -1169,6 +1258,8 @@ httpc_async *httpc_async_start_on(httpc_loop *L, const httpc_request *req,
         set_err(err, errlen, "no URL", NULL);
         return NULL;
     }
+    h1_target t;
+    if (L->h1 && !req->body_read && h1_target_parse(req->url, &t)) return direct_start(L, &t, req, notify, ctx);
     httpc_async *a = async_new(L, req, notify, ctx, err, errlen);
     if (!a) return NULL;
     if (curl_multi_add_handle(L->m, a->h) != CURLM_OK) {
@@ -1306,6 +1397,7 @@ void httpc_async_close(httpc_async *a)
             while (*p && *p != a) p = &(*p)->nnext;
             if (*p) *p = a->nnext;
         }
+        h1_close(a->x); /* no h1 event runs after this */
         loop_detach(a);
         async_free(a);
         return;

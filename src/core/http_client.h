@@ -14,6 +14,12 @@
  *  - Asynchronous transfers (httpc_async_*): the same streams without a waiting thread, for
  *    event-driven servers; see below.
  *  - Only this module includes <curl/curl.h>.
+ *  - Direct transfers: on a loop of the caller's (httpc_async_start_on with a loop), a request to
+ *    http:// and a literal address whose body is in memory (no body_read) does not go through
+ *    libcurl but through core/h1client (one send on a kept connection, http_parser for the
+ *    answer): a reverse proxy's hot path. It behaves as described here for every transfer
+ *    (states, notify, buffering and backpressure, timeouts, errors as the same httpc_result
+ *    kinds); what differs is listed under "loops" below.
  */
 #ifndef AGENTID_CORE_HTTP_CLIENT_H
 #define AGENTID_CORE_HTTP_CLIENT_H
@@ -186,7 +192,14 @@ void httpc_async_close(httpc_async *a);
  * sit in the caller's own epoll or poll set; httpc_loop_timeout is the milliseconds until the
  * loop must run anyway (-1: no timer), libcurl's timers (connection phase, timeouts, starts).
  * Everything else (buffering, backpressure, timeouts, errors, notify's once-per-round) is as
- * for httpc_async_start. httpc_async_start_on with L NULL is httpc_async_start. */
+ * for httpc_async_start. httpc_async_start_on with L NULL is httpc_async_start.
+ * Direct transfers (http:// to a literal address, body in memory; see h1client.h) share the
+ * loop's epoll descriptor, and httpc_loop_timeout covers them. They differ from libcurl's in
+ * these points: a request goes out with Content-Length (never "Expect: 100-continue"), a
+ * caller's Content-Length and Transfer-Encoding lines are dropped (the body's framing is the
+ * client's), kept connections are per loop and per address (as libcurl's: at least 256, twice
+ * the most in flight) and close after 60 s idle instead of 118, and connecting past its bound
+ * (5 s) is HTTPC_TIMEOUT as with libcurl. */
 typedef struct httpc_loop httpc_loop;
 
 /* ---- streamed request bodies (req.body_read) ------------------------------------------------

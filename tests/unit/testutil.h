@@ -51,6 +51,7 @@ static inline bool send_all(int fd, const char *p, size_t n)
 typedef struct test_upstream {
     bool (*serve)(int fd, const char *path, const char *body, size_t body_len);
     const char *unread_prefix;   /* paths starting with it are served without reading their body */
+    void (*saw)(const char *head, size_t len); /* optional: each request's head, before serve */
     int lfd;
     unsigned port;
     atomic_int accepts, closes;
@@ -78,6 +79,7 @@ static inline void *test_upstream_conn_main(void *arg)
         size_t head = (size_t)(end + 4 - req), blen = 0;
         char path[256] = "";
         sscanf(req, "%*s %255s", path);
+        if (c.u->saw) c.u->saw(req, head);
         const char *cl = strcasestr(req, "\r\nContent-Length:");
         if (cl && cl < end) blen = strtoul(cl + 17, NULL, 10);
         if (c.u->unread_prefix && !strncmp(path, c.u->unread_prefix, strlen(c.u->unread_prefix))) {
