@@ -503,14 +503,21 @@ static size_t format(char *out, const h1_target *t, const h1_request *req, const
     bool host = false;
     for (const char *const *h = req->headers; h && *h; h++) {
         const char *line = *h, *colon = strchr(line, ':');
-        if (!colon || colon == line || strpbrk(line, "\r\n")) continue;
+        size_t len = strlen(line);
+        if (strpbrk(line, "\r\n")) continue;
+        if (!colon && len > 1 && line[len - 1] == ';' && !memchr(line, ' ', len)) { /* "Name;": empty */
+            PUT(line, len - 1);
+            PUT(":\r\n", 3);
+            continue;
+        }
+        if (!colon || colon == line) continue;
         size_t nlen = (size_t)(colon - line);
         if (!colon[1 + strspn(colon + 1, " \t")]) continue; /* "Name:": not sent */
         if ((nlen == 14 && !strncasecmp(line, "Content-Length", 14)) ||
             (nlen == 17 && !strncasecmp(line, "Transfer-Encoding", 17)))
             continue;
         if (nlen == 4 && !strncasecmp(line, "Host", 4)) host = true;
-        PUTS(line);
+        PUT(line, len);
         PUT("\r\n", 2);
     }
     if (!host) {

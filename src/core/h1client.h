@@ -86,9 +86,9 @@ bool h1_target_parse(const char *url, h1_target *t);
 
 typedef struct {
     const char *method;              /* NULL: GET, or POST when body is set */
-    const char *const *headers;      /* NULL-terminated "Name: value", or NULL. "Name:" with no
-                                        value is not sent (libcurl's convention for removing a
-                                        header, which callers of http_client use); neither are
+    const char *const *headers;      /* NULL-terminated "Name: value", or NULL. As libcurl takes
+                                        them (callers of http_client rely on it): "Name:" with
+                                        no value is not sent, "Name;" is sent empty. Neither are
                                         Content-Length and Transfer-Encoding (the body's framing
                                         is h1's) nor lines with CR or LF. Host: t->authority
                                         unless the list has one. */

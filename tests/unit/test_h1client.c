@@ -242,7 +242,7 @@ static void test_keepalive_and_request(void **state)
 {
     (void)state;
     const char *const hdrs[] = {"Accept:", "X-One: 1", "Content-Length: 99", "Transfer-Encoding: chunked",
-                                "X-Bad: a\r\nX-Injected: b", "X-Two:   two", NULL};
+                                "X-Bad: a\r\nX-Injected: b", "X-Two:   two", "X-Empty;", "Not a header", NULL};
     for (int i = 0; i < 3; i++) {
         outcome o = exchange(NULL, "/hello", hdrs, NULL, 2000);
         assert_int_equal(o.result, H1_OK);
@@ -259,7 +259,7 @@ static void test_keepalive_and_request(void **state)
     snprintf(s, sizeof s, "%s", seen);
     pthread_mutex_unlock(&seen_mu);
     char want[256];
-    snprintf(want, sizeof want, "GET /hello HTTP/1.1\r\nX-One: 1\r\nX-Two:   two\r\nHost: 127.0.0.1:%u\r\n\r\n", up.port);
+    snprintf(want, sizeof want, "GET /hello HTTP/1.1\r\nX-One: 1\r\nX-Two:   two\r\nX-Empty:\r\nHost: 127.0.0.1:%u\r\n\r\n", up.port);
     assert_string_equal(s, want);
 }
 
