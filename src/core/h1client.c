@@ -261,15 +261,7 @@ static bool hput(h1_xfer *x, const char *s, size_t n)
         x->too_large = true;
         return false;
     }
-    if (c->hlen + n + 1 > c->hcap) {
-        size_t cap = c->hcap ? c->hcap : 1024;
-        while (cap < c->hlen + n + 1) cap *= 2;
-        c->hbuf = xrealloc(c->hbuf, cap);
-        c->hcap = cap;
-    }
-    memcpy(c->hbuf + c->hlen, s, n);
-    c->hlen += n;
-    c->hbuf[c->hlen] = '\0';
+    util_buf_add(&c->hbuf, &c->hlen, &c->hcap, s, n);
     return true;
 }
 

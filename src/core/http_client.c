@@ -93,20 +93,6 @@ typedef struct {
     bool too_large;
 } sink;
 
-/* Append n bytes, keeping the buffer NUL-terminated. */
-static void buf_add(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
-{
-    if (*len + n + 1 > *cap) {
-        size_t c = *cap ? *cap : 1024;
-        while (c < *len + n + 1) c *= 2;
-        *buf = xrealloc(*buf, c);
-        *cap = c;
-    }
-    memcpy(*buf + *len, data, n);
-    *len += n;
-    (*buf)[*len] = '\0';
-}
-
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
 {
     sink *k = userp;
@@ -115,7 +101,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
         k->too_large = true;
         return 0; /* anything but n aborts the transfer with CURLE_WRITE_ERROR */
     }
-    buf_add(&k->body, &k->len, &k->cap, data, n);
+    util_buf_add(&k->body, &k->len, &k->cap, data, n);
     return n;
 }
 
@@ -143,7 +129,7 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userp)
         k->too_large = true;
         return 0;
     }
-    buf_add(&k->hdrs, &k->hlen, &k->hcap, data, n);
+    util_buf_add(&k->hdrs, &k->hlen, &k->hcap, data, n);
     return n;
 }
 
@@ -387,7 +373,7 @@ static size_t stream_on_body(char *data, size_t size, size_t nmemb, void *userp)
     size_t n = size * nmemb;
     s->headers_done = true;
     if (s->off == s->len) s->off = s->len = 0; /* everything was read: start over */
-    buf_add(&s->body, &s->len, &s->cap, data, n);
+    util_buf_add(&s->body, &s->len, &s->cap, data, n);
     return n;
 }
 
@@ -410,7 +396,7 @@ static size_t stream_on_header(char *data, size_t size, size_t nmemb, void *user
         s->too_large = true;
         return 0;
     }
-    buf_add(&s->hdrs, &s->hlen, &s->hcap, data, n);
+    util_buf_add(&s->hdrs, &s->hlen, &s->hcap, data, n);
     return n;
 }
 
@@ -670,7 +656,7 @@ static size_t async_on_header(char *data, size_t size, size_t nmemb, void *userp
         a->too_large = true;
         n = 0; /* aborts the transfer */
     } else {
-        buf_add(&a->hdrs, &a->hlen, &a->hcap, data, n);
+        util_buf_add(&a->hdrs, &a->hlen, &a->hcap, data, n);
     }
     pthread_mutex_unlock(&a->mu);
     return n;
@@ -696,7 +682,7 @@ static size_t async_on_body(char *data, size_t size, size_t nmemb, void *userp)
         a->len = held;
         a->off = 0;
     }
-    buf_add(&a->buf, &a->len, &a->cap, data, n);
+    util_buf_add(&a->buf, &a->len, &a->cap, data, n);
     a_later(a);
     pthread_mutex_unlock(&a->mu);
     return n;
@@ -1184,7 +1170,7 @@ static void direct_head(void *ctx, long status, const char *hdrs, size_t len)
     pthread_mutex_lock(&a->mu);
     a->status = status;
     a->hlen = 0;
-    buf_add(&a->hdrs, &a->hlen, &a->hcap, hdrs, len);
+    util_buf_add(&a->hdrs, &a->hlen, &a->hcap, hdrs, len);
     a->headers_done = true;
     a_later(a);
     pthread_mutex_unlock(&a->mu);
@@ -1202,7 +1188,7 @@ static bool direct_body(void *ctx, const char *data, size_t n)
         a->len = held;
         a->off = 0;
     }
-    buf_add(&a->buf, &a->len, &a->cap, data, n);
+    util_buf_add(&a->buf, &a->len, &a->cap, data, n);
     a_later(a);
     bool more = a->len - a->off < HTTPC_ASYNC_BUFFER;
     if (!more) a->paused = true;

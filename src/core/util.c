@@ -236,6 +236,19 @@ uint64_t util_fnv1a(uint64_t h, const void *data, size_t n)
     return h;
 }
 
+void util_buf_add(char **buf, size_t *len, size_t *cap, const void *data, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t c = *cap ? *cap : 1024;
+        while (c < *len + n + 1) c *= 2;
+        *buf = xrealloc(*buf, c);
+        *cap = c;
+    }
+    if (n) memcpy(*buf + *len, data, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+}
+
 void util_free_secret(char *s)
 {
     if (!s) return;

@@ -48,6 +48,9 @@ char *util_read_file(const char *path, size_t cap, size_t *len);
 #define UTIL_FNV_BASIS 14695981039346656037ULL
 #define UTIL_FNV_PRIME 1099511628211ULL
 uint64_t util_fnv1a(uint64_t h, const void *data, size_t n);
+/* Append n bytes to the heap buffer *buf of *len bytes in *cap (all 0/NULL to start), growing
+ * it (doubling, from 1 KiB) and keeping it NUL-terminated. Unbounded: the caller caps *len. */
+void util_buf_add(char **buf, size_t *len, size_t *cap, const void *data, size_t n);
 /* Overwrite the NUL-terminated secret s (a key, a token) and free it; NULL is fine. */
 void util_free_secret(char *s);
 /* Write atomically (temp file + rename) with the given mode. 0 or -1 with errno. */
