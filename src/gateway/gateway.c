@@ -638,12 +638,15 @@ typedef struct replay {
     char *url, *body;            /* body: an ai backend's rewritten one; NULL: the request's */
     char **lines;                /* header lines, NULL-terminated */
     const gw_route *rt;          /* its codes and backoff (the configuration outlives the request) */
+    size_t base_len;             /* url starts with the backend's base URL, this long */
+    size_t last;                 /* of several backends (rt->backend.urls), the last one tried */
+    uint32_t tried;              /* ... and all tried so far */
     unsigned left;               /* tries left */
     const atomic_bool *stopping; /* the gateway's: a backoff is cut short */
 } replay;
 
-/* req's copy for later tries; owned_body (may be NULL) is taken over. */
-static replay *replay_new(const httpc_request *req, const gw_route *rt, char *owned_body,
+/* req's copy for later tries, its URL starting with base; owned_body (may be NULL) is taken over. */
+static replay *replay_new(const httpc_request *req, const gw_route *rt, const char *base, char *owned_body,
                           const atomic_bool *stopping)
 {
     replay *rp = xcalloc(1, sizeof *rp);
@@ -656,9 +659,46 @@ static replay *replay_new(const httpc_request *req, const gw_route *rt, char *ow
     rp->req.headers = (const char *const *)rp->lines;
     if (owned_body) rp->req.body = rp->body = owned_body;
     rp->rt = rt;
+    rp->base_len = strlen(base);
+    for (rp->last = 0; rp->last < rt->backend.n_urls; rp->last++)
+        if (rt->backend.urls[rp->last] == base) break;
+    if (rp->last < rt->backend.n_urls) rp->tried = 1u << rp->last;
     rp->left = rt->retry_attempts;
     rp->stopping = stopping;
     return rp;
+}
+
+static uint64_t trace_rand(void);
+
+/* Of several backends, the next try goes to one not tried yet (by weight), or once all have been,
+ * to any other than the last: a backend that failed is not asked again while another may answer.
+ * Not with urlRewrite.authority, whose Host was made for the first one's address. */
+static void replay_next_backend(replay *rp)
+{
+    const gw_backend *b = &rp->rt->backend;
+    if (b->n_urls < 2 || rp->last >= b->n_urls || rp->rt->rewrite_host || rp->rt->rewrite_port) return;
+    unsigned long total = 0;
+    for (size_t i = 0; i < b->n_urls; i++)
+        if (!(rp->tried >> i & 1)) total += b->weights[i];
+    if (!total) { /* all tried: start over, but not with the last one */
+        rp->tried = 1u << rp->last;
+        for (size_t i = 0; i < b->n_urls; i++)
+            if (!(rp->tried >> i & 1)) total += b->weights[i];
+        if (!total) return; /* no other has a weight */
+    }
+    unsigned long x = (unsigned long)(trace_rand() % total);
+    size_t pick = 0;
+    for (; pick < b->n_urls; pick++) {
+        if (rp->tried >> pick & 1) continue;
+        if (x < b->weights[pick]) break;
+        x -= b->weights[pick];
+    }
+    rp->tried |= 1u << pick;
+    rp->last = pick;
+    char *url = xasprintf("%s%s", b->urls[pick], rp->url + rp->base_len);
+    free(rp->url);
+    rp->req.url = rp->url = url;
+    rp->base_len = strlen(b->urls[pick]);
 }
 
 static void replay_free(replay *rp)
@@ -1010,6 +1050,7 @@ static int send_again(http_req *r, pstream *p)
     replay *rp = p->rp;
     bool on_loop = http_loop_state() != NULL;
     char err[300];
+    replay_next_backend(rp);
     p->a = httpc_async_start_on(client_for(rp->rt), &rp->req, proxy_notify, p, err, sizeof err);
     if (!p->a) log_msg(LOG_WARN, "upstream_failed", "route %s: %s", p->route, err);
     else if (on_loop) return proxy_try(r, p) ? 1 : -1;
@@ -1262,7 +1303,7 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
     snprintf(p->route, sizeof p->route, "%s", rt->name);
     p->a = httpc_async_start_on(client_for(rt), &req, proxy_notify, p, err, sizeof err); /* copies */
     if (rt->retry_attempts && !p->body) { /* a streamed body cannot be sent twice */
-        p->rp = replay_new(&req, rt, owned, &sv->gw->stopping);
+        p->rp = replay_new(&req, rt, base, owned, &sv->gw->stopping);
         owned = NULL;
     }
     free(owned);

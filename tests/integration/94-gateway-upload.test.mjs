@@ -148,6 +148,10 @@ before(async () => {
       matches: [{path: {pathPrefix: /down}}]
       backends: [{host: "127.0.0.1:${closedPort}"}]
       policies: {retry: {attempts: 2, codes: [503]}}
+    - name: failover
+      matches: [{path: {pathPrefix: /failover}}]
+      backends: [{host: "127.0.0.1:${closedPort}", weight: 1}, {host: "${host}", weight: 1}]
+      policies: {retry: {attempts: 1, codes: [503]}}
     - name: limited
       matches: [{path: {pathPrefix: /limited}}]
       backends: [{host: "${host}"}]
@@ -382,6 +386,14 @@ test('retry: a listed status is tried again with the same body, up to attempts m
   r = await request(`${G.url}/down/x`);
   assert.equal(r.status, 502, 'an upstream that cannot be reached: tried 3 times, then 502');
   await waitFor(() => (G.logs().match(/"upstream_retry"/g) ?? []).length - before === 2, 5000, 'two retries logged');
+  // Of two backends, one down: a try that found it down goes to the other, so all 20 pass
+  // (with the retry sent to the same backend about half would fail).
+  const before2 = (G.logs().match(/"upstream_retry"/g) ?? []).length;
+  const codes = [];
+  for (let i = 0; i < 20; i++) codes.push((await request(`${G.url}/failover/x${i}`)).status);
+  assert.deepEqual(codes, Array(20).fill(200), 'a retry goes to the backend not tried yet');
+  const retried = (G.logs().match(/"upstream_retry"/g) ?? []).length - before2;
+  assert.ok(retried >= 1 && retried <= 19, `some first tries met the backend that is down (${retried})`);
   const c = upload('/flaky/streamed', { id: 'retry-streamed', headers: { 'x-fail': '1' } });
   await c.write(Buffer.alloc(MiB, 11));
   c.req.end();
