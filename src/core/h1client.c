@@ -11,6 +11,7 @@
  * event later in the same batch never names freed memory.
  */
 #include "core/h1client.h"
+#include "core/resolve.h"
 #include "core/util.h"
 
 #include <arpa/inet.h>
@@ -33,8 +34,9 @@ typedef struct conn conn;
 typedef struct dest dest;
 
 struct dest {                   /* one destination and its idle connections, newest first */
-    struct sockaddr_storage addr;
-    socklen_t addr_len;
+    struct sockaddr_storage addr[H1_MAX_ADDRS];
+    socklen_t addr_len[H1_MAX_ADDRS];
+    size_t n_addrs, good;       /* good: the address the last new connection went to */
     conn *idle_head, *idle_tail;
     size_t n_idle;
 };
@@ -47,6 +49,7 @@ struct conn {
     int64_t idle_since;
     uint32_t events;            /* what epoll watches; meaningful while in_set */
     bool in_set, connecting, reused;
+    size_t addr_i;              /* which of d's addresses */
     char *hbuf;                 /* the answer's header block as it comes (kept for the next) */
     size_t hlen, hcap;
 };
@@ -65,6 +68,7 @@ struct h1_xfer {
     bool queued, begun, done, held, answered, resent, head_only, interim, complete, keep,
          too_large;
     int hstate;                 /* header parsing: 0 none yet, 1 in a name, 2 in a value */
+    size_t attempts;            /* addresses tried for the connection it waits for */
     size_t out_len, out_off;
     char out[];                 /* the request as it goes out */
 };
@@ -92,8 +96,7 @@ bool h1_target_parse(const char *url, h1_target *t)
 {
     if (!url || strncmp(url, "http://", 7) != 0) return false;
     const char *h = url + 7, *end = h + strcspn(h, "/?#");
-    memset(t, 0, sizeof *t);
-    char host[INET6_ADDRSTRLEN];
+    char host[256];
     const char *hend, *port = NULL;
     bool v6 = *h == '[';
     if (v6) {
@@ -112,6 +115,8 @@ bool h1_target_parse(const char *url, h1_target *t)
     if (hend - h <= 0 || (size_t)(hend - h) >= sizeof host) return false;
     memcpy(host, h, (size_t)(hend - h));
     host[hend - h] = '\0';
+    if (!v6 && host[strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")])
+        return false; /* userinfo, percent-encoding, ...: libcurl's */
     unsigned long p = 80;
     if (port) {
         if (port == end || end - port > 5) return false;
@@ -122,19 +127,12 @@ bool h1_target_parse(const char *url, h1_target *t)
         }
         if (p == 0 || p > 65535) return false;
     }
-    if (v6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&t->addr;
-        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) return false;
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons((uint16_t)p);
-        t->addr_len = sizeof *a;
-    } else {
-        struct sockaddr_in *a = (struct sockaddr_in *)&t->addr;
-        if (inet_pton(AF_INET, host, &a->sin_addr) != 1) return false; /* a name: not ours */
-        a->sin_family = AF_INET;
-        a->sin_port = htons((uint16_t)p);
-        t->addr_len = sizeof *a;
+    if (v6) { /* a literal, nothing else, between brackets */
+        struct in6_addr a;
+        if (inet_pton(AF_INET6, host, &a) != 1) return false;
     }
+    t->n_addrs = resolve_cached(host, (unsigned)p, t->addr, t->addr_len, H1_MAX_ADDRS);
+    if (!t->n_addrs) return false;
     const char *hb = v6 ? "[" : "", *he = v6 ? "]" : "";
     if (p == 80) snprintf(t->authority, sizeof t->authority, "%s%s%s", hb, host, he);
     else snprintf(t->authority, sizeof t->authority, "%s%s%s:%lu", hb, host, he, p);
@@ -334,6 +332,7 @@ static void resend(h1_xfer *x)
     x->c = NULL;
     x->resent = true;
     x->out_off = 0;
+    x->attempts = 0;
     open_for(x);
 }
 
@@ -407,40 +406,63 @@ static void send_on(h1_xfer *x, conn *c)
     if (!x->held) set_events(x->P, c, EPOLLIN);
 }
 
+static bool same_addrs(const dest *d, const h1_target *t)
+{
+    if (d->n_addrs != t->n_addrs) return false;
+    for (size_t i = 0; i < t->n_addrs; i++)
+        if (d->addr_len[i] != t->addr_len[i] || memcmp(&d->addr[i], &t->addr[i], t->addr_len[i])) return false;
+    return true;
+}
+
+/* The destination of t's addresses (a name that resolves otherwise later is another one). */
 static dest *dest_for(h1_pool *P, const h1_target *t)
 {
     for (size_t i = 0; i < P->n_dests; i++)
-        if (P->dests[i]->addr_len == t->addr_len && !memcmp(&P->dests[i]->addr, &t->addr, t->addr_len))
-            return P->dests[i];
+        if (same_addrs(P->dests[i], t)) return P->dests[i];
     dest *d = xcalloc(1, sizeof *d);
-    memcpy(&d->addr, &t->addr, t->addr_len);
-    d->addr_len = t->addr_len;
+    d->n_addrs = t->n_addrs < H1_MAX_ADDRS ? t->n_addrs : H1_MAX_ADDRS;
+    memcpy(d->addr, t->addr, d->n_addrs * sizeof d->addr[0]);
+    memcpy(d->addr_len, t->addr_len, d->n_addrs * sizeof d->addr_len[0]);
     P->dests = xrealloc(P->dests, (P->n_dests + 1) * sizeof *P->dests);
     P->dests[P->n_dests++] = d;
     return d;
 }
 
-/* A new connection for x (it sends once connected). */
+/* Connecting failed: the next address, if one is left untried, else the end. */
+static void connect_failed(h1_xfer *x)
+{
+    if (x->c) {
+        conn_close(x->P, x->c);
+        x->c = NULL;
+    }
+    if (++x->attempts < x->d->n_addrs) open_for(x);
+    else finish(x, H1_CONNECT, false);
+}
+
+/* A new connection for x (it sends once connected), to the address that took the last one
+ * (x->attempts further on after a failure). */
 static void open_for(h1_xfer *x)
 {
     h1_pool *P = x->P;
     dest *d = x->d;
-    int fd = socket(d->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    size_t i = (d->good + x->attempts) % d->n_addrs;
+    int fd = socket(d->addr[i].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        finish(x, H1_CONNECT, false);
+        connect_failed(x);
         return;
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    int rc = connect(fd, (const struct sockaddr *)&d->addr, d->addr_len);
+    int rc = connect(fd, (const struct sockaddr *)&d->addr[i], d->addr_len[i]);
     if (rc != 0 && errno != EINPROGRESS) {
         close(fd);
-        finish(x, H1_CONNECT, false);
+        connect_failed(x);
         return;
     }
     conn *c = xcalloc(1, sizeof *c);
     c->fd = fd;
     c->d = d;
+    c->addr_i = i;
     c->x = x;
     x->c = c;
     P->opened++;
@@ -451,9 +473,10 @@ static void open_for(h1_xfer *x)
         set_events(P, c, EPOLLOUT);
         int64_t left = x->deadline < 0 ? H1_CONNECT_MS : x->deadline - now_ms();
         timer_set(P, x, now_ms() + (left < H1_CONNECT_MS ? left : H1_CONNECT_MS));
-        if (!c->in_set) finish(x, H1_CONNECT, false);
+        if (!c->in_set) connect_failed(x);
         return;
     }
+    d->good = i;
     send_on(x, c);
 }
 
@@ -633,11 +656,12 @@ void h1_pool_event(h1_pool *P, uint64_t data, uint32_t events)
         socklen_t len = sizeof err;
         if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
         if (err || (events & (EPOLLERR | EPOLLHUP))) {
-            finish(x, H1_CONNECT, false);
+            connect_failed(x);
             return;
         }
         if (!(events & EPOLLOUT)) return;
         c->connecting = false;
+        c->d->good = c->addr_i;
         timer_set(P, x, -1);
         send_on(x, c);
         return;

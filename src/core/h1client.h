@@ -1,12 +1,13 @@
 /* h1client — plain HTTP/1.1 exchanges on kept-alive connections, driven by one event loop.
  *
- * What http_client's loop transfers (httpc_async_start_on) use for an upstream at http:// and a
- * literal address, the reverse proxy's common case: the request goes out in one send on a
+ * What http_client's loop transfers (httpc_async_start_on) use for an upstream at http://, the
+ * reverse proxy's common case: the request goes out in one send on a
  * connection kept from an earlier exchange, the answer is parsed by http_parser
  * (libhttp-parser), and nothing else runs: no handle to set up, no URL or header list to copy,
  * no poll to see whether a kept connection still lives (a server that closed it is seen by the
- * loop's epoll while the connection idles). https, names to resolve and request bodies that
- * stream stay with libcurl.
+ * loop's epoll while the connection idles). A host name is looked up in core/resolve's cache,
+ * never waited for: until it is known the caller goes its other way. https and request bodies
+ * that stream stay with libcurl.
  *
  * Usage (on the loop's thread)
  *     h1_pool *P = h1_pool_new(ep);                   // ep: the loop's epoll set
@@ -46,6 +47,8 @@
  *  - Errors: the kind in end's result; never the request's or answer's bytes.
  *  - Bounds. The answer's header block: H1_MAX_HEADERS bytes (else H1_TOO_LARGE); connecting:
  *    at most H1_CONNECT_MS, and within the exchange's timeout.
+ *  - Several addresses (a name): a new connection goes to the one that took the last, and when
+ *    that one refuses or fails to connect, to the next, each once; then H1_CONNECT.
  */
 #ifndef AGENTID_CORE_H1CLIENT_H
 #define AGENTID_CORE_H1CLIENT_H
@@ -71,17 +74,21 @@ typedef enum {
     H1_TOO_LARGE,   /* the header block passed H1_MAX_HEADERS */
 } h1_result;
 
-/* Where a URL sends a request: its address, the Host header it implies and its target. */
+/* Where a URL sends a request: its addresses, the Host header it implies and its target. */
+#define H1_MAX_ADDRS 4
 typedef struct {
-    struct sockaddr_storage addr;
-    socklen_t addr_len;
-    char authority[64];         /* "127.0.0.1:8080", "[::1]:8080"; no port when it is 80 */
+    struct sockaddr_storage addr[H1_MAX_ADDRS];
+    socklen_t addr_len[H1_MAX_ADDRS];
+    size_t n_addrs;
+    char authority[272];        /* "127.0.0.1:8080", "[::1]:8080", "api.internal"; no port if 80 */
     const char *target;         /* inside the URL: "/path?query" ("" stands for "/") */
     size_t target_len;          /* up to any "#fragment" */
 } h1_target;
 
-/* True if url is "http://" + an IPv4 literal or a bracketed IPv6 literal, an optional port and
- * a path: what h1 can reach without resolving a name. t->target points into url. Thread-safe. */
+/* True if url is "http://" + a host (an IPv4 literal, a bracketed IPv6 literal or a name), an
+ * optional port and a path, and the host's addresses are known now: a literal always, a name
+ * once resolve_cached has it (the first asks start its lookup and are false). t->target points
+ * into url. Thread-safe. */
 bool h1_target_parse(const char *url, h1_target *t);
 
 typedef struct {

@@ -1103,6 +1103,12 @@ httpc_async *httpc_async_start(const httpc_request *req, void (*notify)(void *ct
  * The same transfers, but the owner's thread is the loop thread: commands are carried out at
  * once instead of being queued, and nobody writes an eventfd. */
 
+void httpc_prepare(const char *url)
+{
+    h1_target t;
+    (void)h1_target_parse(url, &t); /* a name not known yet: its lookup starts */
+}
+
 httpc_loop *httpc_loop_new(void)
 {
     httpc_loop *L = xcalloc(1, sizeof *L);

@@ -15,7 +15,8 @@
  *    event-driven servers; see below.
  *  - Only this module includes <curl/curl.h>.
  *  - Direct transfers: on a loop of the caller's (httpc_async_start_on with a loop), a request to
- *    http:// and a literal address whose body is in memory (no body_read) does not go through
+ *    http:// whose body is in memory (no body_read) and whose host is an address, or a name
+ *    core/resolve has looked up already (httpc_prepare starts that early), does not go through
  *    libcurl but through core/h1client (one send on a kept connection, http_parser for the
  *    answer): a reverse proxy's hot path. It behaves as described here for every transfer
  *    (states, notify, buffering and backpressure, timeouts, errors as the same httpc_result
@@ -193,7 +194,8 @@ void httpc_async_close(httpc_async *a);
  * loop must run anyway (-1: no timer), libcurl's timers (connection phase, timeouts, starts).
  * Everything else (buffering, backpressure, timeouts, errors, notify's once-per-round) is as
  * for httpc_async_start. httpc_async_start_on with L NULL is httpc_async_start.
- * Direct transfers (http:// to a literal address, body in memory; see h1client.h) share the
+ * Direct transfers (http://, body in memory, the host a literal address or a name resolved in
+ * the background; see h1client.h) share the
  * loop's epoll descriptor, and httpc_loop_timeout covers them. They differ from libcurl's in
  * these points: a request goes out with Content-Length (never "Expect: 100-continue"), a
  * caller's Content-Length and Transfer-Encoding lines are dropped (the body's framing is the
@@ -215,6 +217,11 @@ typedef struct httpc_loop httpc_loop;
  * httpc_async_body_ready: on a loop (httpc_async_start_on), from the loop's thread outside
  * notify and body_read; on the client thread's transfers, from any thread. */
 void httpc_async_body_ready(httpc_async *a);
+
+/* Start looking up url's host name in the background (core/resolve), so that loop transfers to
+ * it go direct from the first request on (until it is known they go through libcurl). For a
+ * server's configured upstreams, at start-up and reload. Never blocks; any URL is fine. */
+void httpc_prepare(const char *url);
 
 httpc_loop *httpc_loop_new(void);          /* NULL if curl or epoll could not be set up */
 int httpc_loop_fd(const httpc_loop *L);

@@ -119,6 +119,19 @@ static void warn_exposed(const gw_config *c, const gateway *gw)
                     "(config.allowNonLoopback)", c->binds[i].address, c->binds[i].port);
 }
 
+/* Look up the host names of c's host backends now, so that their first requests already go
+ * the direct way (http_client.h, httpc_prepare). */
+static void prepare_upstreams(const gw_config *c)
+{
+    for (size_t i = 0; i < c->n_binds; i++)
+        for (size_t k = 0; k < c->binds[i].n_routes; k++) {
+            const gw_backend *b = &c->binds[i].routes[k].backend;
+            if (b->kind != GW_BACKEND_HOST) continue;
+            if (b->base_url) httpc_prepare(b->base_url);
+            for (size_t u = 0; u < b->n_urls; u++) httpc_prepare(b->urls[u]);
+        }
+}
+
 /* Parse the file again and swap it in if it loads and fits the running servers. */
 static void reload(gateway *gw, const char *why)
 {
@@ -168,6 +181,7 @@ static void reload(gateway *gw, const char *why)
         }
     }
     warn_exposed(c, gw);
+    prepare_upstreams(c);
     size_t routes = 0;
     for (size_t i = 0; i < c->n_binds; i++) routes += c->binds[i].n_routes;
     log_msg(LOG_INFO, "config_loaded", "%s (%s): %zu routes", gw->path, why, routes);
@@ -1663,6 +1677,7 @@ int gateway_main(int argc, char **argv)
     }
     gw.cur = c;
     warn_exposed(c, &gw);
+    prepare_upstreams(c);
 
     gw.servers = xcalloc(c->n_binds, sizeof *gw.servers);
     for (size_t i = 0; i < c->n_binds; i++) {

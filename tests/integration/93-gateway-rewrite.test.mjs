@@ -60,6 +60,9 @@ const config = (up, up2) => `binds:
     - name: plain
       matches: [{path: {pathPrefix: /plain}}]
       backends: [{host: "${up}"}]
+    - name: named
+      matches: [{path: {pathPrefix: /named}}]
+      backends: [{host: "localhost:${up.split(':').pop()}"}]
     - name: maintenance
       matches: [{path: {pathPrefix: /down}}]
       policies:
@@ -154,6 +157,18 @@ test('urlRewrite.authority: the Host the upstream gets (full, or host and port o
     assert.equal(rec.last().headers.host, host, path);
     assert.equal(rec.last().path, seenPath, path);
     assert.equal(rec.last().headers['x-forwarded-host'], 'client.example', 'the client\'s stays in X-Forwarded-Host');
+  }
+});
+
+test('a backend by host name (localhost, from /etc/hosts: 127.0.0.1 first) answers as one by address', async () => {
+  const upPort = rec.url.split(':').pop();
+  for (let i = 0; i < 10; i++) {
+    const r = await request(`${G.url}/named/${i}?n=${i}`, { method: i % 2 ? 'POST' : 'GET', body: i % 2 ? `body ${i}` : undefined });
+    assert.equal(r.status, 201, r.text);
+    assert.equal(rec.last().path, `/named/${i}`);
+    assert.deepEqual(rec.last().query, { n: String(i) });
+    assert.equal(rec.last().headers.host, `localhost:${upPort}`, 'Host as the backend names it');
+    if (i % 2) assert.equal(rec.last().body, `body ${i}`);
   }
 });
 

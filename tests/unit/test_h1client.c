@@ -220,12 +220,14 @@ static void test_target_parse(void **state)
     assert_int_equal(t.target_len, 0);
     assert_true(h1_target_parse("http://[::1]:9000/x", &t));
     assert_string_equal(t.authority, "[::1]:9000");
-    assert_int_equal(t.addr.ss_family, AF_INET6);
+    assert_int_equal(t.n_addrs, 1);
+    assert_int_equal(t.addr[0].ss_family, AF_INET6);
     assert_true(h1_target_parse("http://[::1]/", &t));
     assert_string_equal(t.authority, "[::1]");
-    /* not h1's: names, https, userinfo, bad ports */
-    assert_false(h1_target_parse("http://localhost:8080/", &t));
+    /* not h1's: https, userinfo, bad ports, a name in brackets */
     assert_false(h1_target_parse("https://127.0.0.1/", &t));
+    assert_false(h1_target_parse("http://[localhost]/", &t));
+    assert_false(h1_target_parse("http://a%41.example/", &t));
     assert_false(h1_target_parse("http://user@127.0.0.1/", &t));
     assert_false(h1_target_parse("http://127.0.0.1:0/", &t));
     assert_false(h1_target_parse("http://127.0.0.1:65536/", &t));
@@ -238,6 +240,59 @@ static void test_target_parse(void **state)
 }
 
 /* Three exchanges, one connection; the request as the caller's headers and h1's rules make it. */
+/* A name (from /etc/hosts): not known at first (its lookup starts), then its addresses, IPv4
+ * first. */
+static void test_target_names(void **state)
+{
+    (void)state;
+    h1_target t;
+    double until = now_ms() + 5000;
+    while (!h1_target_parse("http://localhost:8080/x", &t) && now_ms() < until) sleep_ms(10);
+    assert_true(t.n_addrs >= 1);
+    assert_string_equal(t.authority, "localhost:8080");
+    assert_int_equal(t.addr[0].ss_family, AF_INET);
+    const struct sockaddr_in *a = (const struct sockaddr_in *)&t.addr[0];
+    assert_int_equal(ntohl(a->sin_addr.s_addr), INADDR_LOOPBACK);
+    assert_int_equal(ntohs(a->sin_port), 8080);
+    assert_true(h1_target_parse("http://LOCALHOST/", &t)); /* the same name, known now */
+    assert_string_equal(t.authority, "LOCALHOST");
+    assert_int_equal(ntohs(((const struct sockaddr_in *)&t.addr[0])->sin_port), 80);
+    /* (A name that does not resolve is not tried here: its lookup would ask a DNS server, and
+     * tests talk to 127.0.0.1 only.) */
+}
+
+/* Of several addresses, one refusing: the next takes the connection, and later connections go
+ * to that one first. */
+static void test_address_fallback(void **state)
+{
+    (void)state;
+    int s = socket(AF_INET, SOCK_STREAM, 0); /* bound, not listening: connecting is refused */
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(s, (struct sockaddr *)&a, &al), 0);
+    h1_target t = {.n_addrs = 2, .target = "/close", .target_len = 6};
+    memcpy(&t.addr[0], &a, sizeof a);
+    a.sin_port = htons((uint16_t)up.port);
+    memcpy(&t.addr[1], &a, sizeof a);
+    t.addr_len[0] = t.addr_len[1] = sizeof a;
+    snprintf(t.authority, sizeof t.authority, "backend.test");
+    h1_request rq = {.timeout_ms = 2000};
+    for (int i = 0; i < 2; i++) {
+        size_t opened = h1_pool_opened(P);
+        outcome o = {0};
+        h1_xfer *x = h1_start(P, &t, &rq, &events, &o);
+        run(&o.ends, 3000);
+        h1_close(x);
+        assert_int_equal(o.result, H1_OK);
+        assert_string_equal(o.body, "ok");
+        free(o.body);
+        if (i == 1) assert_int_equal(h1_pool_opened(P), opened + 1); /* straight to the good one */
+    }
+    assert_non_null(strstr(seen, "\r\nHost: backend.test\r\n"));
+    close(s);
+}
+
 static void test_keepalive_and_request(void **state)
 {
     (void)state;
@@ -458,6 +513,8 @@ int main(void)
     if (!test_upstream_start(&up)) return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_target_parse),
+        cmocka_unit_test(test_target_names),
+        cmocka_unit_test_setup_teardown(test_address_fallback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_and_request, setup, teardown),
         cmocka_unit_test_setup_teardown(test_post_and_chunked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_closes, setup, teardown),
