@@ -1388,11 +1388,12 @@ typedef struct {
     int64_t t0;
 } route_ctx;
 
-/* jwtAuth (with the claims of a cached token in *cached, if any), authorization, then the
+/* jwtAuth (with the claims of a token that passed already in *cached, or the verdict on one
+ * that was refused already in *refused; else it is checked here), authorization, then the
  * backend. may_block: on a worker, where checking a token in full (which may fetch the JWKS),
  * MCP calls and waiting for an upstream are allowed. True if the answer comes later (the
  * proxy waits for the upstream; its log line is written then). */
-static bool serve_checked(const route_ctx *c, http_req *r, jwt *cached, bool may_block)
+static bool serve_checked(const route_ctx *c, http_req *r, jwt *cached, const verdict *refused, bool may_block)
 {
     gw_route *rt = c->rt;
     jwt t = {0};
@@ -1401,6 +1402,7 @@ static bool serve_checked(const route_ctx *c, http_req *r, jwt *cached, bool may
     if (rt->jwt) {
         verdict v = {0};
         if (cached) t = *cached, validated = true;
+        else if (refused) v = *refused;
         else if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
         else {
             int rc = check_token(c->sv->gw, c->scope, rt, token, &t, &v, may_block);
@@ -1447,7 +1449,7 @@ end:
 static void serve_deferred(http_req *r, void *arg, bool cancelled)
 {
     route_ctx *c = arg;
-    if (!cancelled) serve_checked(c, r, NULL, true); /* answers before it returns */
+    if (!cancelled) serve_checked(c, r, NULL, NULL, true); /* answers before it returns */
     log_line(r, c->t0);
     free(c);
 }
@@ -1495,19 +1497,28 @@ static bool serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r
     route_ctx c = {.sv = sv, .rt = rt, .m = m, .scope = scope, .t0 = t0};
     const char *token = bearer(r);
     jwt t = {0};
-    bool cached = rt->jwt && token && token_cached(sv->gw, scope, rt, token, &t);
-    /* MCP calls block, and so may a token's first check (a JWKS fetch): a worker's job. Not for
-     * a streamed body (early checked the token already, with the keys at hand). */
-    if (!http_req_body_streamed(r) && (rt->backend.kind == GW_BACKEND_MCP || (rt->jwt && token && !cached))) {
+    verdict v = {0};
+    bool streamed = http_req_body_streamed(r), mcp = rt->backend.kind == GW_BACKEND_MCP;
+    bool passed = rt->jwt && token && token_cached(sv->gw, scope, rt, token, &t), refused = false;
+    /* A token seen for the first time is checked here when its keys are at hand (an RSA
+     * verification, tens of µs); only one whose keys must be fetched goes to a worker with its
+     * request, as do MCP calls, which block. Not for a streamed body: early checked its token. */
+    if (rt->jwt && token && !passed && !mcp && !streamed) {
+        int rc = check_token(sv->gw, scope, rt, token, &t, &v, false);
+        passed = rc == 0;
+        refused = rc < 0;
+        if (!passed) jwt_clear(&t);
+    }
+    if (!streamed && (mcp || (rt->jwt && token && !passed && !refused))) {
         jwt_clear(&t);
         route_ctx *d = xmalloc(sizeof *d);
         *d = c;
         if (http_defer(r, serve_deferred, d)) return true;
         free(d); /* no workers (not expected): inline */
-        return serve_checked(&c, r, NULL, true);
+        return serve_checked(&c, r, NULL, NULL, true);
     }
-    /* may_block false: a token not in the cache is checked without fetching keys */
-    return serve_checked(&c, r, cached ? &t : NULL, false);
+    /* may_block false: a token not checked yet is checked without fetching keys */
+    return serve_checked(&c, r, passed ? &t : NULL, refused ? &v : NULL, false);
 }
 
 /* The request's log line, once its answer is made. */

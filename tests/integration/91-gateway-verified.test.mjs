@@ -6,6 +6,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
 import { initDirectory, startIssuer, start, demo, decodeJwt, request } from './harness.mjs';
@@ -13,7 +14,26 @@ import { waitFor } from './tokens.mjs';
 import { appToken, jwtAuthYaml, writeConfig } from './gateway-setup.mjs';
 import { startRecorder } from './sidecar.mjs';
 
-let dir, iss, d, rec, G, cfgFile, tok;
+let dir, iss, d, rec, G, cfgFile, tok, gate;
+
+// An upstream that holds every request (but .../warm) until GATE_N are in at once (or 2 s
+// passed), and says how many it ever held together.
+const GATE_N = 80;
+function startGate() {
+  const held = [];
+  const g = { most: 0 };
+  const release = () => { while (held.length) held.pop().end('{"gate":"open"}'); };
+  g.srv = http.createServer((req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/json' });
+    if (req.url.endsWith('/warm')) { res.end('{}'); return; }
+    held.push(res);
+    g.most = Math.max(g.most, held.length);
+    if (held.length >= GATE_N) release();
+    else setTimeout(() => { if (held.includes(res)) release(); }, 2000);
+  });
+  return new Promise((ok) => g.srv.listen(0, '127.0.0.1', () => { g.host = `127.0.0.1:${g.srv.address().port}`; ok(g); }));
+}
 
 function configYaml(audA) {
   const auth = (aud) => jwtAuthYaml(iss, d, aud);
@@ -32,6 +52,11 @@ function configYaml(audA) {
       backends: [{host: "${rec.url.slice(7)}"}]
       policies:
         ${auth('api://somebody-else')}
+    - name: gate
+      matches: [{path: {pathPrefix: /gate}}]
+      backends: [{host: "${gate.host}"}]
+      policies:
+        ${auth(audA)}
 `;
 }
 
@@ -44,6 +69,7 @@ before(async () => {
   iss = await startIssuer(dir);
   tok = await appToken(iss, dir, d);
   rec = await startRecorder();
+  gate = await startGate();
   cfgFile = join(dir.root, 'gateway.yaml');
   writeConfig(cfgFile, configYaml(d.api.app_id));
   G = await start(['gateway', '--config', cfgFile], { env: { SSL_CERT_FILE: join(dir.dir, 'tls/ca.crt') } });
@@ -53,6 +79,7 @@ after(async () => {
   assert.equal(await G?.stop(), 0, 'clean exit (no leaks under ASan)');
   assert.equal(await iss?.stop(), 0);
   await rec?.close();
+  gate?.srv.close();
   dir?.cleanup();
 });
 
@@ -98,6 +125,16 @@ describe('verified tokens', () => {
     G.proc.kill('SIGHUP');
     await waitFor(async () => (await get('/a/x', tok)).status === 201);
     assert.equal((await get('/a/x', tok)).status, 201);
+  });
+
+  test(`first requests of ${GATE_N} new tokens (keys at hand) are checked at once, not queued for a worker each`, async () => {
+    const toks = [];
+    for (let i = 0; i < GATE_N; i++) toks.push(await appToken(iss, dir, d));
+    assert.equal(new Set(toks).size, GATE_N, 'all different');
+    assert.equal((await get('/gate/warm', tok)).status, 200); // the route's keys fetched
+    const all = await Promise.all(toks.map((t, i) => get(`/gate/${i}`, t)));
+    assert.deepEqual(all.map((r) => r.status), Array(GATE_N).fill(200));
+    assert.equal(gate.most, GATE_N, `all ${GATE_N} reached the upstream together (at most ${gate.most})`);
   });
 
   test('many requests at once with the same token all pass', async () => {
