@@ -30,6 +30,8 @@
 static atomic_int up_gone;       /* /endless connections the upstream saw closed */
 static atomic_int dones;         /* proxied transfers closed by the proxy */
 static atomic_int started;       /* proxied transfers started */
+static atomic_long big_sent;     /* /big bytes the upstream got out */
+#define BIG_SIZE (64L * 1024 * 1024) /* more than every socket buffer on the way holds */
 
 /* ---- the upstream: one thread per connection, keep-alive -------------------------------- */
 
@@ -62,6 +64,17 @@ static bool up_serve(int fd, const char *path, const char *body, size_t blen)
             }
             sleep_ms(20);
         }
+    }
+    if (!strcmp(path, "/big")) { /* BIG_SIZE bytes as fast as they are taken */
+        int k = snprintf(h, sizeof h, "HTTP/1.1 200 OK\r\nContent-Length: %ld\r\n\r\n", BIG_SIZE);
+        if (!send_all(fd, h, (size_t)k)) return false;
+        static char block[65536];
+        memset(block, 'b', sizeof block);
+        for (long off = 0; off < BIG_SIZE; off += (long)sizeof block) {
+            if (!send_all(fd, block, sizeof block)) return false;
+            atomic_store(&big_sent, off + (long)sizeof block);
+        }
+        return true;
     }
     static const char NF[] = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
     return send_all(fd, NF, sizeof NF - 1);
@@ -331,6 +344,36 @@ static void test_client_gone_mid_stream(void **state)
     http_server_stop(s);
 }
 
+/* A client that does not read: the proxy stops reading the upstream (which stalls), holding
+ * only its bounded buffer; once the client reads, all of it comes. */
+static void test_slow_client_holds_upstream(void **state)
+{
+    (void)state;
+    http_server *s = start_proxy(1);
+    atomic_store(&big_sent, 0);
+    int fd = dial(http_server_port(s));
+    static const char RQ[] = "GET /p/big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    assert_true(send_all(fd, RQ, sizeof RQ - 1));
+    sleep_ms(700);
+    long sent = atomic_load(&big_sent);
+    sleep_ms(300);
+    assert_int_equal(atomic_load(&big_sent), sent); /* stuck while the client reads nothing */
+    assert_true(sent < BIG_SIZE);
+    static char buf[1 << 16];
+    long total = 0;
+    char tail[8] = "";
+    ssize_t k;
+    while ((k = recv(fd, buf, sizeof buf, 0)) > 0) {
+        total += k;
+        if (k >= 5) memcpy(tail, buf + k - 5, 5);
+    }
+    close(fd);
+    assert_true(total > BIG_SIZE); /* the body, chunked, and the head */
+    assert_int_equal(atomic_load(&big_sent), BIG_SIZE);
+    assert_memory_equal(tail, "0\r\n\r\n", 5); /* the last chunk: it ended whole */
+    http_server_stop(s);
+}
+
 /* Stopping with a request waiting for its upstream and a stream still running: the first is
  * answered 503, the second cut; both transfers are closed before the loops' clients go. */
 /* Clients that go away (a reset) while their requests wait for the upstream: whether
@@ -415,6 +458,7 @@ int main(void)
         cmocka_unit_test(test_connections_spread),
         cmocka_unit_test(test_slow_upstream_does_not_stall),
         cmocka_unit_test(test_client_gone_mid_stream),
+        cmocka_unit_test(test_slow_client_holds_upstream),
         cmocka_unit_test(test_client_gone_while_waiting),
         cmocka_unit_test(test_stop_with_transfers_in_flight),
         cmocka_unit_test(test_bad_options),
