@@ -1048,6 +1048,8 @@ static bool parse_backend(loader *l, const yaml_node_t *n, gw_route *rt)
     }
     bk->urls = xcalloc(nb, sizeof *bk->urls);
     bk->weights = xcalloc(nb, sizeof *bk->weights);
+    bk->down_until = xcalloc(nb, sizeof *bk->down_until);
+    for (size_t i = 0; i < nb; i++) atomic_init(&bk->down_until[i], 0);
     ITEMS(n, it) {
         size_t i = bk->n_urls++;
         if (!parse_weighted(l, node_at(l, *it), &bk->urls[i], &bk->weights[i])) return false;
@@ -1418,6 +1420,7 @@ static void free_backend(gw_backend *b)
     for (size_t i = 0; i < b->n_urls; i++) free(b->urls[i]);
     free(b->urls);
     free(b->weights);
+    free((void *)b->down_until);
     free(b->ai_name);
     free(b->model);
     free(b->chat_path);

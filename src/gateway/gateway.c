@@ -50,6 +50,7 @@
 #define MAX_UP_HDRS   128                /* request headers forwarded upstream */
 #define VERIFIED_SLOTS 1024              /* tokens remembered as verified (tokcache.h) */
 #define WHOLE_MAX     (16 * 1024)        /* an upstream answer all in by then goes out in one piece */
+#define DOWN_MS 10000                    /* an unreachable backend of several: no first tries */
 #define DEFER_WORKERS 64                 /* threads for MCP calls and token checks that may fetch */
 
 static const char USAGE[] =
@@ -644,6 +645,8 @@ typedef struct {
     size_t pre_len, pre_off;
     http_body *body;             /* the request's body as it arrives (streamed), else NULL */
     struct replay *rp;           /* retry: the request kept to send again; NULL: no retries */
+    const gw_backend *be;        /* of several host backends (be->urls), the one this try went to: */
+    size_t be_i;                 /* ... its index (be NULL: one backend) */
 } pstream;
 
 /* retry: what went upstream, kept to be sent again (a buffered body only). */
@@ -1065,6 +1068,7 @@ static int send_again(http_req *r, pstream *p)
     bool on_loop = http_loop_state() != NULL;
     char err[300];
     replay_next_backend(rp);
+    if (p->be && rp->last < p->be->n_urls) p->be_i = rp->last;
     p->a = httpc_async_start_on(client_for(rp->rt), &rp->req, proxy_notify, p, err, sizeof err);
     if (!p->a) log_msg(LOG_WARN, "upstream_failed", "route %s: %s", p->route, err);
     else if (on_loop) return proxy_try(r, p) ? 1 : -1;
@@ -1090,12 +1094,28 @@ static void retry_later(http_req *r, void *arg, bool cancelled)
     log_line(r, t0);
 }
 
+/* A backend of several that could not be reached, or did not answer in time, gets no first
+ * tries for DOWN_MS (nginx's max_fails=1 fail_timeout=10s): requests go to the others. */
+static void note_outcome(const pstream *p)
+{
+    if (!p->be || httpc_async_poll(p->a) == HTTPC_ASYNC_HEADERS) return;
+    char err[8];
+    httpc_result res = httpc_async_error(p->a, err, sizeof err);
+    if (res != HTTPC_CONNECT && res != HTTPC_TIMEOUT) return;
+    int64_t now = mono_ms();
+    if (atomic_exchange(&p->be->down_until[p->be_i], now + DOWN_MS) <= now)
+        log_msg(LOG_WARN, "backend_down", "route %s: %s %s; no first tries for %d s", p->route, p->be->urls[p->be_i],
+                res == HTTPC_TIMEOUT ? "did not answer in time" : "could not be reached", DOWN_MS / 1000);
+}
+
 /* Try again while the outcome calls for it (retry_due). 0: answer this outcome; 1: the answer
  * comes later (on a loop: the new try is awaited, or the backoff went to a worker); -1: the
- * request was answered. */
+ * request was answered. Every try's outcome is noted (note_outcome) on the way. */
 static int maybe_retry(http_req *r, pstream *p)
 {
-    while (retry_due(p)) {
+    for (;;) {
+        note_outcome(p);
+        if (!retry_due(p)) break;
         replay *rp = p->rp;
         rp->left--;
         bool answered = httpc_async_poll(p->a) == HTTPC_ASYNC_HEADERS;
@@ -1230,15 +1250,24 @@ static void proxy_resumed(http_req *r, void *arg, bool cancelled)
     if (!proxy_try(r, p)) log_line(r, t0);
 }
 
-/* The backend this request goes to: of several, one at random in proportion to its weight. */
-static const char *pick_base(const gw_backend *b)
+/* The backend this request goes to, its index in *i: of several, one at random in proportion
+ * to its weight among those not marked down (note_outcome), or among all if every one is. */
+static const char *pick_base(const gw_backend *b, size_t *i)
 {
+    *i = 0;
     if (!b->n_urls) return b->base_url;
-    unsigned long x = (unsigned long)(trace_rand() % b->total_weight);
-    for (size_t i = 0; i < b->n_urls; i++) {
-        if (x < b->weights[i]) return b->urls[i];
-        x -= b->weights[i];
+    int64_t now = mono_ms();
+    unsigned long total = 0;
+    for (size_t k = 0; k < b->n_urls; k++)
+        if (atomic_load(&b->down_until[k]) <= now) total += b->weights[k];
+    bool all = !total;
+    unsigned long x = (unsigned long)(trace_rand() % (all ? b->total_weight : total));
+    for (*i = 0; *i < b->n_urls; (*i)++) {
+        if (!all && atomic_load(&b->down_until[*i]) > now) continue;
+        if (x < b->weights[*i]) return b->urls[*i];
+        x -= b->weights[*i];
     }
+    *i = 0;
     return b->base_url; /* not reached */
 }
 
@@ -1248,7 +1277,8 @@ static const char *pick_base(const gw_backend *b)
 static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r, const jwt *t, bool strip_auth,
                   int64_t t0, bool may_block)
 {
-    const char *base = pick_base(&rt->backend);
+    size_t be_i;
+    const char *base = pick_base(&rt->backend, &be_i);
     up_headers u; /* not "= {...}": that would clear the arena on every request */
     u.n = u.used = 0;
     u.rt = rt;
@@ -1312,6 +1342,7 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
     }
     p->w = http_req_waker(r);
     p->t0 = t0;
+    if (rt->backend.n_urls) p->be = &rt->backend, p->be_i = be_i;
     p->cors = rt->cors != NULL;
     p->resp_mod = rt->resp_mod;
     snprintf(p->route, sizeof p->route, "%s", rt->name);

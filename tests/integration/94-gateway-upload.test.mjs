@@ -152,6 +152,9 @@ before(async () => {
       matches: [{path: {pathPrefix: /failover}}]
       backends: [{host: "127.0.0.1:${closedPort}", weight: 1}, {host: "${host}", weight: 1}]
       policies: {retry: {attempts: 1, codes: [503]}}
+    - name: twoways
+      matches: [{path: {pathPrefix: /twoways}}]
+      backends: [{host: "127.0.0.1:${closedPort}", weight: 1}, {host: "${host}", weight: 1}]
     - name: limited
       matches: [{path: {pathPrefix: /limited}}]
       backends: [{host: "${host}"}]
@@ -399,4 +402,14 @@ test('retry: a listed status is tried again with the same body, up to attempts m
   c.req.end();
   assert.equal((await c.done).status, 503, 'a streamed body is not sent twice');
   assert.equal(tries.get('retry-streamed'), 1);
+});
+
+test('of several backends, one found unreachable gets no first tries for a while (no retry needed)', async () => {
+  let first502 = -1;
+  for (let i = 0; i < 40 && first502 < 0; i++) if ((await request(`${G.url}/twoways/a${i}`)).status === 502) first502 = i;
+  assert.ok(first502 >= 0, 'a first try met the backend that is down (half of them do)');
+  await waitFor(() => /"backend_down".*twoways.*could not be reached/.test(G.logs()), 5000, 'logged once');
+  const codes = [];
+  for (let i = 0; i < 20; i++) codes.push((await request(`${G.url}/twoways/b${i}`)).status);
+  assert.deepEqual(codes, Array(20).fill(200), 'the next ones all go to the backend that answers');
 });
