@@ -66,7 +66,7 @@ struct h1_xfer {
     h1_xfer *tprev, *tnext;     /* in P's list by due, soonest first, while due >= 0 */
     h1_xfer *qnext;             /* in P's queue of requests to send */
     bool queued, begun, done, held, answered, resent, head_only, interim, complete, keep,
-         too_large;
+         too_large, headed;     /* headed: head told; header lines after it are trailers */
     int hstate;                 /* header parsing: 0 none yet, 1 in a name, 2 in a value */
     size_t attempts;            /* addresses tried for the connection it waits for */
     size_t out_len, out_off;
@@ -266,6 +266,7 @@ static bool hput(h1_xfer *x, const char *s, size_t n)
 static int on_header_field(http_parser *p, const char *at, size_t n)
 {
     h1_xfer *x = p->data;
+    if (x->headed) return 0; /* a chunked body's trailer: not passed on */
     if (x->hstate == 2 && !hput(x, "\r\n", 2)) return 1;
     x->hstate = 1;
     return hput(x, at, n) ? 0 : 1;
@@ -274,6 +275,7 @@ static int on_header_field(http_parser *p, const char *at, size_t n)
 static int on_header_value(http_parser *p, const char *at, size_t n)
 {
     h1_xfer *x = p->data;
+    if (x->headed) return 0;
     if (x->hstate == 1 && !hput(x, ": ", 2)) return 1;
     x->hstate = 2;
     return hput(x, at, n) ? 0 : 1;
@@ -289,6 +291,7 @@ static int on_headers_complete(http_parser *p)
         return 0;
     }
     if (p->upgrade) return 0; /* refused after the run (H1_PROTOCOL) */
+    x->headed = true;
     x->ev.head(x->ctx, (long)p->status_code, x->c->hbuf, x->c->hlen);
     return x->head_only ? 1 : 0; /* 1: no body follows (the answer to HEAD) */
 }
