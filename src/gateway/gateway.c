@@ -1048,15 +1048,17 @@ static void retry_pause(const replay *rp)
     }
 }
 
-/* The HTTP client a transfer to rt's backend goes on. Host backends, on a loop thread: the
- * loop's own client, no other thread involved, and upstream connections kept alive per loop
- * (as nginx's per worker). AI backends, and everything on a deferred worker: the shared client
- * thread, whose one pool of kept-alive connections serves every loop — a provider is far away
- * and its TLS handshake costly, so reusing its connections matters more there than the
- * hand-off between threads. */
+/* The HTTP client a transfer to rt's backend goes on. Host backends, and AI backends over plain
+ * HTTP (a local Ollama), on a loop thread: the loop's own client, no other thread involved, and
+ * upstream connections kept alive per loop (as nginx's per worker). AI backends over https, and
+ * everything on a deferred worker: the shared client thread, whose one pool of kept-alive
+ * connections serves every loop — a provider far away has a costly TLS handshake, so reusing
+ * its connections matters more there than the hand-off between threads. */
 static httpc_loop *client_for(const gw_route *rt)
 {
-    return rt->backend.kind == GW_BACKEND_HOST ? http_loop_state() : NULL;
+    const gw_backend *b = &rt->backend;
+    bool local = b->kind == GW_BACKEND_HOST || (b->kind == GW_BACKEND_AI && !strncmp(b->base_url, "http://", 7));
+    return local ? http_loop_state() : NULL;
 }
 
 /* Send the kept request again. On a loop: 1 if the answer comes later, -1 if the request was
