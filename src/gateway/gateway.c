@@ -120,14 +120,14 @@ static void warn_exposed(const gw_config *c, const gateway *gw)
                     "(config.allowNonLoopback)", c->binds[i].address, c->binds[i].port);
 }
 
-/* Look up the host names of c's host backends now, so that their first requests already go
- * the direct way (http_client.h, httpc_prepare). */
+/* Look up the host names of c's host and ai backends now, so that their first requests already
+ * go the direct way (http_client.h, httpc_prepare; https ones are left alone there). */
 static void prepare_upstreams(const gw_config *c)
 {
     for (size_t i = 0; i < c->n_binds; i++)
         for (size_t k = 0; k < c->binds[i].n_routes; k++) {
             const gw_backend *b = &c->binds[i].routes[k].backend;
-            if (b->kind != GW_BACKEND_HOST) continue;
+            if (b->kind == GW_BACKEND_MCP) continue;
             if (b->base_url) httpc_prepare(b->base_url);
             for (size_t u = 0; u < b->n_urls; u++) httpc_prepare(b->urls[u]);
         }
