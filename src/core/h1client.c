@@ -327,6 +327,7 @@ static const http_parser_settings parse = {
 
 static void send_on(h1_xfer *x, conn *c);
 static void open_for(h1_xfer *x);
+static void read_on(h1_xfer *x, conn *c);
 
 /* Start x over on a new connection: its kept one was closed by the server before any answer. */
 static void resend(h1_xfer *x)
@@ -363,7 +364,8 @@ static void feed(h1_xfer *x, const char *data, size_t n)
     size_t k = http_parser_execute(&x->parser, &parse, data, n);
     enum http_errno e = HTTP_PARSER_ERRNO(&x->parser);
     if (x->too_large || e == HPE_HEADER_OVERFLOW) finish(x, H1_TOO_LARGE, false);
-    else if (x->complete) finish(x, H1_OK, x->keep && k == n);
+    else if (x->complete) /* kept only if nothing else came, nor is still to go: an answer */
+        finish(x, H1_OK, x->keep && k == n && x->out_off == x->out_len); /* before the whole body */
     else if (e != HPE_OK || x->parser.upgrade) finish(x, H1_PROTOCOL, false);
 }
 
@@ -400,9 +402,12 @@ static void send_on(h1_xfer *x, conn *c)
         } else if (n < 0 && errno == EAGAIN) {
             set_events(x->P, c, EPOLLIN | EPOLLOUT);
             return;
-        } else {
-            if (!x->answered && c->reused && !x->resent) resend(x);
-            else finish(x, H1_SEND, false);
+        } else if (!x->answered && c->reused && !x->resent) {
+            resend(x);
+            return;
+        } else { /* the server may have answered already, refusing the rest of the body */
+            read_on(x, c);
+            if (!x->done && x->c == c) finish(x, x->answered ? H1_RECV : H1_SEND, false);
             return;
         }
     }

@@ -494,6 +494,64 @@ static void test_hold_and_resume(void **state)
     free(o.body);
 }
 
+/* A server that answers as soon as it has a request's head, then reads the rest of the body
+ * slowly: the answer is the client's, but the connection is not kept (the rest of the body is
+ * still in it, or still to go). */
+static int early_lfd;
+static atomic_long early_read;
+static void *early_server(void *arg)
+{
+    (void)arg;
+    int fd = accept(early_lfd, NULL, NULL);
+    if (fd < 0) return NULL;
+    char buf[65536];
+    ssize_t k = recv(fd, buf, sizeof buf, 0); /* the head and the body's start */
+    static const char R[] = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly";
+    send_all(fd, R, sizeof R - 1);
+    sleep_ms(300);
+    while (k > 0) { /* then the rest, until the client goes */
+        atomic_fetch_add(&early_read, k);
+        k = recv(fd, buf, sizeof buf, 0);
+    }
+    close(fd);
+    return NULL;
+}
+
+static void test_answer_before_body(void **state)
+{
+    (void)state;
+    early_lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    assert_int_equal(bind(early_lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(early_lfd, 4), 0);
+    assert_int_equal(getsockname(early_lfd, (struct sockaddr *)&a, &al), 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, early_server, NULL), 0);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/upload", ntohs(a.sin_port));
+    h1_target tg;
+    assert_true(h1_target_parse(url, &tg));
+    size_t big = 32u << 20; /* more than the socket buffers on the way take at once */
+    char *body = malloc(big + 1);
+    memset(body, 'u', big);
+    body[big] = '\0';
+    h1_request rq = {.method = "PUT", .body = body, .body_len = big, .timeout_ms = 5000};
+    outcome o = {0};
+    h1_xfer *x = h1_start(P, &tg, &rq, &events, &o);
+    run(&o.ends, 5000);
+    h1_close(x);
+    assert_int_equal(o.ends, 1);
+    assert_int_equal(o.result, H1_OK);
+    assert_string_equal(o.body, "early");
+    free(o.body);
+    assert_int_equal(h1_pool_idle(P), 0); /* not kept: the body had not all gone */
+    pthread_join(t, NULL);
+    assert_true(atomic_load(&early_read) < (long)big);
+    close(early_lfd);
+    free(body);
+}
+
 /* Closed mid-way: no event after, the connection closed (the server sees it go). */
 static void test_close_unfinished(void **state)
 {
@@ -538,6 +596,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timeout_and_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hold_and_resume, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_unfinished, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_answer_before_body, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
