@@ -1324,10 +1324,43 @@ static bool parse_bind(loader *l, const yaml_node_t *n, gw_bind *b)
     return true;
 }
 
+/* config.statsAddr and readinessAddr: "ADDR:PORT", "[V6]:PORT" or a port alone (127.0.0.1), the
+ * address numeric and loopback unless config.allowNonLoopback; *out as http_server listens. */
+static bool parse_addr(loader *l, yaml_node_t *n, const char *what, bool allow_non_loopback, char **out)
+{
+    char *v = NULL, host[64] = "127.0.0.1";
+    if (!str(l, n, what, &v)) return false;
+    const char *port = v, *colon = strrchr(v, ':');
+    bool ok = true;
+    if (colon) {
+        const char *h = v, *he = colon;
+        if (*h == '[' && he > h && he[-1] == ']') h++, he--;
+        ok = he > h && (size_t)(he - h) < sizeof host;
+        if (ok) snprintf(host, sizeof host, "%.*s", (int)(he - h), h);
+        port = colon + 1;
+    }
+    unsigned char buf[16];
+    bool v6 = ok && inet_pton(AF_INET6, host, buf) == 1;
+    ok = ok && (v6 || inet_pton(AF_INET, host, buf) == 1) && *port && strlen(port) <= 5 &&
+         strspn(port, "0123456789") == strlen(port) && atol(port) <= 65535;
+    if (!ok) {
+        free(v);
+        return fail(l, n, "%s: expected ADDRESS:PORT with a numeric address, such as 127.0.0.1:15020", what);
+    }
+    bool loopback = util_str_starts_with(host, "127.") || !strcmp(host, "::1");
+    if (!loopback && !allow_non_loopback) {
+        free(v);
+        return fail(l, n, "%s %s is not a loopback address: set config.allowNonLoopback: true to listen on it", what, host);
+    }
+    *out = xasprintf(v6 ? "[%s]:%s" : "%s:%s", host, port);
+    free(v);
+    return true;
+}
+
 static bool parse_top(loader *l, gw_config *c)
 {
     static const char *const KEYS[] = {"config", "binds", NULL};
-    static const char *const CKEYS[] = {"allowNonLoopback", NULL};
+    static const char *const CKEYS[] = {"allowNonLoopback", "statsAddr", "readinessAddr", NULL};
     yaml_node_t *root = yaml_document_get_root_node(&l->doc), *v;
     if (!root) return fail(l, NULL, "the file is empty");
     if (!map_ok(l, root, "top level", KEYS)) return false;
@@ -1335,6 +1368,11 @@ static bool parse_top(loader *l, gw_config *c)
         yaml_node_t *a;
         if (!map_ok(l, v, "config", CKEYS)) return false;
         if ((a = get(l, v, "allowNonLoopback")) && !boolean(l, a, "config.allowNonLoopback", &c->allow_non_loopback))
+            return false;
+        if ((a = get(l, v, "statsAddr")) && !parse_addr(l, a, "config.statsAddr", c->allow_non_loopback, &c->stats_listen))
+            return false;
+        if ((a = get(l, v, "readinessAddr")) &&
+            !parse_addr(l, a, "config.readinessAddr", c->allow_non_loopback, &c->ready_listen))
             return false;
     }
     yaml_node_t *bs = get(l, root, "binds");
@@ -1486,6 +1524,8 @@ void gw_config_unref(gw_config *c)
         util_free_secret(c->binds[i].tls_key_pem);
     }
     free(c->binds);
+    free(c->stats_listen);
+    free(c->ready_listen);
     free(c->path);
     free(c);
 }

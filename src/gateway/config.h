@@ -210,6 +210,8 @@ typedef struct {
     atomic_int refs;
     char *path;
     bool allow_non_loopback;     /* config.allowNonLoopback */
+    char *stats_listen;          /* config.statsAddr as "ADDR:PORT" ("[V6]:PORT"), or NULL */
+    char *ready_listen;          /* config.readinessAddr, likewise */
     gw_bind *binds;
     size_t n_binds;
 } gw_config;

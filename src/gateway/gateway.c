@@ -26,6 +26,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "gateway/config.h"
+#include "gateway/metrics.h"
 #include "gateway/tokcache.h"
 #include "jose/jwt.h"
 
@@ -66,6 +67,7 @@ typedef struct {
     gateway *gw;
     size_t bind;                 /* index into the configuration's binds */
     char listen[80];
+    unsigned port;               /* the bound port (metrics' bind label) */
     uint64_t tls_id;             /* tls_id() of the bind's certificate now: 0 for plain HTTP */
     http_server *srv;
 } server;
@@ -91,6 +93,7 @@ struct gateway {
     size_t n_servers;
     atomic_bool stopping;        /* cancels workers waiting on upstreams */
     const char *ca_file;         /* SSL_CERT_FILE */
+    http_server *stats, *ready;  /* config.statsAddr, config.readinessAddr (ready NULL if the same) */
 };
 
 /* ---- configuration: load, swap, reload ------------------------------------------------------- */
@@ -132,6 +135,8 @@ static void prepare_upstreams(const gw_config *c)
             for (size_t u = 0; u < b->n_urls; u++) httpc_prepare(b->urls[u]);
         }
 }
+
+static bool same_str(const char *a, const char *b) { return a == b || (a && b && !strcmp(a, b)); }
 
 /* Parse the file again and swap it in if it loads and fits the running servers. */
 static void reload(gateway *gw, const char *why)
@@ -183,6 +188,9 @@ static void reload(gateway *gw, const char *why)
     }
     warn_exposed(c, gw);
     prepare_upstreams(c);
+    if (!same_str(c->stats_listen, old ? old->stats_listen : NULL) ||
+        !same_str(c->ready_listen, old ? old->ready_listen : NULL))
+        log_msg(LOG_WARN, "admin_changed", "config.statsAddr and readinessAddr change only on restart");
     size_t routes = 0;
     for (size_t i = 0; i < c->n_binds; i++) routes += c->binds[i].n_routes;
     log_msg(LOG_INFO, "config_loaded", "%s (%s): %zu routes", gw->path, why, routes);
@@ -201,12 +209,14 @@ static void maybe_reload(gateway *gw)
 
 /* ---- small helpers -------------------------------------------------------------------------- */
 
-static int64_t mono_ms(void)
+static int64_t mono_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
+
+static int64_t mono_ms(void) { return mono_us() / 1000; }
 
 /* Copy s for a quoted-string (RFC 7230 §3.2.6): no quotes, backslashes or control bytes. */
 static void quoted_safe(char *out, size_t outlen, const char *s)
@@ -641,6 +651,7 @@ typedef struct {
     bool cors;                   /* the route sets CORS headers: the upstream's are dropped */
     const gw_header_mod *resp_mod; /* responseHeaderModifier (the config outlives the request) */
     char route[64];
+    unsigned port;               /* the bind's, for metrics */
     char *pre;                   /* body bytes read before the stream began: pre[pre_off..pre_len) */
     size_t pre_len, pre_off;
     http_body *body;             /* the request's body as it arrives (streamed), else NULL */
@@ -1020,7 +1031,7 @@ static const char *upstream_body(const gw_route *rt, http_req *r, size_t *len, c
     return *len || !strcmp(http_req_method(r), "POST") ? body : NULL;
 }
 
-static void log_line(http_req *r, int64_t t0);
+static void log_line(http_req *r, int64_t t0, const char *route, unsigned port);
 static bool proxy_answer(http_req *r, pstream *p);
 static bool proxy_try(http_req *r, pstream *p);
 
@@ -1087,13 +1098,16 @@ static void retry_later(http_req *r, void *arg, bool cancelled)
 {
     pstream *p = arg;
     int64_t t0 = p->t0;
+    char route[sizeof p->route]; /* p may be gone when the line is written */
+    memcpy(route, p->route, sizeof route);
+    unsigned port = p->port;
     if (cancelled) {
         proxy_free(p);
     } else {
         retry_pause(p->rp);
         if (send_again(r, p) == 0) proxy_answer(r, p);
     }
-    log_line(r, t0);
+    log_line(r, t0, route, port);
 }
 
 /* A backend of several that could not be reached, or did not answer in time, gets no first
@@ -1244,12 +1258,15 @@ static void proxy_resumed(http_req *r, void *arg, bool cancelled)
 {
     pstream *p = arg;
     int64_t t0 = p->t0;
+    char route[sizeof p->route]; /* p may be gone when the line is written */
+    memcpy(route, p->route, sizeof route);
+    unsigned port = p->port;
     if (cancelled) { /* answered 503 already */
         proxy_free(p);
-        log_line(r, t0);
+        log_line(r, t0, route, port);
         return;
     }
-    if (!proxy_try(r, p)) log_line(r, t0);
+    if (!proxy_try(r, p)) log_line(r, t0, route, port);
 }
 
 /* The backend this request goes to, its index in *i: of several, one at random in proportion
@@ -1348,6 +1365,7 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
     p->cors = rt->cors != NULL;
     p->resp_mod = rt->resp_mod;
     snprintf(p->route, sizeof p->route, "%s", rt->name);
+    p->port = sv->port;
     p->a = httpc_async_start_on(client_for(rt), &req, proxy_notify, p, err, sizeof err); /* copies */
     if (rt->retry_attempts && !p->body) { /* a streamed body cannot be sent twice */
         p->rp = replay_new(&req, rt, base, owned, &sv->gw->stopping);
@@ -1483,7 +1501,7 @@ static void serve_deferred(http_req *r, void *arg, bool cancelled)
 {
     route_ctx *c = arg;
     if (!cancelled) serve_checked(c, r, NULL, NULL, true); /* answers before it returns */
-    log_line(r, c->t0);
+    log_line(r, c->t0, c->rt->name, c->sv->port);
     free(c);
 }
 
@@ -1554,8 +1572,8 @@ static bool serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r
     return serve_checked(&c, r, passed ? &t : NULL, refused ? &v : NULL, false);
 }
 
-/* The request's log line, once its answer is made. */
-static void log_line(http_req *r, int64_t t0)
+/* The request's log line and metrics, once its answer is made; route "" for none. */
+static void log_line(http_req *r, int64_t t0, const char *route, unsigned port)
 {
     const char *tp = http_req_header(r, "traceparent");
     char trace[33] = "";
@@ -1564,8 +1582,10 @@ static void log_line(http_req *r, int64_t t0)
         trace[32] = '\0';
     }
     int status = http_reply_status(r);
-    log_request(http_req_method(r), http_req_path(r), status ? status : 499 /* client went away, as nginx */,
-                (double)(mono_ms() - t0), *trace ? trace : NULL);
+    if (!status) status = 499; /* the client went away, as nginx logs it */
+    int64_t us = mono_us() - t0;
+    log_request(http_req_method(r), http_req_path(r), status, (double)us / 1000, *trace ? trace : NULL);
+    metrics_count(port, route, http_req_method(r), status, (double)us / 1e6);
 }
 
 /* The cache scope of a route: this configuration, this bind, this route (tokcache.h). */
@@ -1597,7 +1617,7 @@ static void early(http_req *r, void *ctx)
     server *sv = ctx;
     const char *path = http_req_path(r);
     if (!strcmp(path, "/healthz") || util_str_starts_with(path, PRM_PREFIX)) return;
-    int64_t t0 = mono_ms();
+    int64_t t0 = mono_us(); /* log_line's */
     uint64_t gen;
     gw_config *c = acquire(sv->gw, &gen);
     const gw_bind *b = &c->binds[sv->bind];
@@ -1623,7 +1643,7 @@ static void early(http_req *r, void *ctx)
             reject(r, sv, rt, &v);
         }
     }
-    if (http_replied(r)) log_line(r, t0);
+    if (http_replied(r)) log_line(r, t0, rt ? rt->name : "", sv->port);
     else if (rt && !undecided && streams_body(r, rt)) http_req_stream_body(r);
     gw_config_unref(c);
 }
@@ -1631,12 +1651,13 @@ static void early(http_req *r, void *ctx)
 static void handle(http_req *r, void *ctx)
 {
     server *sv = ctx;
-    int64_t t0 = mono_ms();
+    int64_t t0 = mono_us(); /* log_line's */
     const char *path = http_req_path(r);
     uint64_t gen;
     gw_config *c = acquire(sv->gw, &gen);
     http_req_on_done(r, release, c); /* kept until the answer is out: streams use the config */
     const gw_bind *b = &c->binds[sv->bind];
+    gw_route *rt = NULL;
 
     if (!path_ok(path, http_req_target(r))) {
         http_reply_text(r, 400, "bad request path");
@@ -1646,12 +1667,44 @@ static void handle(http_req *r, void *ctx)
         serve_prm(sv, b, r, path + strlen(PRM_PREFIX));
     } else {
         const gw_match *m = NULL;
-        gw_route *rt = route_for(b, path, r, false, &m);
+        rt = route_for(b, path, r, false, &m);
         if (!rt) http_reply_text(r, 404, "route not found");
         else if (serve_route(sv, rt, m, r, route_scope(gen, sv, b, rt), t0))
             return; /* answered later, and logged then */
     }
-    log_line(r, t0);
+    log_line(r, t0, rt ? rt->name : "", sv->port);
+}
+
+/* ---- statsAddr and readinessAddr ------------------------------------------------------------ */
+
+/* GET /metrics (Prometheus) on statsAddr, GET /healthz/ready on readinessAddr; either server
+ * answers both when the two addresses are one. */
+static void serve_admin(http_req *r, void *ctx)
+{
+    gateway *gw = ctx;
+    const char *path = http_req_path(r), *m = http_req_method(r);
+    if (strcmp(m, "GET") && strcmp(m, "HEAD")) {
+        http_add_header(r, "Allow", "GET, HEAD");
+        http_reply_text(r, 405, "method not allowed");
+    } else if (!strcmp(path, "/metrics")) {
+        size_t n;
+        char *text = metrics_render(&n);
+        http_reply(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, n);
+        free(text);
+    } else if (!strcmp(path, "/healthz/ready")) {
+        if (atomic_load(&gw->stopping)) http_reply_text(r, 503, "stopping");
+        else http_reply_text(r, 200, "ready");
+    } else {
+        http_reply_text(r, 404, "not found: /metrics, /healthz/ready");
+    }
+}
+
+static http_server *start_admin(gateway *gw, const char *listen, const char *what, char *err, size_t errlen)
+{
+    http_server_opts o = {.listen = listen, .threads = 1, .timeout_s = IDLE_S};
+    http_server *s = http_server_start(&o, serve_admin, gw, err, errlen);
+    if (s) log_msg(LOG_INFO, "listening", "gateway %s on http://%s", what, listen);
+    return s;
 }
 
 /* ---- main ------------------------------------------------------------------------------- */
@@ -1742,8 +1795,19 @@ int gateway_main(int argc, char **argv)
             goto end;
         }
         gw.n_servers++;
+        s->port = http_server_port(s->srv);
         log_msg(LOG_INFO, "listening", "gateway on %s://%s: %zu routes from %s", s->tls_id ? "https" : "http", s->listen,
                 c->binds[i].n_routes, gw.path);
+    }
+
+    if (c->stats_listen && !(gw.stats = start_admin(&gw, c->stats_listen, "metrics (statsAddr)", err, sizeof err))) {
+        fprintf(stderr, "agentid gateway: config.statsAddr: %s\n", err);
+        goto end;
+    }
+    if (c->ready_listen && (!c->stats_listen || strcmp(c->ready_listen, c->stats_listen)) &&
+        !(gw.ready = start_admin(&gw, c->ready_listen, "readiness (readinessAddr)", err, sizeof err))) {
+        fprintf(stderr, "agentid gateway: config.readinessAddr: %s\n", err);
+        goto end;
     }
 
     for (;;) {
@@ -1757,6 +1821,8 @@ int gateway_main(int argc, char **argv)
     rc = 0;
 end:
     atomic_store(&gw.stopping, true);
+    if (gw.ready) http_server_stop(gw.ready);
+    if (gw.stats) http_server_stop(gw.stats);
     for (size_t i = 0; i < gw.n_servers; i++) http_server_stop(gw.servers[i].srv);
     free(gw.servers);
     gw_config_unref(gw.cur ? gw.cur : c);
