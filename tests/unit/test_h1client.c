@@ -195,6 +195,19 @@ static outcome exchange(const char *method, const char *path, const char *const 
     return o;
 }
 
+/* A TCP socket on a free port of 127.0.0.1, listening or (refusing connections) not; the
+ * address in *a. */
+static int loopback_socket(bool listening, struct sockaddr_in *a)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    *a = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof *a;
+    assert_int_equal(bind(s, (struct sockaddr *)a, sizeof *a), 0);
+    if (listening) assert_int_equal(listen(s, 4), 0);
+    assert_int_equal(getsockname(s, (struct sockaddr *)a, &al), 0);
+    return s;
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -273,11 +286,8 @@ static void test_target_names(void **state)
 static void test_address_fallback(void **state)
 {
     (void)state;
-    int s = socket(AF_INET, SOCK_STREAM, 0); /* bound, not listening: connecting is refused */
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(s, (struct sockaddr *)&a, &al), 0);
+    struct sockaddr_in a;
+    int s = loopback_socket(false, &a); /* connecting is refused there */
     h1_target t = {.n_addrs = 2, .target = "/close", .target_len = 6};
     memcpy(&t.addr[0], &a, sizeof a);
     a.sin_port = htons((uint16_t)up.port);
@@ -448,12 +458,8 @@ static void test_timeout_and_refused(void **state)
     assert_int_equal(o.result, H1_TIMEOUT);
     assert_true(now_ms() - t0 < 550);
     assert_int_equal(h1_pool_idle(P), 0);
-    /* a port nobody listens on */
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(s, (struct sockaddr *)&a, &al), 0);
+    struct sockaddr_in a;
+    int s = loopback_socket(false, &a); /* a port nobody listens on */
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%u/", ntohs(a.sin_port));
     h1_target t;
@@ -520,12 +526,8 @@ static void *early_server(void *arg)
 static void test_answer_before_body(void **state)
 {
     (void)state;
-    early_lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    assert_int_equal(bind(early_lfd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(listen(early_lfd, 4), 0);
-    assert_int_equal(getsockname(early_lfd, (struct sockaddr *)&a, &al), 0);
+    struct sockaddr_in a;
+    early_lfd = loopback_socket(true, &a);
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, early_server, NULL), 0);
     char url[64];
