@@ -32,6 +32,7 @@ typedef struct {
     size_t errlen;
     const gw_config *prev;       /* whose MCP multiplexers may be taken over */
     size_t bind;                 /* index of the bind being parsed */
+    int mcp_session_ttl_s;       /* config.mcp.sessionTtl; 0: the default */
 } loader;
 
 /* ---- YAML helpers --------------------------------------------------------------------------- */
@@ -1124,6 +1125,8 @@ static bool mcp_backend(loader *l, const yaml_node_t *n, gw_route *rt)
     fingerprint(l, get(l, n, "backends"), &fp, 0);
     fingerprint(l, get(l, pol, "mcpAuthorization"), &fp, 0);
     fingerprint(l, get(l, pol, "timeout"), &fp, 0);
+    snprintf(hdr, sizeof hdr, " ttl %d", l->mcp_session_ttl_s); /* config.mcp.sessionTtl */
+    sb_add(&fp, hdr, strlen(hdr));
 
     for (size_t b = 0; l->prev && b < l->prev->n_binds; b++)
         for (size_t i = 0; i < l->prev->binds[b].n_routes; i++) {
@@ -1143,7 +1146,7 @@ static bool mcp_backend(loader *l, const yaml_node_t *n, gw_route *rt)
     rt->mcp_authz = NULL;
     rt->backend.mcp = m;
     mcp_config mc = {.targets = rt->backend.targets, .n_targets = rt->backend.n_targets,
-                     .authz = m->authz, .timeout_ms = rt->timeout_ms};
+                     .authz = m->authz, .timeout_ms = rt->timeout_ms, .session_ttl_s = l->mcp_session_ttl_s};
     char err[256];
     if (!(m->mux = mcp_mux_new(&mc, err, sizeof err)))
         return fail(l, get(l, n, "backends"), "route %s: mcp: %s", rt->name, err);
@@ -1360,7 +1363,8 @@ static bool parse_addr(loader *l, yaml_node_t *n, const char *what, bool allow_n
 static bool parse_top(loader *l, gw_config *c)
 {
     static const char *const KEYS[] = {"config", "binds", NULL};
-    static const char *const CKEYS[] = {"allowNonLoopback", "statsAddr", "readinessAddr", NULL};
+    static const char *const CKEYS[] = {"allowNonLoopback", "statsAddr", "readinessAddr", "mcp", NULL};
+    static const char *const MKEYS[] = {"sessionTtl", NULL};
     yaml_node_t *root = yaml_document_get_root_node(&l->doc), *v;
     if (!root) return fail(l, NULL, "the file is empty");
     if (!map_ok(l, root, "top level", KEYS)) return false;
@@ -1374,6 +1378,16 @@ static bool parse_top(loader *l, gw_config *c)
         if ((a = get(l, v, "readinessAddr")) &&
             !parse_addr(l, a, "config.readinessAddr", c->allow_non_loopback, &c->ready_listen))
             return false;
+        if ((a = get(l, v, "mcp"))) {
+            yaml_node_t *t;
+            if (!map_ok(l, a, "config.mcp", MKEYS)) return false;
+            if ((t = get(l, a, "sessionTtl"))) {
+                int64_t ms = scalar(t) ? gw_duration_ms(scalar(t)) : -1;
+                if (ms < 1000 || ms > 7 * 86400 * 1000LL)
+                    return fail(l, t, "config.mcp.sessionTtl: expected a duration from 1s to 168h, such as 8m");
+                l->mcp_session_ttl_s = (int)(ms / 1000);
+            }
+        }
     }
     yaml_node_t *bs = get(l, root, "binds");
     if (!bs) return fail(l, root, "binds is required");

@@ -2011,9 +2011,7 @@ mcp_mux *mcp_mux_new(const mcp_config *c, char *err, size_t errlen)
     }
     m->authz = c->authz;
     m->timeout_ms = c->timeout_ms > 0 ? c->timeout_ms : MCP_DEFAULT_TIMEOUT;
-    m->ttl_s = MCP_SESSION_TTL_S;
-    const char *ttl = getenv("AGENTID_MCP_SESSION_TTL"); /* seconds; for tests */
-    if (ttl && atoi(ttl) > 0) m->ttl_s = atoi(ttl);
+    m->ttl_s = c->session_ttl_s > 0 ? c->session_ttl_s : MCP_SESSION_TTL_S;
     m->max_sessions = MCP_MAX_SESSIONS;
     const char *max = getenv("AGENTID_MCP_MAX_SESSIONS"); /* for tests */
     if (max && atoi(max) > 0) m->max_sessions = (size_t)atoi(max);

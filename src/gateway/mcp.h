@@ -60,6 +60,7 @@ typedef struct {
     size_t n_targets;
     const cel_rules *authz;    /* mcpAuthorization; NULL = allow everything */
     long timeout_ms;           /* per upstream request; 0 => 30000 */
+    int session_ttl_s;         /* a client session idle this long ends; 0 => MCP_SESSION_TTL_S */
 } mcp_config;
 
 typedef struct mcp_mux mcp_mux;

@@ -203,10 +203,21 @@ static void test_mcp_kept_across_loads(void **state)
     gw_config *c = load_text(changed, err, sizeof err, b);
     assert_non_null(c);
     assert_ptr_not_equal(c->binds[0].routes[2].backend.mcp, b->binds[0].routes[2].backend.mcp);
+    /* config.mcp.sessionTtl changed: a new one too (its sessions' lifetime is the mux's). */
+    static const char OLD[] = "config: {allowNonLoopback: false}\n";
+    assert_memory_equal(changed, OLD, sizeof OLD - 1);
+    char *ttl = malloc(sizeof FULL + 40);
+    strcpy(ttl, "config: {allowNonLoopback: false, mcp: {sessionTtl: 8m}}\n");
+    strcat(ttl, changed + sizeof OLD - 1);
+    gw_config *d = load_text(ttl, err, sizeof err, c);
+    if (!d) fail_msg("%s", err);
+    assert_ptr_not_equal(d->binds[0].routes[2].backend.mcp, c->binds[0].routes[2].backend.mcp);
     gw_config_unref(b);
     gw_config_unref(c);
+    gw_config_unref(d);
     free(more);
     free(changed);
+    free(ttl);
 }
 
 /* Regexes as agentgateway's users write them (Rust syntax) mean the same here. */
@@ -246,6 +257,10 @@ static void test_errors(void **state)
         {"", ":1: the file is empty"},
         {"binds: [\n- port: 1\n  x: :", ":2: did not find expected node content"},
         {"bindz: []\n", ":1: top level: unknown or unsupported key 'bindz'"},
+        {"config:\n  mcp: {sessionTtl: soon}\nbinds: []\n", ":2: config.mcp.sessionTtl: expected a duration from 1s to 168h"},
+        {"config:\n  mcp: {sessionTtl: 500ms}\nbinds: []\n", ":2: config.mcp.sessionTtl: expected a duration"},
+        {"config:\n  mcp: {ttl: 5m}\nbinds: []\n", ":2: config.mcp: unknown or unsupported key 'ttl'"},
+        {"config:\n  statsAddr: \"127.0.0.1:x\"\nbinds: []\n", ":2: config.statsAddr: expected ADDRESS:PORT"},
         {"binds: []\n", ":1: binds: at least one bind is required"},
         {"binds:\n- port: 70000\n  listeners: []\n", ":2: binds.port: expected a whole number from 0 to 65535"},
         {"binds:\n- port: 1\n  address: 10.0.0.1\n  listeners: []\n", ":2: binds.address 10.0.0.1 is not a loopback"},

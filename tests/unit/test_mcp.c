@@ -563,11 +563,9 @@ static int group_setup(void **state)
     mux_d = mcp_mux_new(&cd, err, sizeof err);
     assert_non_null(mux_d);
 
-    setenv("AGENTID_MCP_SESSION_TTL", "1", 1);
     mcp_target te[] = {{.name = "local", .cmd = cmd}};
-    mcp_config ce = {.targets = te, .n_targets = 1, .timeout_ms = 5000};
+    mcp_config ce = {.targets = te, .n_targets = 1, .timeout_ms = 5000, .session_ttl_s = 1};
     mux_e = mcp_mux_new(&ce, err, sizeof err);
-    unsetenv("AGENTID_MCP_SESSION_TTL");
     assert_non_null(mux_e);
 
     const char *nocmd[] = {"/nonexistent/mcp-server", NULL};
