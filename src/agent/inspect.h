@@ -6,7 +6,7 @@
  * iss + "/.well-known/openid-configuration" (Entra's v1 issuer https://sts.windows.net/{tid}/
  * and v2 issuer https://login.microsoftonline.com/{tid}/v2.0 both serve one there, and so
  * does `agentid issuer`), then its JWKS. A token is valid when its signature verifies with
- * the provider's key named by kid (RS256/PS256 only), the document's issuer equals "iss",
+ * the provider's key named by kid (the algorithms jose/jwt.h verifies), the document's issuer equals "iss",
  * and exp/nbf hold now (60 s skew). The audience is not judged here: inspect says whose
  * token it is, the API that receives it decides whether it is for it.
  *

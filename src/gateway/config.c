@@ -309,7 +309,7 @@ static bool parse_jwt(loader *l, const yaml_node_t *n, gw_route *rt)
     char err[256];
     j->jwks_keys = jwks_parse(text, strlen(text), err, sizeof err);
     if (!j->jwks_keys) fail(l, k, "jwtAuth.jwks: %s", err);
-    else if (!jwks_count(j->jwks_keys)) fail(l, k, "jwtAuth.jwks: no usable RSA signing key in the set");
+    else if (!jwks_count(j->jwks_keys)) fail(l, k, "jwtAuth.jwks: no usable signing key in the set (RSA, EC P-256/P-384 or Ed25519)");
     else ok = true;
     free(text);
     return ok;

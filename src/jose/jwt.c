@@ -16,6 +16,8 @@
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/ecdsa.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
@@ -65,12 +67,47 @@ static void set_err(char *err, size_t errlen, const char *msg)
     ERR_clear_error();   /* leave the thread's OpenSSL error queue empty */
 }
 
-/* The allow-list (RFC 8725 §3.1: verifiers must pin the algorithms they accept). */
+/* The signing allow-list: what jwt_sign makes (RSA keys only). */
 static const char *alg_digest(const char *alg, bool *pss)
 {
     if (alg && strcmp(alg, "RS256") == 0) { *pss = false; return "SHA256"; }
     if (alg && strcmp(alg, "PS256") == 0) { *pss = true; return "SHA256"; }
     return NULL;
+}
+
+/* The verification allow-list (RFC 8725 §3.1: verifiers must pin the algorithms they accept),
+ * each tied to the one kind of key it may be verified with (RFC 8725 §3.1, RFC 7518 §3.4,
+ * RFC 8037 §3.1), so a token cannot choose how its key is read. */
+typedef enum { FAM_RSA, FAM_EC, FAM_ED25519 } key_family;
+typedef struct {
+    const char *alg;
+    key_family fam;
+    const char *curve;           /* FAM_EC: OpenSSL's name of the curve the key must be on */
+    const char *digest;          /* FAM_EC's (RSA's: alg_digest; Ed25519 has none) */
+    size_t sig_len;              /* FAM_EC, FAM_ED25519: the signature's fixed length (R || S) */
+} verify_alg;
+static const verify_alg VERIFY_ALGS[] = {
+    {"RS256", FAM_RSA, NULL, NULL, 0},
+    {"PS256", FAM_RSA, NULL, NULL, 0},
+    {"ES256", FAM_EC, "prime256v1", "SHA256", 64},
+    {"ES384", FAM_EC, "secp384r1", "SHA384", 96},
+    {"EdDSA", FAM_ED25519, NULL, NULL, 64},
+};
+#define VERIFY_ALGS_TEXT "RS256, PS256, ES256, ES384, EdDSA"
+
+static const verify_alg *verify_alg_of(const char *alg)
+{
+    for (size_t i = 0; alg && i < sizeof VERIFY_ALGS / sizeof *VERIFY_ALGS; i++)
+        if (!strcmp(alg, VERIFY_ALGS[i].alg)) return &VERIFY_ALGS[i];
+    return NULL;
+}
+
+/* The EC curve of k ("prime256v1", ...) into buf; false if k is not an EC key. */
+static bool ec_curve(const EVP_PKEY *k, char *buf, size_t len)
+{
+    size_t got = 0;
+    return k && EVP_PKEY_is_a(k, "EC") &&
+           EVP_PKEY_get_utf8_string_param(k, OSSL_PKEY_PARAM_GROUP_NAME, buf, len, &got) == 1;
 }
 
 /* RFC 7518 §3.5: PS256 is RSASSA-PSS with SHA-256, MGF1 with SHA-256 and a salt as
@@ -87,11 +124,26 @@ static bool usable_rsa(const EVP_PKEY *k)
     return k && EVP_PKEY_is_a(k, "RSA") && EVP_PKEY_get_bits(k) >= MIN_RSA_BITS;
 }
 
-static jwk *jwk_new(EVP_PKEY *pkey, bool priv, const char *kid, char *err, size_t errlen)
+/* A key some allow-listed alg verifies with. */
+static bool usable_for_verify(const EVP_PKEY *k)
 {
-    if (!usable_rsa(pkey)) {
+    char curve[32];
+    if (usable_rsa(k) || (k && EVP_PKEY_is_a(k, "ED25519"))) return true;
+    if (!ec_curve(k, curve, sizeof curve)) return false;
+    for (size_t i = 0; i < sizeof VERIFY_ALGS / sizeof *VERIFY_ALGS; i++)
+        if (VERIFY_ALGS[i].curve && !strcmp(curve, VERIFY_ALGS[i].curve)) return true;
+    return false;
+}
+
+/* RSA only (what the issuer signs with), unless verify_only: then EC and Ed25519 public keys
+ * from a JWKS too. */
+static jwk *jwk_new_ex(EVP_PKEY *pkey, bool priv, const char *kid, bool verify_only, char *err, size_t errlen)
+{
+    if (!(verify_only ? usable_for_verify(pkey) : usable_rsa(pkey))) {
         EVP_PKEY_free(pkey);
-        set_err(err, errlen, "key is not an RSA key of at least 2048 bits");
+        set_err(err, errlen, verify_only ? "key is not an RSA key of at least 2048 bits, an EC P-256 or "
+                                           "P-384 key, or an Ed25519 key"
+                                         : "key is not an RSA key of at least 2048 bits");
         return NULL;
     }
     jwk *k = xcalloc(1, sizeof *k);
@@ -111,6 +163,11 @@ static jwk *jwk_new(EVP_PKEY *pkey, bool priv, const char *kid, char *err, size_
         ERR_clear_error();
     }
     return k;
+}
+
+static jwk *jwk_new(EVP_PKEY *pkey, bool priv, const char *kid, char *err, size_t errlen)
+{
+    return jwk_new_ex(pkey, priv, kid, false, err, errlen);
 }
 
 /* Never let OpenSSL prompt on the terminal for a passphrase: encrypted keys just fail. */
@@ -168,27 +225,9 @@ static int opt_str(const json_t *obj, const char *name, const char **out)
     return v && !*out ? -1 : 0;
 }
 
-jwk *jwk_from_json(const json_t *obj, char *err, size_t errlen)
+/* An RSA public key from n and e; NULL if they are not a valid pair. */
+static EVP_PKEY *rsa_from_json(const json_t *obj)
 {
-    const char *kty = json_string_value(json_object_get(obj, "kty"));
-    const char *use, *kid, *x5t;
-    if (!json_is_object(obj) || !kty || strcmp(kty, "RSA") != 0) {
-        set_err(err, errlen, "JWK is not an RSA key");
-        return NULL;
-    }
-    /* RFC 7517 §4.2: "use" says what the key is for; we only verify signatures. */
-    if (opt_str(obj, "use", &use) || (use && strcmp(use, "sig") != 0) ||
-        opt_str(obj, "kid", &kid) || opt_str(obj, "x5t", &x5t)) {
-        set_err(err, errlen, "JWK is not a signature key");
-        return NULL;
-    }
-    const json_t *x5c = json_object_get(obj, "x5c");
-    const char *cert0 = json_string_value(json_array_get(x5c, 0));
-    if (x5c && !cert0) {
-        set_err(err, errlen, "JWK x5c is not an array of strings");
-        return NULL;
-    }
-
     BIGNUM *n = b64url_bn(obj, "n"), *e = b64url_bn(obj, "e");
     /* RFC 8017 §3.1: n is a product of odd primes, e odd and at least 3. OpenSSL takes
      * e = 0 or an even n as they come, and such a key could never verify anything. */
@@ -212,11 +251,87 @@ jwk *jwk_from_json(const json_t *obj, char *err, size_t errlen)
     EVP_PKEY_CTX_free(ctx);
     BN_free(n);
     BN_free(e);
-    if (!pkey) {
-        set_err(err, errlen, "JWK has no valid n and e");
+    return pkey;
+}
+
+/* A base64url member of exactly len bytes into out; false otherwise. */
+static bool b64url_exact(const json_t *obj, const char *name, unsigned char *out, size_t len)
+{
+    const char *s = json_string_value(json_object_get(obj, name));
+    size_t got = 0;
+    unsigned char *raw = s && *s ? b64url_decode(s, strlen(s), &got) : NULL;
+    bool ok = raw && got == len;
+    if (ok) memcpy(out, raw, len);
+    free(raw);
+    return ok;
+}
+
+/* An EC public key (RFC 7518 §6.2.1): crv P-256 or P-384, x and y of the curve's size, a point
+ * on the curve; NULL otherwise. */
+static EVP_PKEY *ec_from_json(const json_t *obj)
+{
+    const char *crv = json_string_value(json_object_get(obj, "crv"));
+    size_t size = crv && !strcmp(crv, "P-256") ? 32 : crv && !strcmp(crv, "P-384") ? 48 : 0;
+    unsigned char point[1 + 2 * 48];
+    if (!size || !b64url_exact(obj, "x", point + 1, size) || !b64url_exact(obj, "y", point + 1 + size, size))
+        return NULL;
+    point[0] = 0x04; /* uncompressed: x then y (SEC 1 §2.3.3) */
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)crv, 0),
+        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, point, 1 + 2 * size),
+        OSSL_PARAM_construct_end(),
+    };
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    EVP_PKEY *pkey = NULL;
+    if (ctx && EVP_PKEY_fromdata_init(ctx) == 1) EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params);
+    EVP_PKEY_CTX_free(ctx);
+    EVP_PKEY_CTX *check = pkey ? EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL) : NULL;
+    if (pkey && (!check || EVP_PKEY_public_check(check) != 1)) { /* not on the curve */
+        EVP_PKEY_free(pkey);
+        pkey = NULL;
+    }
+    EVP_PKEY_CTX_free(check);
+    return pkey;
+}
+
+/* An Ed25519 public key (RFC 8037 §2): crv Ed25519, x of 32 bytes; NULL otherwise. */
+static EVP_PKEY *okp_from_json(const json_t *obj)
+{
+    const char *crv = json_string_value(json_object_get(obj, "crv"));
+    unsigned char x[32];
+    if (!crv || strcmp(crv, "Ed25519") || !b64url_exact(obj, "x", x, sizeof x)) return NULL;
+    return EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, x, sizeof x);
+}
+
+jwk *jwk_from_json(const json_t *obj, char *err, size_t errlen)
+{
+    const char *kty = json_string_value(json_object_get(obj, "kty"));
+    const char *use, *kid, *x5t;
+    bool rsa = kty && !strcmp(kty, "RSA"), ec = kty && !strcmp(kty, "EC"), okp = kty && !strcmp(kty, "OKP");
+    if (!json_is_object(obj) || !(rsa || ec || okp)) {
+        set_err(err, errlen, "JWK is not an RSA, EC or OKP key");
         return NULL;
     }
-    jwk *k = jwk_new(pkey, false, kid, err, errlen);
+    /* RFC 7517 §4.2: "use" says what the key is for; we only verify signatures. */
+    if (opt_str(obj, "use", &use) || (use && strcmp(use, "sig") != 0) ||
+        opt_str(obj, "kid", &kid) || opt_str(obj, "x5t", &x5t)) {
+        set_err(err, errlen, "JWK is not a signature key");
+        return NULL;
+    }
+    const json_t *x5c = json_object_get(obj, "x5c");
+    const char *cert0 = json_string_value(json_array_get(x5c, 0));
+    if (x5c && !cert0) {
+        set_err(err, errlen, "JWK x5c is not an array of strings");
+        return NULL;
+    }
+    EVP_PKEY *pkey = rsa ? rsa_from_json(obj) : ec ? ec_from_json(obj) : okp_from_json(obj);
+    if (!pkey) {
+        set_err(err, errlen, rsa ? "JWK has no valid n and e"
+                             : ec ? "JWK has no valid P-256 or P-384 point (crv, x, y)"
+                                  : "JWK has no valid Ed25519 key (crv, x)");
+        return NULL;
+    }
+    jwk *k = jwk_new_ex(pkey, false, kid, true, err, errlen);
     if (k) {
         k->x5t = x5t ? xstrdup(x5t) : NULL;
         k->x5c = cert0 ? xstrdup(cert0) : NULL;
@@ -263,9 +378,38 @@ static char *rsa_param_b64url(const EVP_PKEY *pkey, const char *name)
     return out;
 }
 
+/* An EC or Ed25519 key as its JWK members (RFC 7518 §6.2.1, RFC 8037 §2); NULL if neither. */
+static json_t *ec_ed_public_json(const jwk *k)
+{
+    unsigned char pt[1 + 2 * 48];
+    size_t len = 0;
+    char curve[32];
+    json_t *o = NULL;
+    if (ec_curve(k->pkey, curve, sizeof curve)) {
+        const char *crv = !strcmp(curve, "prime256v1") ? "P-256" : !strcmp(curve, "secp384r1") ? "P-384" : NULL;
+        if (crv && EVP_PKEY_get_octet_string_param(k->pkey, OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof pt, &len) == 1 &&
+            len % 2 == 1 && pt[0] == 0x04) {
+            size_t half = len / 2;
+            char *x = b64url_encode(pt + 1, half), *y = b64url_encode(pt + 1 + half, half);
+            o = json_pack("{s:s, s:s, s:s, s:s}", "kty", "EC", "use", "sig", "crv", crv, "x", x);
+            json_object_set_new(o, "y", json_string(y));
+            free(x);
+            free(y);
+        }
+    } else if (EVP_PKEY_is_a(k->pkey, "ED25519") && EVP_PKEY_get_raw_public_key(k->pkey, pt, &(size_t){32}) == 1) {
+        char *x = b64url_encode(pt, 32);
+        o = json_pack("{s:s, s:s, s:s, s:s}", "kty", "OKP", "use", "sig", "crv", "Ed25519", "x", x);
+        free(x);
+    }
+    if (o && k->kid) json_object_set_new(o, "kid", json_string(k->kid));
+    ERR_clear_error();
+    return o;
+}
+
 json_t *jwk_public_json(const jwk *k)
 {
     if (!k) return NULL;
+    if (!EVP_PKEY_is_a(k->pkey, "RSA")) return ec_ed_public_json(k);
     char *n = rsa_param_b64url(k->pkey, OSSL_PKEY_PARAM_RSA_N);
     char *e = rsa_param_b64url(k->pkey, OSSL_PKEY_PARAM_RSA_E);
     json_t *o = NULL;
@@ -492,17 +636,55 @@ void jwt_clear(jwt *t)
     memset(t, 0, sizeof *t);
 }
 
+/* ES256/ES384 (RFC 7518 §3.4): the JWS signature is R || S, each half the length; OpenSSL
+ * verifies the DER form, which is built from the two numbers. 0 if it verifies. */
+static int ec_verify(const verify_alg *a, EVP_PKEY *pkey, const char *input, const unsigned char *sig)
+{
+    size_t half = a->sig_len / 2;
+    ECDSA_SIG *es = ECDSA_SIG_new();
+    BIGNUM *r = BN_bin2bn(sig, (int)half, NULL), *s = BN_bin2bn(sig + half, (int)half, NULL);
+    unsigned char *der = NULL;
+    int der_len = -1, ok = 0;
+    if (es && r && s && ECDSA_SIG_set0(es, r, s) == 1) {
+        r = s = NULL; /* es has them */
+        der_len = i2d_ECDSA_SIG(es, &der);
+    }
+    EVP_MD_CTX *mctx = EVP_MD_CTX_new();
+    if (der_len > 0 && mctx &&
+        EVP_DigestVerifyInit_ex(mctx, NULL, a->digest, NULL, NULL, pkey, NULL) == 1)
+        ok = EVP_DigestVerify(mctx, der, (size_t)der_len, (const unsigned char *)input, strlen(input));
+    EVP_MD_CTX_free(mctx);
+    OPENSSL_free(der);
+    ECDSA_SIG_free(es);
+    BN_free(r);
+    BN_free(s);
+    ERR_clear_error();
+    return ok == 1 ? 0 : -1;
+}
+
+/* EdDSA with Ed25519 (RFC 8037 §3.1): the message itself, no separate digest. */
+static int ed25519_verify(EVP_PKEY *pkey, const char *input, const unsigned char *sig, size_t sig_len)
+{
+    EVP_MD_CTX *mctx = EVP_MD_CTX_new();
+    int ok = mctx && EVP_DigestVerifyInit_ex(mctx, NULL, NULL, NULL, NULL, pkey, NULL) == 1
+                 ? EVP_DigestVerify(mctx, sig, sig_len, (const unsigned char *)input, strlen(input))
+                 : 0;
+    EVP_MD_CTX_free(mctx);
+    ERR_clear_error();
+    return ok == 1 ? 0 : -1;
+}
+
 int jwt_verify(const jwt *t, const jwk *k, char *err, size_t errlen)
 {
-    bool pss;
     if (!t || !t->header || !t->signing_input) {
         set_err(err, errlen, "no decoded token");
         return -1;
     }
     /* First the allow-list, whatever the key: this is what stops "none" and the
      * HS256-with-the-RSA-public-key-as-secret confusion (RFC 8725 §2.1, §3.1). */
-    if (!alg_digest(jwt_alg(t), &pss)) {
-        set_err(err, errlen, "alg not allowed (only RS256, PS256)");
+    const verify_alg *a = verify_alg_of(jwt_alg(t));
+    if (!a) {
+        set_err(err, errlen, "alg not allowed (only " VERIFY_ALGS_TEXT ")");
         return -1;
     }
     /* RFC 7515 §4.1.11: extensions listed in "crit" must be understood; we know none. */
@@ -510,14 +692,28 @@ int jwt_verify(const jwt *t, const jwk *k, char *err, size_t errlen)
         set_err(err, errlen, "unsupported crit header");
         return -1;
     }
-    if (!k || !usable_rsa(k->pkey)) {
-        set_err(err, errlen, "verification key is not an RSA key");
+    /* Then the key must be of the alg's kind (and curve): never read as another. */
+    char curve[32];
+    bool fits = k && (a->fam == FAM_RSA       ? usable_rsa(k->pkey)
+                      : a->fam == FAM_ED25519 ? EVP_PKEY_is_a(k->pkey, "ED25519")
+                                              : ec_curve(k->pkey, curve, sizeof curve) && !strcmp(curve, a->curve));
+    if (!fits) {
+        set_err(err, errlen, a->fam == FAM_RSA ? "verification key is not an RSA key"
+                                               : "verification key does not fit the token's alg");
         return -1;
     }
-    /* RFC 8017 §8.1.2/§8.2.2 step 1: the signature is exactly as long as the modulus. */
     size_t sig_len = t->sig_len;
-    if (sig_len != (size_t)EVP_PKEY_get_size(k->pkey) ||
-        rsa_op(false, jwt_alg(t), k->pkey, t->signing_input, t->sig, &sig_len) != 0) {
+    int rc;
+    if (a->fam == FAM_RSA) /* RFC 8017 §8.1.2/§8.2.2 step 1: as long as the modulus */
+        rc = sig_len == (size_t)EVP_PKEY_get_size(k->pkey)
+                 ? rsa_op(false, a->alg, k->pkey, t->signing_input, t->sig, &sig_len) : -1;
+    else if (sig_len != a->sig_len)
+        rc = -1;
+    else if (a->fam == FAM_EC)
+        rc = ec_verify(a, k->pkey, t->signing_input, t->sig);
+    else
+        rc = ed25519_verify(k->pkey, t->signing_input, t->sig, sig_len);
+    if (rc != 0) {
         set_err(err, errlen, "signature does not verify");
         return -1;
     }

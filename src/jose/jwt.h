@@ -1,4 +1,5 @@
-/* jwt — JSON Web Keys and compact JWS/JWT (RFC 7515, 7517, 7519), RS256 and PS256.
+/* jwt — JSON Web Keys and compact JWS/JWT (RFC 7515, 7517, 7519): RS256 and PS256 signed and
+ * verified; ES256, ES384 and EdDSA (Ed25519) verified with keys from a JWKS.
  *
  * Usage
  *     jwk *k = jwk_from_pem(private_pem, "kid-1", err, sizeof err);
@@ -8,8 +9,11 @@
  *     jwt_clear(&t);
  *
  * Contract
- *  - Algorithm allow-list: only RS256 and PS256 are signed or verified; "none", HMAC and
- *    everything else are refused before any key is touched, whatever the key.
+ *  - Algorithm allow-list: RS256 and PS256 are signed; those and ES256, ES384 and EdDSA are
+ *    verified; "none", HMAC and everything else are refused before any key is touched,
+ *    whatever the key. Each alg verifies with one kind of key only (RSA of 2048 bits or more;
+ *    EC P-256 for ES256, P-384 for ES384; Ed25519 for EdDSA): a token cannot make a key be
+ *    read as another kind (RFC 8725 §3.1).
  *  - jwk is reference-counted and immutable after creation, so it may be shared across
  *    threads; jwk_ref/jwk_unref are atomic.
  *  - jwt_decode() does not verify anything: it splits, decodes and parses, bounded by
@@ -32,14 +36,17 @@ typedef struct jwk jwk;
 /* From a PEM private key (signing and verifying) or a PEM public key / certificate
  * (verifying only). kid may be NULL. For a certificate, x5t and x5c are filled. */
 jwk *jwk_from_pem(const char *pem, const char *kid, char *err, size_t errlen);
-/* From one JWKS entry (public RSA key: kty, n, e; kid, x5t optional). */
+/* From one JWKS entry, a public key: kty RSA (n, e), EC (crv P-256 or P-384, x, y; the point
+ * must be on the curve) or OKP (crv Ed25519, x); kid, x5t, x5c optional; use, if given, "sig".
+ * Only jwt_verify takes EC and OKP keys (jwt_sign does not). */
 jwk *jwk_from_json(const json_t *obj, char *err, size_t errlen);
 jwk *jwk_ref(jwk *k);
 void jwk_unref(jwk *k);
 const char *jwk_kid(const jwk *k);      /* may be NULL */
 const char *jwk_x5t(const jwk *k);      /* may be NULL */
 bool jwk_is_private(const jwk *k);
-/* The public JWK as Entra publishes it: kty, use, kid, x5t, n, e, x5c (when known). New ref. */
+/* The public JWK as Entra publishes it: kty, use, kid, x5t, n, e, x5c (when known); for EC and
+ * Ed25519 keys kty, use, crv, x (and y), kid. New ref. */
 json_t *jwk_public_json(const jwk *k);
 /* Attach a certificate (PEM) so x5t/x5c are published; 0 or -1. */
 int jwk_set_cert(jwk *k, const char *cert_pem, char *err, size_t errlen);

@@ -15,6 +15,8 @@
 #include "jose/jwt.h"
 #include "jose/pki.h"
 
+#include <openssl/core_names.h>
+#include <openssl/ecdsa.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
@@ -1339,9 +1341,211 @@ static void test_cache_concurrent_first_use(void **state)
     jwks_cache_free(c);
 }
 
+/* ---- ES256, ES384, EdDSA: verified with keys from a JWKS ----------------------------------- */
+
+/* "b64(header).b64(claims)" for header alg and kid, and claims {"sub":"s"}; caller frees. */
+static char *signing_input(const char *alg, const char *kid)
+{
+    char h[128];
+    snprintf(h, sizeof h, "{\"alg\":\"%s\",\"typ\":\"JWT\",\"kid\":\"%s\"}", alg, kid);
+    static const char c[] = "{\"sub\":\"s\",\"aud\":\"api://x\"}";
+    char *h64 = b64url_encode(h, strlen(h)), *c64 = b64url_encode(c, strlen(c));
+    char *in = xasprintf("%s.%s", h64, c64);
+    free(h64);
+    free(c64);
+    return in;
+}
+
+/* A compact token: input signed with pkey the JWS way (EC: R || S of half bytes each; Ed25519:
+ * the raw signature); caller frees. */
+static char *jws(EVP_PKEY *pkey, const char *md, size_t half, const char *input)
+{
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    unsigned char sig[256], raw[128];
+    size_t len = sizeof sig, rawlen;
+    assert_int_equal(EVP_DigestSignInit_ex(m, NULL, md, NULL, NULL, pkey, NULL), 1);
+    assert_int_equal(EVP_DigestSign(m, sig, &len, (const unsigned char *)input, strlen(input)), 1);
+    EVP_MD_CTX_free(m);
+    if (half) {
+        const unsigned char *p = sig;
+        ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, (long)len);
+        assert_non_null(es);
+        BN_bn2binpad(ECDSA_SIG_get0_r(es), raw, (int)half);
+        BN_bn2binpad(ECDSA_SIG_get0_s(es), raw + half, (int)half);
+        ECDSA_SIG_free(es);
+        rawlen = 2 * half;
+    } else {
+        memcpy(raw, sig, len);
+        rawlen = len;
+    }
+    char *s64 = b64url_encode(raw, rawlen);
+    char *tok = xasprintf("%s.%s", input, s64);
+    free(s64);
+    return tok;
+}
+
+/* 0 if tok verifies with k; else -1 and the reason in why. */
+static int verify_tok(const char *tok, const jwk *k, char *why, size_t len)
+{
+    jwt t;
+    if (jwt_decode(tok, &t, why, len) != 0) return -1;
+    int rc = jwt_verify(&t, k, why, len);
+    jwt_clear(&t);
+    return rc;
+}
+
+static jwk *jwk_of(const char *json)
+{
+    json_t *j = json_loads(json, 0, NULL);
+    assert_non_null(j);
+    char err[200];
+    jwk *k = jwk_from_json(j, err, sizeof err);
+    json_decref(j);
+    return k;
+}
+
+/* The JWK of an EC public key: crv, x and y from its uncompressed point. */
+static jwk *ec_jwk(EVP_PKEY *pkey, const char *crv, size_t size, bool off_curve)
+{
+    unsigned char pt[1 + 2 * 48];
+    size_t len = 0;
+    assert_int_equal(EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof pt, &len), 1);
+    assert_int_equal(len, 1 + 2 * size);
+    if (off_curve) pt[len - 1] ^= 1;
+    char *x = b64url_encode(pt + 1, size), *y = b64url_encode(pt + 1 + size, size);
+    char *json = xasprintf("{\"kty\":\"EC\",\"crv\":\"%s\",\"x\":\"%s\",\"y\":\"%s\",\"kid\":\"e\",\"use\":\"sig\"}",
+                           crv, x, y);
+    jwk *k = jwk_of(json);
+    free(x);
+    free(y);
+    free(json);
+    return k;
+}
+
+static void test_ec_and_eddsa(void **state)
+{
+    (void)state;
+    char why[200];
+    EVP_PKEY *p256 = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    EVP_PKEY *p384 = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
+    EVP_PKEY *ed = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    assert_non_null(p256);
+    assert_non_null(p384);
+    assert_non_null(ed);
+    jwk *k256 = ec_jwk(p256, "P-256", 32, false), *k384 = ec_jwk(p384, "P-384", 48, false);
+    assert_non_null(k256);
+    assert_non_null(k384);
+    assert_null(ec_jwk(p256, "P-256", 32, true)); /* a point off the curve */
+    unsigned char raw[32];
+    size_t rl = sizeof raw;
+    assert_int_equal(EVP_PKEY_get_raw_public_key(ed, raw, &rl), 1);
+    char *x = b64url_encode(raw, rl);
+    char *json = xasprintf("{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"%s\",\"kid\":\"d\"}", x);
+    jwk *ked = jwk_of(json);
+    assert_non_null(ked);
+    free(json);
+    json = xasprintf("{\"kty\":\"OKP\",\"crv\":\"X25519\",\"x\":\"%s\"}", x); /* not for signatures */
+    assert_null(jwk_of(json));
+    free(json);
+    free(x);
+    assert_null(jwk_of("{\"kty\":\"EC\",\"crv\":\"P-521\",\"x\":\"AA\",\"y\":\"AA\"}"));
+    assert_null(jwk_of("{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":\"AAAA\",\"y\":\"AAAA\"}")); /* short */
+    jwk *krsa = jwk_from_pem(sign_key, "r", why, sizeof why);
+    assert_non_null(krsa);
+
+    char *in = signing_input("ES256", "e");
+    char *t256 = jws(p256, "SHA256", 32, in);
+    assert_int_equal(verify_tok(t256, k256, why, sizeof why), 0);
+    /* the same claims changed: refused */
+    char *bad = xstrdup(t256);
+    char *dot = strchr(bad, '.') + 1;
+    *dot = *dot == 'e' ? 'f' : 'e';
+    assert_int_not_equal(verify_tok(bad, k256, why, sizeof why), 0);
+    free(bad);
+    /* a key of another kind or curve: refused before any verification */
+    assert_int_not_equal(verify_tok(t256, k384, why, sizeof why), 0);
+    assert_string_equal(why, "verification key does not fit the token's alg");
+    assert_int_not_equal(verify_tok(t256, krsa, why, sizeof why), 0);
+    assert_string_equal(why, "verification key does not fit the token's alg");
+    assert_int_not_equal(verify_tok(t256, ked, why, sizeof why), 0);
+    /* ES384 named over a P-256 signature and key: refused */
+    char *in384 = signing_input("ES384", "e");
+    char *t_as384 = jws(p256, "SHA384", 32, in384);
+    assert_int_not_equal(verify_tok(t_as384, k256, why, sizeof why), 0);
+    assert_string_equal(why, "verification key does not fit the token's alg");
+    /* ES384 properly */
+    char *t384 = jws(p384, "SHA384", 48, in384);
+    assert_int_equal(verify_tok(t384, k384, why, sizeof why), 0);
+    /* a signature of the wrong length (DER instead of R || S) */
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    unsigned char der[128];
+    size_t dl = sizeof der;
+    assert_int_equal(EVP_DigestSignInit_ex(m, NULL, "SHA256", NULL, NULL, p256, NULL), 1);
+    assert_int_equal(EVP_DigestSign(m, der, &dl, (const unsigned char *)in, strlen(in)), 1);
+    EVP_MD_CTX_free(m);
+    char *d64 = b64url_encode(der, dl), *tder = xasprintf("%s.%s", in, d64);
+    assert_int_not_equal(verify_tok(tder, k256, why, sizeof why), 0);
+    assert_string_equal(why, "signature does not verify");
+    /* an RSA token with an EC key */
+    json_t *claims = json_pack("{s:s}", "sub", "s");
+    char *trs = jwt_sign(krsa, NULL, claims, why, sizeof why);
+    assert_non_null(trs);
+    assert_int_not_equal(verify_tok(trs, k256, why, sizeof why), 0);
+    assert_string_equal(why, "verification key is not an RSA key");
+    assert_int_equal(verify_tok(trs, krsa, why, sizeof why), 0);
+    /* EdDSA */
+    char *ined = signing_input("EdDSA", "d");
+    char *ted = jws(ed, NULL, 0, ined);
+    assert_int_equal(verify_tok(ted, ked, why, sizeof why), 0);
+    assert_int_not_equal(verify_tok(ted, k256, why, sizeof why), 0);
+    ted[strlen(ted) - 2] = ted[strlen(ted) - 2] == 'A' ? 'B' : 'A';
+    assert_int_not_equal(verify_tok(ted, ked, why, sizeof why), 0);
+    /* EC keys do not sign here (jwk_from_pem stays RSA-only, for the issuer's keys) */
+    BIO *b = BIO_new(BIO_s_mem());
+    PEM_write_bio_PrivateKey(b, p256, NULL, NULL, 0, NULL, NULL);
+    char *pem = NULL;
+    long pl = BIO_get_mem_data(b, &pem);
+    char *pemz = xstrndup(pem, (size_t)pl);
+    BIO_free(b);
+    assert_null(jwk_from_pem(pemz, "x", why, sizeof why));
+    /* published and read back, each key verifies the same */
+    jwk *keys[] = {k256, k384, ked};
+    const char *toks[] = {t256, t384, NULL};
+    for (int i = 0; i < 3; i++) {
+        json_t *pub = jwk_public_json(keys[i]);
+        assert_non_null(pub);
+        jwk *again = jwk_from_json(pub, why, sizeof why);
+        assert_non_null(again);
+        if (toks[i]) assert_int_equal(verify_tok(toks[i], again, why, sizeof why), 0);
+        jwk_unref(again);
+        json_decref(pub);
+    }
+
+    free(pemz);
+    json_decref(claims);
+    free(trs);
+    free(ined);
+    free(ted);
+    free(d64);
+    free(tder);
+    free(in384);
+    free(t_as384);
+    free(t384);
+    free(in);
+    free(t256);
+    jwk_unref(k256);
+    jwk_unref(k384);
+    jwk_unref(ked);
+    jwk_unref(krsa);
+    EVP_PKEY_free(p256);
+    EVP_PKEY_free(p384);
+    EVP_PKEY_free(ed);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ec_and_eddsa),
         cmocka_unit_test(test_rsa_generate),
         cmocka_unit_test(test_cert_ca_and_server),
         cmocka_unit_test(test_cert_create_refusals),
