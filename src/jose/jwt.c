@@ -83,17 +83,22 @@ typedef struct {
     const char *alg;
     key_family fam;
     const char *curve;           /* FAM_EC: OpenSSL's name of the curve the key must be on */
-    const char *digest;          /* FAM_EC's (RSA's: alg_digest; Ed25519 has none) */
+    const char *digest;          /* NULL for Ed25519, which hashes the message itself */
     size_t sig_len;              /* FAM_EC, FAM_ED25519: the signature's fixed length (R || S) */
+    bool pss;                    /* FAM_RSA: RSASSA-PSS (salt as long as the digest), else PKCS#1 v1.5 */
 } verify_alg;
 static const verify_alg VERIFY_ALGS[] = {
-    {"RS256", FAM_RSA, NULL, NULL, 0},
-    {"PS256", FAM_RSA, NULL, NULL, 0},
-    {"ES256", FAM_EC, "prime256v1", "SHA256", 64},
-    {"ES384", FAM_EC, "secp384r1", "SHA384", 96},
-    {"EdDSA", FAM_ED25519, NULL, NULL, 64},
+    {"RS256", FAM_RSA, NULL, "SHA256", 0, false},
+    {"RS384", FAM_RSA, NULL, "SHA384", 0, false},
+    {"RS512", FAM_RSA, NULL, "SHA512", 0, false},
+    {"PS256", FAM_RSA, NULL, "SHA256", 0, true},
+    {"PS384", FAM_RSA, NULL, "SHA384", 0, true},
+    {"PS512", FAM_RSA, NULL, "SHA512", 0, true},
+    {"ES256", FAM_EC, "prime256v1", "SHA256", 64, false},
+    {"ES384", FAM_EC, "secp384r1", "SHA384", 96, false},
+    {"EdDSA", FAM_ED25519, NULL, NULL, 64, false},
 };
-#define VERIFY_ALGS_TEXT "RS256, PS256, ES256, ES384, EdDSA"
+#define VERIFY_ALGS_TEXT "RS256/384/512, PS256/384/512, ES256, ES384, EdDSA"
 
 static const verify_alg *verify_alg_of(const char *alg)
 {
@@ -463,9 +468,8 @@ int jwk_set_cert(jwk *k, const char *cert_pem, char *err, size_t errlen)
     return 0;
 }
 
-/* Sign or verify (sig_len in/out) the signing input with the allow-listed alg. */
-static int rsa_op(bool sign, const char *alg, EVP_PKEY *pkey, const char *input,
-                  unsigned char *sig, size_t *sig_len)
+/* Sign (sig_len in/out) the signing input with the allow-listed alg (RS256, PS256). */
+static int rsa_sign(const char *alg, EVP_PKEY *pkey, const char *input, unsigned char *sig, size_t *sig_len)
 {
     bool pss = false;
     const char *md = alg_digest(alg, &pss);
@@ -473,12 +477,9 @@ static int rsa_op(bool sign, const char *alg, EVP_PKEY *pkey, const char *input,
     EVP_PKEY_CTX *pctx = NULL;
     int ok = 0;
     if (md && mctx) {
-        ok = sign ? EVP_DigestSignInit_ex(mctx, &pctx, md, NULL, NULL, pkey, NULL)
-                  : EVP_DigestVerifyInit_ex(mctx, &pctx, md, NULL, NULL, pkey, NULL);
+        ok = EVP_DigestSignInit_ex(mctx, &pctx, md, NULL, NULL, pkey, NULL);
         if (ok == 1 && pss && set_pss(pctx) != 0) ok = 0;
-        if (ok == 1)
-            ok = sign ? EVP_DigestSign(mctx, sig, sig_len, (const unsigned char *)input, strlen(input))
-                      : EVP_DigestVerify(mctx, sig, *sig_len, (const unsigned char *)input, strlen(input));
+        if (ok == 1) ok = EVP_DigestSign(mctx, sig, sig_len, (const unsigned char *)input, strlen(input));
     }
     EVP_MD_CTX_free(mctx);
     ERR_clear_error();
@@ -546,7 +547,7 @@ char *jwt_sign(const jwk *k, const json_t *header_extra, const json_t *claims,
     size_t sig_len = (size_t)EVP_PKEY_get_size(k->pkey);
     sig = xmalloc(sig_len);
     if ((k->rs256 && !strcmp(alg, "RS256") ? sign_rs256(k->rs256, input, sig, &sig_len)
-                                           : rsa_op(true, alg, k->pkey, input, sig, &sig_len)) != 0) {
+                                           : rsa_sign(alg, k->pkey, input, sig, &sig_len)) != 0) {
         set_err(err, errlen, "signing failed");
         goto done;
     }
@@ -662,6 +663,19 @@ static int ec_verify(const verify_alg *a, EVP_PKEY *pkey, const char *input, con
     return ok == 1 ? 0 : -1;
 }
 
+/* RSxxx and PSxxx (RFC 7518 §3.3, §3.5). 0 if it verifies. */
+static int rsa_verify(const verify_alg *a, EVP_PKEY *pkey, const char *input, const unsigned char *sig, size_t sig_len)
+{
+    EVP_MD_CTX *mctx = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    int ok = mctx ? EVP_DigestVerifyInit_ex(mctx, &pctx, a->digest, NULL, NULL, pkey, NULL) : 0;
+    if (ok == 1 && a->pss && set_pss(pctx) != 0) ok = 0;
+    if (ok == 1) ok = EVP_DigestVerify(mctx, sig, sig_len, (const unsigned char *)input, strlen(input));
+    EVP_MD_CTX_free(mctx);
+    ERR_clear_error();
+    return ok == 1 ? 0 : -1;
+}
+
 /* EdDSA with Ed25519 (RFC 8037 §3.1): the message itself, no separate digest. */
 static int ed25519_verify(EVP_PKEY *pkey, const char *input, const unsigned char *sig, size_t sig_len)
 {
@@ -705,8 +719,8 @@ int jwt_verify(const jwt *t, const jwk *k, char *err, size_t errlen)
     size_t sig_len = t->sig_len;
     int rc;
     if (a->fam == FAM_RSA) /* RFC 8017 §8.1.2/§8.2.2 step 1: as long as the modulus */
-        rc = sig_len == (size_t)EVP_PKEY_get_size(k->pkey)
-                 ? rsa_op(false, a->alg, k->pkey, t->signing_input, t->sig, &sig_len) : -1;
+        rc = sig_len == (size_t)EVP_PKEY_get_size(k->pkey) ? rsa_verify(a, k->pkey, t->signing_input, t->sig, sig_len)
+                                                           : -1;
     else if (sig_len != a->sig_len)
         rc = -1;
     else if (a->fam == FAM_EC)

@@ -1,5 +1,5 @@
 /* jwt — JSON Web Keys and compact JWS/JWT (RFC 7515, 7517, 7519): RS256 and PS256 signed and
- * verified; ES256, ES384 and EdDSA (Ed25519) verified with keys from a JWKS.
+ * verified; RS384/512, PS384/512, ES256, ES384 and EdDSA (Ed25519) verified.
  *
  * Usage
  *     jwk *k = jwk_from_pem(private_pem, "kid-1", err, sizeof err);
@@ -9,8 +9,8 @@
  *     jwt_clear(&t);
  *
  * Contract
- *  - Algorithm allow-list: RS256 and PS256 are signed; those and ES256, ES384 and EdDSA are
- *    verified; "none", HMAC and everything else are refused before any key is touched,
+ *  - Algorithm allow-list: RS256 and PS256 are signed; those, RS384/512, PS384/512, ES256,
+ *    ES384 and EdDSA are verified; "none", HMAC and everything else are refused before any key is touched,
  *    whatever the key. Each alg verifies with one kind of key only (RSA of 2048 bits or more;
  *    EC P-256 for ES256, P-384 for ES384; Ed25519 for EdDSA): a token cannot make a key be
  *    read as another kind (RFC 8725 §3.1).

@@ -1,6 +1,6 @@
 // `agentid gateway` jwtAuth with the signature algorithms other issuers than Entra use: a JWKS
 // holding RSA, EC P-256, EC P-384 and Ed25519 keys; tokens signed by node's crypto with RS256,
-// PS256, ES256, ES384 and EdDSA pass, and each is refused when altered, when its kid names a key
+// RS384/512, PS256/384/512, ES256, ES384 and EdDSA pass, and each is refused when altered, when its kid names a key
 // of another kind, or with alg none / HS256.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -30,7 +30,11 @@ function tokenFor(alg, name, kid = name) {
   const key = keys[name].privateKey;
   const sig = {
     RS256: () => sign('sha256', data, key),
+    RS384: () => sign('sha384', data, key),
+    RS512: () => sign('sha512', data, key),
     PS256: () => sign('sha256', data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }),
+    PS384: () => sign('sha384', data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 48 }),
+    PS512: () => sign('sha512', data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 64 }),
     ES256: () => sign('sha256', data, { key, dsaEncoding: 'ieee-p1363' }),
     ES384: () => sign('sha384', data, { key, dsaEncoding: 'ieee-p1363' }),
     EdDSA: () => sign(null, data, key),
@@ -63,8 +67,9 @@ after(async () => {
 
 const call = (tok) => request(`${G.url}/x`, { headers: { Authorization: `Bearer ${tok}` } });
 
-test('RS256, PS256, ES256, ES384 and EdDSA tokens pass with their keys from the JWKS', async () => {
-  for (const [alg, name] of [['RS256', 'rsa'], ['PS256', 'rsa'], ['ES256', 'p256'], ['ES384', 'p384'], ['EdDSA', 'ed']]) {
+test('RS256/384/512, PS256/384/512, ES256, ES384 and EdDSA tokens pass with their keys from the JWKS', async () => {
+  for (const [alg, name] of [['RS256', 'rsa'], ['RS384', 'rsa'], ['RS512', 'rsa'], ['PS256', 'rsa'], ['PS384', 'rsa'],
+    ['PS512', 'rsa'], ['ES256', 'p256'], ['ES384', 'p384'], ['EdDSA', 'ed']]) {
     const r = await call(tokenFor(alg, name));
     assert.equal(r.status, 201, `${alg}: ${r.text}`);
     // twice: the second comes from the verified-token cache, the first was checked in full
@@ -73,7 +78,7 @@ test('RS256, PS256, ES256, ES384 and EdDSA tokens pass with their keys from the 
 });
 
 test('altered, a key of another kind, none and HS256: 401 with the failed check', async () => {
-  for (const [alg, name] of [['ES256', 'p256'], ['ES384', 'p384'], ['EdDSA', 'ed']]) {
+  for (const [alg, name] of [['ES256', 'p256'], ['ES384', 'p384'], ['EdDSA', 'ed'], ['PS512', 'rsa'], ['RS384', 'rsa']]) {
     const t = tokenFor(alg, name);
     const sig = t.split('.')[2];
     const mid = Math.floor(sig.length / 2);
