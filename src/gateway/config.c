@@ -267,27 +267,21 @@ static char *read_file_at(loader *l, const yaml_node_t *n, const char *what, siz
     return text;
 }
 
-static bool parse_jwt(loader *l, const yaml_node_t *n, gw_route *rt)
+/* One provider's issuer, audiences and jwks, from n (jwtAuth itself, or an entry of its
+ * providers); what names where the keys sit in messages ("jwtAuth", "jwtAuth.providers"). */
+static bool parse_provider(loader *l, const yaml_node_t *n, const char *what, gw_jwt_provider *j)
 {
-    static const char *const KEYS[] = {"mode", "issuer", "audiences", "jwks", "requireKid", NULL};
     static const char *const JWKS_KEYS[] = {"url", "file", NULL};
-    if (!map_ok(l, n, "jwtAuth", KEYS)) return false;
-    gw_jwt *j = rt->jwt = xcalloc(1, sizeof *j);
     yaml_node_t *v;
-    if ((v = get(l, n, "mode"))) {
-        const char *m = scalar(v);
-        if (m && !strcmp(m, "strict")) j->mode = GW_JWT_STRICT;
-        else if (m && !strcmp(m, "optional")) j->mode = GW_JWT_OPTIONAL;
-        else if (m && !strcmp(m, "permissive")) j->mode = GW_JWT_PERMISSIVE;
-        else return fail(l, v, "jwtAuth.mode: expected strict, optional or permissive");
-    }
-    if (!(v = get(l, n, "issuer"))) return fail(l, n, "jwtAuth: issuer is required");
-    if (!str(l, v, "jwtAuth.issuer", &j->issuer)) return false;
-    if ((v = get(l, n, "audiences")) && !str_list(l, v, "jwtAuth.audiences", &j->audiences)) return false;
-    if ((v = get(l, n, "requireKid")) && !boolean(l, v, "jwtAuth.requireKid", &j->require_kid)) return false;
+    char name[64];
+    if (!(v = get(l, n, "issuer"))) return fail(l, n, "%s: issuer is required", what);
+    snprintf(name, sizeof name, "%s.issuer", what);
+    if (!str(l, v, name, &j->issuer)) return false;
+    snprintf(name, sizeof name, "%s.audiences", what);
+    if ((v = get(l, n, "audiences")) && !str_list(l, v, name, &j->audiences)) return false;
 
     yaml_node_t *k = get(l, n, "jwks");
-    if (!k) return fail(l, n, "jwtAuth: jwks is required ({url: ...} or {file: ...})");
+    if (!k) return fail(l, n, "%s: jwks is required ({url: ...} or {file: ...})", what);
     char *text = NULL;
     bool ok = false;
     if (scalar(k)) { /* inline JSON, as agentgateway allows */
@@ -313,6 +307,44 @@ static bool parse_jwt(loader *l, const yaml_node_t *n, gw_route *rt)
     else ok = true;
     free(text);
     return ok;
+}
+
+static bool parse_jwt(loader *l, const yaml_node_t *n, gw_route *rt)
+{
+    static const char *const KEYS[] = {"mode", "issuer", "audiences", "jwks", "requireKid", "providers", NULL};
+    static const char *const PROVIDER_KEYS[] = {"issuer", "audiences", "jwks", NULL};
+    if (!map_ok(l, n, "jwtAuth", KEYS)) return false;
+    gw_jwt *j = rt->jwt = xcalloc(1, sizeof *j);
+    yaml_node_t *v;
+    if ((v = get(l, n, "mode"))) {
+        const char *m = scalar(v);
+        if (m && !strcmp(m, "strict")) j->mode = GW_JWT_STRICT;
+        else if (m && !strcmp(m, "optional")) j->mode = GW_JWT_OPTIONAL;
+        else if (m && !strcmp(m, "permissive")) j->mode = GW_JWT_PERMISSIVE;
+        else return fail(l, v, "jwtAuth.mode: expected strict, optional or permissive");
+    }
+    if ((v = get(l, n, "requireKid")) && !boolean(l, v, "jwtAuth.requireKid", &j->require_kid)) return false;
+    yaml_node_t *ps = get(l, n, "providers");
+    if (!ps) {
+        j->providers = xcalloc(1, sizeof *j->providers);
+        j->n_providers = 1;
+        return parse_provider(l, n, "jwtAuth", &j->providers[0]);
+    }
+    if (get(l, n, "issuer") || get(l, n, "audiences") || get(l, n, "jwks"))
+        return fail(l, n, "jwtAuth: give either issuer, audiences and jwks, or providers");
+    if (!seq_ok(l, ps, "jwtAuth.providers")) return false;
+    if (!seq_len(ps)) return fail(l, ps, "jwtAuth.providers: at least one is required");
+    j->providers = xcalloc(seq_len(ps), sizeof *j->providers);
+    ITEMS(ps, it) {
+        yaml_node_t *pn = node_at(l, *it);
+        if (!map_ok(l, pn, "jwtAuth.providers", PROVIDER_KEYS)) return false;
+        gw_jwt_provider *p = &j->providers[j->n_providers++];
+        if (!parse_provider(l, pn, "jwtAuth.providers", p)) return false;
+        for (size_t i = 0; i + 1 < j->n_providers; i++)
+            if (!strcmp(j->providers[i].issuer, p->issuer))
+                return fail(l, pn, "jwtAuth.providers: issuer %s is given twice", p->issuer);
+    }
+    return true;
 }
 
 static bool parse_cors(loader *l, const yaml_node_t *n, gw_route *rt)
@@ -1501,12 +1533,16 @@ static void free_route(gw_route *rt)
     }
     free(rt->matches);
     free_backend(&rt->backend);
+    for (size_t i = 0; rt->jwt && i < rt->jwt->n_providers; i++) {
+        gw_jwt_provider *p = &rt->jwt->providers[i];
+        free(p->issuer);
+        list_free(p->audiences);
+        free(p->jwks_url);
+        jwks_cache_free(p->jwks_cache);
+        jwks_unref(p->jwks_keys);
+    }
     if (rt->jwt) {
-        free(rt->jwt->issuer);
-        list_free(rt->jwt->audiences);
-        free(rt->jwt->jwks_url);
-        jwks_cache_free(rt->jwt->jwks_cache);
-        jwks_unref(rt->jwt->jwks_keys);
+        free(rt->jwt->providers);
         free(rt->jwt);
     }
     free(rt->meta.resource);

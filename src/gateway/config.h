@@ -64,13 +64,18 @@ bool gw_value_matches(const gw_value_match *m, const char *s);
 typedef enum { GW_JWT_STRICT, GW_JWT_OPTIONAL, GW_JWT_PERMISSIVE } gw_jwt_mode;
 
 typedef struct {
-    gw_jwt_mode mode;
     char *issuer;
     char **audiences;            /* NULL-terminated; NULL: aud is not checked */
     char *jwks_url;              /* exactly one of jwks_cache (jwks.url) ... */
     jwks_cache *jwks_cache;
-    jwks *jwks_keys;             /* ... and jwks_keys (jwks.file) */
+    jwks *jwks_keys;             /* ... and jwks_keys (jwks.file or inline) */
+} gw_jwt_provider;
+
+typedef struct {
+    gw_jwt_mode mode;
     bool require_kid;
+    gw_jwt_provider *providers;  /* issuer, audiences and jwks, or agentgateway's providers list: */
+    size_t n_providers;          /* a token goes to the one whose issuer is its iss */
 } gw_jwt;
 
 /* RFC 9728 document extras (route key resourceMetadata). */

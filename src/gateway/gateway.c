@@ -483,8 +483,24 @@ static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v, bool
         failed(v, 401, "malformed", "token header has no kid");
         goto bad;
     }
-    if (j->jwks_keys) {
-        const jwk *k = kid || x5t ? jwks_find(j->jwks_keys, kid, x5t) : NULL;
+    /* Of several providers, the token's iss names the one whose keys and audiences apply (a
+     * token cannot pick another's keys: the issuer is checked against the same provider). */
+    const gw_jwt_provider *p = &j->providers[0];
+    if (j->n_providers > 1) {
+        const char *iss = jwt_claim_str(t, "iss");
+        p = NULL;
+        for (size_t i = 0; iss && !p && i < j->n_providers; i++)
+            if (!strcmp(iss, j->providers[i].issuer)) p = &j->providers[i];
+        if (!p) {
+            char *have = jwt_claim_text(t, "iss");
+            failed(v, 401, "issuer", "iss %s is not the issuer of any of the route's %zu providers", have,
+                   j->n_providers);
+            free(have);
+            goto bad;
+        }
+    }
+    if (p->jwks_keys) {
+        const jwk *k = kid || x5t ? jwks_find(p->jwks_keys, kid, x5t) : NULL;
         if (!k) {
             failed(v, 401, "signature", "no key in the JWKS matches the token's %s", kid ? "kid" : "x5t");
             goto bad;
@@ -495,8 +511,8 @@ static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v, bool
         }
     } else {
         jwt_clear(t);
-        int rc = may_fetch ? jwks_cache_verify(j->jwks_cache, token, t, err, sizeof err)
-                           : jwks_cache_verify_cached(j->jwks_cache, token, t, err, sizeof err);
+        int rc = may_fetch ? jwks_cache_verify(p->jwks_cache, token, t, err, sizeof err)
+                           : jwks_cache_verify_cached(p->jwks_cache, token, t, err, sizeof err);
         if (rc == JWKS_WOULD_FETCH) return 1;
         if (rc != 0) {
             /* jwks.c words "no key set at all" as "JWKS ...": the provider is down. */
@@ -506,8 +522,8 @@ static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v, bool
         }
     }
 
-    const char *issuers[] = {j->issuer, NULL};
-    jwt_expect ex = {.issuers = issuers, .audiences = (const char *const *)j->audiences, .skew_s = SKEW_S,
+    const char *issuers[] = {p->issuer, NULL};
+    jwt_expect ex = {.issuers = issuers, .audiences = (const char *const *)p->audiences, .skew_s = SKEW_S,
                      .require_exp = true};
     jwt_check c = jwt_check_claims(t, &ex, err, sizeof err);
     if (c == JWT_CHECK_OK) return 0;
@@ -518,7 +534,7 @@ static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v, bool
     else if (c == JWT_CHECK_NOT_YET_VALID && jwt_claim_int(t, "nbf", &nbf))
         failed(v, 401, "not_yet_valid", "not valid for another %lld s (nbf)", (long long)(nbf - now));
     else if (c == JWT_CHECK_ISSUER)
-        failed(v, 401, "issuer", "iss %s is not %s", have, j->issuer);
+        failed(v, 401, "issuer", "iss %s is not %s", have, p->issuer);
     else if (c == JWT_CHECK_AUDIENCE)
         failed(v, 401, "audience", "aud %s is not an accepted audience", have);
     else
@@ -1415,8 +1431,11 @@ static void serve_prm(server *sv, const gw_bind *b, http_req *r, const char *res
     char base[300];
     request_base(r, rt, sv, base, sizeof base);
     char *resource = xasprintf("%s%s", base, rest);
-    json_t *doc = json_pack("{s:s, s:[s], s:[s]}", "resource", resource, "authorization_servers",
-                            rt->jwt->issuer, "bearer_methods_supported", "header");
+    json_t *servers = json_array();
+    for (size_t i = 0; i < rt->jwt->n_providers; i++) /* every provider's issuer */
+        json_array_append_new(servers, json_string(rt->jwt->providers[i].issuer));
+    json_t *doc = json_pack("{s:s, s:o, s:[s]}", "resource", resource, "authorization_servers", servers,
+                            "bearer_methods_supported", "header");
     free(resource);
     if (rt->meta.scopes_supported) {
         json_t *sc = json_array();

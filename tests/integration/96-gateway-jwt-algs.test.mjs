@@ -12,19 +12,21 @@ import { start, request } from './harness.mjs';
 import { startRecorder } from './sidecar.mjs';
 
 const ISS = 'https://issuer.test/v2.0', AUD = 'api://algs';
+const ISS2 = 'https://other-issuer.test', AUD2 = 'api://algs-too';
 const keys = {
   rsa: generateKeyPairSync('rsa', { modulusLength: 2048 }),
   p256: generateKeyPairSync('ec', { namedCurve: 'P-256' }),
   p384: generateKeyPairSync('ec', { namedCurve: 'P-384' }),
   ed: generateKeyPairSync('ed25519'),
+  other: generateKeyPairSync('ec', { namedCurve: 'P-256' }), // the second provider's
 };
 const jwk = (name) => ({ ...keys[name].publicKey.export({ format: 'jwk' }), kid: name, use: 'sig' });
 
 /** A token signed the JWS way for alg with the named key (kid defaults to the key's name). */
-function tokenFor(alg, name, kid = name) {
+function tokenFor(alg, name, kid = name, { iss = ISS, aud = AUD } = {}) {
   const now = Math.floor(Date.now() / 1000);
   const head = Buffer.from(JSON.stringify({ alg, typ: 'JWT', kid })).toString('base64url');
-  const body = Buffer.from(JSON.stringify({ iss: ISS, aud: AUD, sub: 'someone', iat: now, nbf: now - 5, exp: now + 600 }))
+  const body = Buffer.from(JSON.stringify({ iss, aud, sub: 'someone', iat: now, nbf: now - 5, exp: now + 600 }))
     .toString('base64url');
   const data = Buffer.from(`${head}.${body}`);
   const key = keys[name].privateKey;
@@ -47,10 +49,19 @@ before(async () => {
   rec = await startRecorder();
   dir = mkdtempSync(join(tmpdir(), 'agentid-algs-'));
   writeFileSync(join(dir, 'keys.json'), JSON.stringify({ keys: ['rsa', 'p256', 'p384', 'ed'].map(jwk) }));
+  writeFileSync(join(dir, 'keys2.json'), JSON.stringify({ keys: [jwk('other')] }));
   writeFileSync(join(dir, 'gateway.yaml'), `binds:
 - port: 0
   listeners:
   - routes:
+    - name: multi
+      matches: [{path: {pathPrefix: /multi}}]
+      backends: [{host: "${rec.url.slice(7)}"}]
+      policies:
+        jwtAuth:
+          providers:
+          - {issuer: "${ISS}", audiences: ["${AUD}"], jwks: {file: keys.json}}
+          - {issuer: "${ISS2}", audiences: ["${AUD2}"], jwks: {file: keys2.json}}
     - name: api
       backends: [{host: "${rec.url.slice(7)}"}]
       policies:
@@ -103,4 +114,25 @@ test('altered, a key of another kind, none and HS256: 401 with the failed check'
   assert.equal(r.status, 401, 'HS256 keyed with the public key');
   assert.match(r.json.error_description, /alg not allowed/);
   assert.ok(head);
+});
+
+test('jwtAuth.providers: a token of either issuer passes with its own keys and audiences, and only so', async () => {
+  const multi = (tok) => request(`${G.url}/multi/x`, { headers: { Authorization: `Bearer ${tok}` } });
+  assert.equal((await multi(tokenFor('ES256', 'p256'))).status, 201, 'the first provider\'s');
+  assert.equal((await multi(tokenFor('ES256', 'other', 'other', { iss: ISS2, aud: AUD2 }))).status, 201, 'the second\'s');
+  assert.equal((await multi(tokenFor('EdDSA', 'ed'))).status, 201);
+  const cases = [
+    [tokenFor('ES256', 'p256', 'p256', { iss: ISS2, aud: AUD2 }), 'signature', 'the second issuer with the first\'s key'],
+    [tokenFor('ES256', 'other', 'other', { iss: ISS, aud: AUD }), 'signature', 'the first issuer with the second\'s key'],
+    [tokenFor('ES256', 'other', 'other', { iss: ISS2, aud: AUD }), 'audience', 'the second issuer, the first\'s audience'],
+    [tokenFor('ES256', 'p256', 'p256', { iss: 'https://nobody.test' }), 'issuer', 'no provider\'s issuer'],
+  ];
+  for (const [tok, check, what] of cases) {
+    const r = await multi(tok);
+    assert.equal(r.status, 401, what);
+    assert.equal(r.json.failed_check, check, what);
+  }
+  const prm = await request(`${G.url}/.well-known/oauth-protected-resource/multi`);
+  assert.equal(prm.status, 200);
+  assert.deepEqual(prm.json.authorization_servers, [ISS, ISS2], 'every provider\'s issuer');
 });

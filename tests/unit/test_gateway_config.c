@@ -132,9 +132,10 @@ static void test_full(void **state)
     assert_int_equal(api->matches[1].path_kind, GW_PATH_EXACT);
     assert_string_equal(api->backend.base_url, "http://127.0.0.1:8080");
     assert_int_equal(api->jwt->mode, GW_JWT_STRICT);
-    assert_string_equal(api->jwt->audiences[1], "a2");
-    assert_null(api->jwt->audiences[2]);
-    assert_int_equal(jwks_count(api->jwt->jwks_keys), 1);
+    assert_int_equal(api->jwt->n_providers, 1);
+    assert_string_equal(api->jwt->providers[0].audiences[1], "a2");
+    assert_null(api->jwt->providers[0].audiences[2]);
+    assert_int_equal(jwks_count(api->jwt->providers[0].jwks_keys), 1);
     assert_true(api->jwt->require_kid);
     assert_int_equal(cel_rules_count(api->authz), 3);
     assert_string_equal(api->cors->allow_headers, "a, b");
@@ -257,6 +258,17 @@ static void test_errors(void **state)
         {"", ":1: the file is empty"},
         {"binds: [\n- port: 1\n  x: :", ":2: did not find expected node content"},
         {"bindz: []\n", ":1: top level: unknown or unsupported key 'bindz'"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
+         "        jwtAuth: {issuer: x, providers: []}\n", ":7: jwtAuth: give either issuer, audiences and jwks, or providers"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
+         "        jwtAuth: {providers: []}\n", ":7: jwtAuth.providers: at least one is required"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
+         "        jwtAuth: {providers: [{issuer: x}]}\n", ":7: jwtAuth.providers: jwks is required"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
+         "        jwtAuth:\n          providers:\n          - {issuer: x, jwks: {url: \"http://127.0.0.1:1/k\"}}\n"
+         "          - {issuer: x, jwks: {url: \"http://127.0.0.1:2/k\"}}\n", ":10: jwtAuth.providers: issuer x is given twice"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
+         "        jwtAuth: {providers: [{issuer: x, mode: strict}]}\n", ":7: jwtAuth.providers: unknown or unsupported key 'mode'"},
         {"config:\n  mcp: {sessionTtl: soon}\nbinds: []\n", ":2: config.mcp.sessionTtl: expected a duration from 1s to 168h"},
         {"config:\n  mcp: {sessionTtl: 500ms}\nbinds: []\n", ":2: config.mcp.sessionTtl: expected a duration"},
         {"config:\n  mcp: {ttl: 5m}\nbinds: []\n", ":2: config.mcp: unknown or unsupported key 'ttl'"},
