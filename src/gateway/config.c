@@ -311,8 +311,11 @@ static bool parse_provider(loader *l, const yaml_node_t *n, const char *what, gw
 
 static bool parse_jwt(loader *l, const yaml_node_t *n, gw_route *rt)
 {
-    static const char *const KEYS[] = {"mode", "issuer", "audiences", "jwks", "requireKid", "providers", NULL};
+    static const char *const KEYS[] = {"mode", "issuer", "audiences", "jwks", "requireKid", "providers", "location", NULL};
     static const char *const PROVIDER_KEYS[] = {"issuer", "audiences", "jwks", NULL};
+    static const char *const LOC_KEYS[] = {"header", "queryParameter", "cookie", NULL};
+    static const char *const HDR_KEYS[] = {"name", "prefix", NULL};
+    static const char *const NAME_KEYS[] = {"name", NULL};
     if (!map_ok(l, n, "jwtAuth", KEYS)) return false;
     gw_jwt *j = rt->jwt = xcalloc(1, sizeof *j);
     yaml_node_t *v;
@@ -324,6 +327,18 @@ static bool parse_jwt(loader *l, const yaml_node_t *n, gw_route *rt)
         else return fail(l, v, "jwtAuth.mode: expected strict, optional or permissive");
     }
     if ((v = get(l, n, "requireKid")) && !boolean(l, v, "jwtAuth.requireKid", &j->require_kid)) return false;
+    if ((v = get(l, n, "location"))) { /* agentgateway's: {header: {name, prefix}}, {queryParameter: {name}}, {cookie: {name}} */
+        if (!map_ok(l, v, "jwtAuth.location", LOC_KEYS)) return false;
+        yaml_node_t *h = get(l, v, "header"), *q = get(l, v, "queryParameter"), *c = get(l, v, "cookie");
+        if ((h != NULL) + (q != NULL) + (c != NULL) != 1)
+            return fail(l, v, "jwtAuth.location: give one of header, queryParameter and cookie");
+        yaml_node_t *w = h ? h : q ? q : c, *x;
+        if (!map_ok(l, w, "jwtAuth.location", h ? HDR_KEYS : NAME_KEYS)) return false;
+        if (!(x = get(l, w, "name"))) return fail(l, w, "jwtAuth.location: name is required");
+        if (!str(l, x, "jwtAuth.location.name", &j->loc_name)) return false;
+        if (h && (x = get(l, w, "prefix")) && !str(l, x, "jwtAuth.location.prefix", &j->loc_prefix)) return false;
+        j->where = h ? GW_JWT_IN_HEADER : q ? GW_JWT_IN_QUERY : GW_JWT_IN_COOKIE;
+    }
     yaml_node_t *ps = get(l, n, "providers");
     if (!ps) {
         j->providers = xcalloc(1, sizeof *j->providers);
@@ -1543,6 +1558,8 @@ static void free_route(gw_route *rt)
     }
     if (rt->jwt) {
         free(rt->jwt->providers);
+        free(rt->jwt->loc_name);
+        free(rt->jwt->loc_prefix);
         free(rt->jwt);
     }
     free(rt->meta.resource);

@@ -71,9 +71,16 @@ typedef struct {
     jwks *jwks_keys;             /* ... and jwks_keys (jwks.file or inline) */
 } gw_jwt_provider;
 
+/* Where the token is (jwtAuth.location): a header (Authorization with "Bearer " by default), a
+ * query parameter or a cookie. */
+typedef enum { GW_JWT_IN_HEADER, GW_JWT_IN_QUERY, GW_JWT_IN_COOKIE } gw_jwt_where;
+
 typedef struct {
     gw_jwt_mode mode;
     bool require_kid;
+    gw_jwt_where where;
+    char *loc_name;              /* NULL: the Authorization header */
+    char *loc_prefix;            /* header: what comes before the token, matched case-insensitively */
     gw_jwt_provider *providers;  /* issuer, audiences and jwks, or agentgateway's providers list: */
     size_t n_providers;          /* a token goes to the one whose issuer is its iss */
 } gw_jwt;

@@ -630,6 +630,53 @@ static const char *bearer(http_req *r)
     return *a ? a : NULL;
 }
 
+/* The value of cookie name in a Cookie header ("a=1; b=2"), at most max - 1 bytes into buf;
+ * NULL if absent, empty or longer. */
+static const char *cookie_in(const char *header, const char *name, char *buf, size_t max)
+{
+    size_t nlen = strlen(name);
+    for (const char *p = header; p && *p;) {
+        p += strspn(p, " \t;");
+        size_t len = strcspn(p, ";");
+        if (len > nlen && !strncmp(p, name, nlen) && p[nlen] == '=') {
+            size_t vlen = len - nlen - 1;
+            while (vlen && (p[nlen + vlen] == ' ' || p[nlen + vlen] == '\t')) vlen--;
+            if (!vlen || vlen >= max) return NULL;
+            memcpy(buf, p + nlen + 1, vlen);
+            buf[vlen] = '\0';
+            return buf;
+        }
+        p += len;
+    }
+    return NULL;
+}
+
+/* The verdict for a request without a token, naming where it was looked for. */
+static void missing(verdict *v, const gw_jwt *j)
+{
+    if (!j->loc_name) failed(v, 401, "missing", "no bearer token in the Authorization header");
+    else failed(v, 401, "missing", "no token in the %s %s%s%s", j->where == GW_JWT_IN_QUERY ? "query parameter"
+                                                                : j->where == GW_JWT_IN_COOKIE ? "cookie" : "header",
+                j->loc_name, j->loc_prefix ? " after " : "", j->loc_prefix ? j->loc_prefix : "");
+}
+
+/* The route's token, where its jwtAuth.location says (no jwtAuth, or none said: the
+ * Authorization header's bearer token); NULL if there is none. A cookie's is copied into a
+ * buffer of the thread's, valid until the thread's next call. */
+static const char *token_in(http_req *r, const gw_jwt *j)
+{
+    static _Thread_local char cookie[JWT_MAX_BYTES + 1];
+    if (!j || (j->where == GW_JWT_IN_HEADER && !j->loc_name)) return bearer(r);
+    if (j->where == GW_JWT_IN_COOKIE) return cookie_in(http_req_header(r, "Cookie"), j->loc_name, cookie, sizeof cookie);
+    const char *v = j->where == GW_JWT_IN_QUERY ? http_req_query(r, j->loc_name) : http_req_header(r, j->loc_name);
+    if (v && j->where == GW_JWT_IN_HEADER && j->loc_prefix) {
+        size_t n = strlen(j->loc_prefix);
+        v = strncasecmp(v, j->loc_prefix, n) ? NULL : v + n;
+    }
+    if (v) v += strspn(v, " \t");
+    return v && *v ? v : NULL;
+}
+
 /* ---- the CEL activation -------------------------------------------------------------------- */
 
 static void add_header_json(void *ctx, const char *name, const char *value)
@@ -839,6 +886,8 @@ typedef struct {
     const gw_route *rt;
     const char *connection;
     bool strip_auth, has_accept, has_ctype;
+    const char *strip_header;    /* jwtAuth.location's header, once its token passed: not forwarded */
+    const char *strip_cookie;    /* jwtAuth.location's cookie, likewise (the other cookies go on) */
 } up_headers;
 
 /* One line, printf-style; dropped when there are too many. */
@@ -888,6 +937,25 @@ static void copy_header(void *ctx, const char *name, const char *value)
     for (size_t i = 0; i < ARRAY_LEN(OWN); i++)
         if (!strcasecmp(name, OWN[i])) return;
     if (!strcasecmp(name, "Authorization") && u->strip_auth) return;
+    if (u->strip_header && !strcasecmp(name, u->strip_header)) return;
+    if (u->strip_cookie && !strcasecmp(name, "Cookie")) { /* the others, as they were */
+        size_t nlen = strlen(u->strip_cookie), out = 0;
+        char *kept = xmalloc(2 * strlen(value) + 1); /* "a=1;b=2" comes out as "a=1; b=2" */
+        for (const char *p = value; *p;) {
+            p += strspn(p, " \t;");
+            size_t len = strcspn(p, ";");
+            if (len && !(len > nlen && !strncmp(p, u->strip_cookie, nlen) && p[nlen] == '=')) {
+                if (out) memcpy(kept + out, "; ", 2), out += 2;
+                memcpy(kept + out, p, len);
+                out += len;
+            }
+            p += len;
+        }
+        kept[out] = '\0';
+        if (out) up_set(u, name, kept);
+        free(kept);
+        return;
+    }
     /* A client must not be able to pose as a claim the gateway forwards. */
     for (size_t i = 0; i < u->rt->n_claim_headers; i++)
         if (!strcasecmp(name, u->rt->claim_headers[i].header)) return;
@@ -1005,13 +1073,34 @@ static char *replace_prefix(const gw_match *m, const char *target, const char *e
     return xasprintf("%s%.*s", pre, (int)(end - rest), rest);
 }
 
-static char *upstream_url(const gw_route *rt, const char *base, const gw_match *m, http_req *r)
+/* query ("?a=1&b=2", or NULL) without the parameters named name (as sent, not decoded): a new
+ * string, "" when nothing is left. */
+static char *query_without(const char *query, const char *name)
 {
-    const char *target = http_req_target(r), *query = strchr(target, '?');
-    const char *end = target + strcspn(target, "?");
+    size_t nlen = strlen(name), out = 0;
+    char *q = xmalloc(query ? strlen(query) + 2 : 1);
+    for (const char *p = query ? query + 1 : ""; *p;) {
+        size_t len = strcspn(p, "&");
+        bool drop = len >= nlen && !strncmp(p, name, nlen) && (len == nlen || p[nlen] == '=');
+        if (!drop && len) {
+            q[out] = out ? '&' : '?';
+            out++;
+            memcpy(q + out, p, len);
+            out += len;
+        }
+        p += len + (p[len] == '&');
+    }
+    q[out] = '\0';
+    return q;
+}
+
+/* upstream_url with the query given (NULL: none). */
+static char *upstream_url_q(const gw_route *rt, const char *base, const gw_match *m, const char *target,
+                            const char *end, const char *query)
+{
     if (rt->backend.kind != GW_BACKEND_AI) {
         if (rt->rewrite_full) return xasprintf("%s%s%s", base, rt->rewrite_full, query ? query : "");
-        if (!rt->rewrite_prefix) return xasprintf("%s%s", base, target);
+        if (!rt->rewrite_prefix) return xasprintf("%s%.*s%s", base, (int)(end - target), target, query ? query : "");
         char *path = replace_prefix(m, target, end, rt->rewrite_prefix);
         char *url = xasprintf("%s%s%s", base, path, query ? query : "");
         free(path);
@@ -1023,6 +1112,19 @@ static char *upstream_url(const gw_route *rt, const char *base, const gw_match *
                 (rlen >= 17 && !strncmp(end - 17, "/chat/completions", 17));
     return chat ? xasprintf("%s%s%s", base, rt->backend.chat_path, query ? query : "")
                 : xasprintf("%s%.*s%s", base, (int)rlen, rest, query ? query : "");
+}
+
+/* The upstream URL. strip_query: a query parameter to leave out (jwtAuth.location's, once its
+ * token passed), or NULL. */
+static char *upstream_url(const gw_route *rt, const char *base, const gw_match *m, http_req *r, const char *strip_query)
+{
+    const char *target = http_req_target(r), *query = strchr(target, '?');
+    const char *end = target + strcspn(target, "?");
+    if (!strip_query) return upstream_url_q(rt, base, m, target, end, query);
+    char *kept = query_without(query, strip_query);
+    char *url = upstream_url_q(rt, base, m, target, end, *kept ? kept : NULL);
+    free(kept);
+    return url;
 }
 
 /* The request body, with the configured model for an ai backend (JSON objects only); NULL for
@@ -1309,16 +1411,21 @@ static const char *pick_base(const gw_backend *b, size_t *i)
 /* Send the request upstream. On a server thread (may_block false) the answer comes without
  * waiting: true if the request now waits for it (its log line is written then). On a worker
  * (may_block) this waits for the upstream's headers and answers before returning false. */
-static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r, const jwt *t, bool strip_auth,
+static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r, const jwt *t, bool strip_cred,
                   int64_t t0, bool may_block)
 {
+    /* strip_cred: the token passed and goes no further, from wherever jwtAuth.location took it */
+    const gw_jwt *j = rt->jwt;
+    bool in_auth = !j || (j->where == GW_JWT_IN_HEADER && !j->loc_name);
     size_t be_i;
     const char *base = pick_base(&rt->backend, &be_i);
     up_headers u; /* not "= {...}": that would clear the arena on every request */
     u.n = u.used = 0;
     u.rt = rt;
     u.connection = http_req_header(r, "Connection");
-    u.strip_auth = strip_auth || rt->backend_key;
+    u.strip_auth = (strip_cred && in_auth) || rt->backend_key;
+    u.strip_header = strip_cred && !in_auth && j->where == GW_JWT_IN_HEADER ? j->loc_name : NULL;
+    u.strip_cookie = strip_cred && j && j->where == GW_JWT_IN_COOKIE ? j->loc_name : NULL;
     u.has_accept = u.has_ctype = false;
     http_req_header_each(r, copy_header, &u);
 
@@ -1362,7 +1469,8 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
     u.lines[u.n] = NULL;
 
     size_t len = 0;
-    char *owned = NULL, *url = upstream_url(rt, base, m, r), err[300];
+    char *owned = NULL, *url = upstream_url(rt, base, m, r, strip_cred && j && j->where == GW_JWT_IN_QUERY ? j->loc_name : NULL),
+         err[300];
     const char *body = upstream_body(rt, r, &len, &owned);
     httpc_request req = {.method = http_req_method(r), .url = url, .headers = (const char *const *)u.lines,
                          .body = body, .body_len = len, .timeout_ms = rt->timeout_ms,
@@ -1468,12 +1576,12 @@ static bool serve_checked(const route_ctx *c, http_req *r, jwt *cached, const ve
     gw_route *rt = c->rt;
     jwt t = {0};
     bool validated = false, later = false;
-    const char *token = bearer(r);
+    const char *token = token_in(r, rt->jwt);
     if (rt->jwt) {
         verdict v = {0};
         if (cached) t = *cached, validated = true;
         else if (refused) v = *refused;
-        else if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
+        else if (!token) missing(&v, rt->jwt);
         else {
             int rc = check_token(c->sv->gw, c->scope, rt, token, &t, &v, may_block);
             validated = rc == 0;
@@ -1565,7 +1673,7 @@ static bool serve_route(server *sv, gw_route *rt, const gw_match *m, http_req *r
     }
 
     route_ctx c = {.sv = sv, .rt = rt, .m = m, .scope = scope, .t0 = t0};
-    const char *token = bearer(r);
+    const char *token = token_in(r, rt->jwt);
     jwt t = {0};
     verdict v = {0};
     bool streamed = http_req_body_streamed(r), mcp = rt->backend.kind == GW_BACKEND_MCP;
@@ -1648,12 +1756,12 @@ static void early(http_req *r, void *ctx)
     } else if (!(rt = route_for(b, path, r, false, &m))) {
         http_reply_text(r, 404, "route not found");
     } else if (rt->jwt && !rt->redirect && strcmp(http_req_method(r), "OPTIONS")) { /* preflights: the handler's */
-        const char *token = bearer(r);
+        const char *token = token_in(r, rt->jwt);
         verdict v = {0};
         jwt t = {0};
         int rc = -1;
         uint64_t scope = route_scope(gen, sv, b, rt);
-        if (!token) failed(&v, 401, "missing", "no bearer token in the Authorization header");
+        if (!token) missing(&v, rt->jwt);
         else rc = check_token(sv->gw, scope, rt, token, &t, &v, false); /* the cache first, as always */
         jwt_clear(&t);
         undecided = rc > 0;

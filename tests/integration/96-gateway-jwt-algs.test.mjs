@@ -62,6 +62,21 @@ before(async () => {
           providers:
           - {issuer: "${ISS}", audiences: ["${AUD}"], jwks: {file: keys.json}}
           - {issuer: "${ISS2}", audiences: ["${AUD2}"], jwks: {file: keys2.json}}
+    - name: in-query
+      matches: [{path: {pathPrefix: /q}}]
+      backends: [{host: "${rec.url.slice(7)}"}]
+      policies:
+        jwtAuth: {issuer: "${ISS}", audiences: ["${AUD}"], jwks: {file: keys.json}, location: {queryParameter: {name: access_token}}}
+    - name: in-cookie
+      matches: [{path: {pathPrefix: /c}}]
+      backends: [{host: "${rec.url.slice(7)}"}]
+      policies:
+        jwtAuth: {issuer: "${ISS}", audiences: ["${AUD}"], jwks: {file: keys.json}, location: {cookie: {name: session}}}
+    - name: in-header
+      matches: [{path: {pathPrefix: /h}}]
+      backends: [{host: "${rec.url.slice(7)}"}]
+      policies:
+        jwtAuth: {issuer: "${ISS}", audiences: ["${AUD}"], jwks: {file: keys.json}, location: {header: {name: X-Api-Token, prefix: "Token "}}}
     - name: api
       backends: [{host: "${rec.url.slice(7)}"}]
       policies:
@@ -135,4 +150,37 @@ test('jwtAuth.providers: a token of either issuer passes with its own keys and a
   const prm = await request(`${G.url}/.well-known/oauth-protected-resource/multi`);
   assert.equal(prm.status, 200);
   assert.deepEqual(prm.json.authorization_servers, [ISS, ISS2], 'every provider\'s issuer');
+});
+
+test('jwtAuth.location: the token from a query parameter, a cookie or a header; it goes no further', async () => {
+  const tok = tokenFor('ES256', 'p256');
+  let r = await request(`${G.url}/q/x?a=1&access_token=${tok}&b=2`);
+  assert.equal(r.status, 201, r.text);
+  assert.deepEqual(rec.seen.at(-1).query, { a: '1', b: '2' }, 'the other parameters, not the token');
+  r = await request(`${G.url}/q/x?access_token=${tok}`);
+  assert.equal(r.status, 201);
+  assert.equal(rec.seen.at(-1).path, '/q/x');
+  assert.deepEqual(rec.seen.at(-1).query, {});
+  r = await request(`${G.url}/q/x?a=1`, { headers: { Authorization: `Bearer ${tok}` } });
+  assert.equal(r.status, 401, 'not looked for in the Authorization header');
+  assert.equal(r.json.failed_check, 'missing');
+  assert.match(r.json.error_description, /no token in the query parameter access_token/);
+
+  r = await request(`${G.url}/c/x`, { headers: { Cookie: `theme=dark; session=${tok}; lang=nb` } });
+  assert.equal(r.status, 201, r.text);
+  assert.equal(rec.seen.at(-1).headers.cookie, 'theme=dark; lang=nb', 'the other cookies, not the token');
+  r = await request(`${G.url}/c/x`, { headers: { Cookie: `session=${tok}` } });
+  assert.equal(r.status, 201);
+  assert.equal(rec.seen.at(-1).headers.cookie, undefined);
+  r = await request(`${G.url}/c/x`, { headers: { Cookie: 'session=nonsense; theme=dark' } });
+  assert.equal(r.status, 401);
+  assert.equal(r.json.failed_check, 'malformed');
+
+  r = await request(`${G.url}/h/x`, { headers: { 'X-Api-Token': `token ${tok}`, 'X-Other': 'kept' } });
+  assert.equal(r.status, 201, r.text);
+  assert.equal(rec.seen.at(-1).headers['x-api-token'], undefined, 'the token header is not forwarded');
+  assert.equal(rec.seen.at(-1).headers['x-other'], 'kept');
+  r = await request(`${G.url}/h/x`, { headers: { 'X-Api-Token': tok } });
+  assert.equal(r.status, 401, 'without its prefix');
+  assert.equal(r.json.failed_check, 'missing');
 });

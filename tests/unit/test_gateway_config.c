@@ -269,6 +269,12 @@ static void test_errors(void **state)
          "          - {issuer: x, jwks: {url: \"http://127.0.0.1:2/k\"}}\n", ":10: jwtAuth.providers: issuer x is given twice"},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
          "        jwtAuth: {providers: [{issuer: x, mode: strict}]}\n", ":7: jwtAuth.providers: unknown or unsupported key 'mode'"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
+         "        jwtAuth: {issuer: x, jwks: {url: \"http://127.0.0.1:1/k\"}, location: {cookie: {name: a}, header: {name: b}}}\n",
+         ":7: jwtAuth.location: give one of header, queryParameter and cookie"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
+         "        jwtAuth: {issuer: x, jwks: {url: \"http://127.0.0.1:1/k\"}, location: {queryParameter: {prefix: a}}}\n",
+         ":7: jwtAuth.location: unknown or unsupported key 'prefix'"},
         {"config:\n  mcp: {sessionTtl: soon}\nbinds: []\n", ":2: config.mcp.sessionTtl: expected a duration from 1s to 168h"},
         {"config:\n  mcp: {sessionTtl: 500ms}\nbinds: []\n", ":2: config.mcp.sessionTtl: expected a duration"},
         {"config:\n  mcp: {ttl: 5m}\nbinds: []\n", ":2: config.mcp: unknown or unsupported key 'ttl'"},
