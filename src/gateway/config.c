@@ -279,6 +279,30 @@ static bool parse_provider(loader *l, const yaml_node_t *n, const char *what, gw
     if (!str(l, v, name, &j->issuer)) return false;
     snprintf(name, sizeof name, "%s.audiences", what);
     if ((v = get(l, n, "audiences")) && !str_list(l, v, name, &j->audiences)) return false;
+    j->required = GW_CLAIM_EXP; /* agentgateway's default */
+    if ((v = get(l, n, "jwtValidationOptions"))) {
+        static const char *const OPT_KEYS[] = {"requiredClaims", NULL};
+        static const char *const CLAIMS[] = {"exp", "nbf", "aud", "iss", "sub"};
+        snprintf(name, sizeof name, "%s.jwtValidationOptions", what);
+        if (!map_ok(l, v, name, OPT_KEYS)) return false;
+        yaml_node_t *rc = get(l, v, "requiredClaims");
+        char **list = NULL;
+        if (rc && !str_list(l, rc, name, &list)) {
+            list_free(list);
+            return false;
+        }
+        if (list) j->required = 0; /* what the list names, and only that ([]: not even exp) */
+        for (char **c = list; c && *c; c++) {
+            size_t k = 0;
+            while (k < sizeof CLAIMS / sizeof *CLAIMS && strcmp(*c, CLAIMS[k])) k++;
+            if (k == sizeof CLAIMS / sizeof *CLAIMS) {
+                list_free(list);
+                return fail(l, rc, "%s.requiredClaims: expected exp, nbf, aud, iss or sub", name);
+            }
+            j->required |= 1u << k;
+        }
+        list_free(list);
+    }
 
     yaml_node_t *k = get(l, n, "jwks");
     if (!k) return fail(l, n, "%s: jwks is required ({url: ...} or {file: ...})", what);
@@ -311,8 +335,9 @@ static bool parse_provider(loader *l, const yaml_node_t *n, const char *what, gw
 
 static bool parse_jwt(loader *l, const yaml_node_t *n, gw_route *rt)
 {
-    static const char *const KEYS[] = {"mode", "issuer", "audiences", "jwks", "requireKid", "providers", "location", NULL};
-    static const char *const PROVIDER_KEYS[] = {"issuer", "audiences", "jwks", NULL};
+    static const char *const KEYS[] = {"mode", "issuer", "audiences", "jwks", "requireKid", "providers", "location",
+                                       "jwtValidationOptions", NULL};
+    static const char *const PROVIDER_KEYS[] = {"issuer", "audiences", "jwks", "jwtValidationOptions", NULL};
     static const char *const LOC_KEYS[] = {"header", "queryParameter", "cookie", NULL};
     static const char *const HDR_KEYS[] = {"name", "prefix", NULL};
     static const char *const NAME_KEYS[] = {"name", NULL};
@@ -345,8 +370,8 @@ static bool parse_jwt(loader *l, const yaml_node_t *n, gw_route *rt)
         j->n_providers = 1;
         return parse_provider(l, n, "jwtAuth", &j->providers[0]);
     }
-    if (get(l, n, "issuer") || get(l, n, "audiences") || get(l, n, "jwks"))
-        return fail(l, n, "jwtAuth: give either issuer, audiences and jwks, or providers");
+    if (get(l, n, "issuer") || get(l, n, "audiences") || get(l, n, "jwks") || get(l, n, "jwtValidationOptions"))
+        return fail(l, n, "jwtAuth: give either issuer, audiences, jwks and jwtValidationOptions, or providers");
     if (!seq_ok(l, ps, "jwtAuth.providers")) return false;
     if (!seq_len(ps)) return fail(l, ps, "jwtAuth.providers: at least one is required");
     j->providers = xcalloc(seq_len(ps), sizeof *j->providers);

@@ -69,7 +69,9 @@ typedef struct {
     char *jwks_url;              /* exactly one of jwks_cache (jwks.url) ... */
     jwks_cache *jwks_cache;
     jwks *jwks_keys;             /* ... and jwks_keys (jwks.file or inline) */
+    unsigned required;           /* jwtValidationOptions.requiredClaims: GW_CLAIM_* bits (default exp) */
 } gw_jwt_provider;
+enum { GW_CLAIM_EXP = 1, GW_CLAIM_NBF = 2, GW_CLAIM_AUD = 4, GW_CLAIM_ISS = 8, GW_CLAIM_SUB = 16 };
 
 /* Where the token is (jwtAuth.location): a header (Authorization with "Bearer " by default), a
  * query parameter or a cookie. */

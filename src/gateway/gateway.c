@@ -524,9 +524,18 @@ static int validate(const gw_jwt *j, const char *token, jwt *t, verdict *v, bool
 
     const char *issuers[] = {p->issuer, NULL};
     jwt_expect ex = {.issuers = issuers, .audiences = (const char *const *)p->audiences, .skew_s = SKEW_S,
-                     .require_exp = true};
+                     .require_exp = p->required & GW_CLAIM_EXP};
     jwt_check c = jwt_check_claims(t, &ex, err, sizeof err);
-    if (c == JWT_CHECK_OK) return 0;
+    if (c == JWT_CHECK_OK) { /* jwtValidationOptions.requiredClaims: present (exp and iss are checked above) */
+        static const struct { unsigned bit; const char *name; } REQ[] = {
+            {GW_CLAIM_NBF, "nbf"}, {GW_CLAIM_AUD, "aud"}, {GW_CLAIM_SUB, "sub"}};
+        for (size_t i = 0; i < ARRAY_LEN(REQ); i++)
+            if ((p->required & REQ[i].bit) && !json_object_get(t->claims, REQ[i].name)) {
+                failed(v, 401, "malformed", "token has no %s (a required claim)", REQ[i].name);
+                goto bad;
+            }
+        return 0;
+    }
     int64_t now = util_now(), exp = 0, nbf = 0;
     char *have = jwt_claim_text(t, c == JWT_CHECK_AUDIENCE ? "aud" : "iss");
     if (c == JWT_CHECK_EXPIRED && jwt_claim_int(t, "exp", &exp))
@@ -583,7 +592,7 @@ static int check_token(gateway *gw, uint64_t scope, const gw_route *rt, const ch
     if (token_cached(gw, scope, rt, token, t)) return 0;
     int rc = validate(rt->jwt, token, t, v, may_fetch);
     if (rc != 0) return rc;
-    if (jwt_claim_int(t, "exp", &exp)) { /* always there: jwtAuth requires exp */
+    if (jwt_claim_int(t, "exp", &exp)) { /* a token without exp (requiredClaims without it) is never cached */
         int64_t until = exp + SKEW_S < now + TOKCACHE_MAX_TTL_S ? exp + SKEW_S : now + TOKCACHE_MAX_TTL_S;
         char *text = need ? json_dumps(t->claims, JSON_COMPACT) : NULL;
         if (!need || text) tokcache_put(gw->verified, scope, token, text, until);

@@ -23,11 +23,12 @@ const keys = {
 const jwk = (name) => ({ ...keys[name].publicKey.export({ format: 'jwk' }), kid: name, use: 'sig' });
 
 /** A token signed the JWS way for alg with the named key (kid defaults to the key's name). */
-function tokenFor(alg, name, kid = name, { iss = ISS, aud = AUD } = {}) {
+function tokenFor(alg, name, kid = name, { iss = ISS, aud = AUD, drop = [] } = {}) {
   const now = Math.floor(Date.now() / 1000);
   const head = Buffer.from(JSON.stringify({ alg, typ: 'JWT', kid })).toString('base64url');
-  const body = Buffer.from(JSON.stringify({ iss, aud, sub: 'someone', iat: now, nbf: now - 5, exp: now + 600 }))
-    .toString('base64url');
+  const claims = { iss, aud, sub: 'someone', iat: now, nbf: now - 5, exp: now + 600 };
+  for (const c of drop) delete claims[c];
+  const body = Buffer.from(JSON.stringify(claims)).toString('base64url');
   const data = Buffer.from(`${head}.${body}`);
   const key = keys[name].privateKey;
   const sig = {
@@ -77,6 +78,16 @@ before(async () => {
       backends: [{host: "${rec.url.slice(7)}"}]
       policies:
         jwtAuth: {issuer: "${ISS}", audiences: ["${AUD}"], jwks: {file: keys.json}, location: {header: {name: X-Api-Token, prefix: "Token "}}}
+    - name: more-claims
+      matches: [{path: {pathPrefix: /more}}]
+      backends: [{host: "${rec.url.slice(7)}"}]
+      policies:
+        jwtAuth: {issuer: "${ISS}", jwks: {file: keys.json}, jwtValidationOptions: {requiredClaims: [exp, sub, aud]}}
+    - name: no-claims
+      matches: [{path: {pathPrefix: /none}}]
+      backends: [{host: "${rec.url.slice(7)}"}]
+      policies:
+        jwtAuth: {issuer: "${ISS}", jwks: {file: keys.json}, jwtValidationOptions: {requiredClaims: []}}
     - name: api
       backends: [{host: "${rec.url.slice(7)}"}]
       policies:
@@ -183,4 +194,19 @@ test('jwtAuth.location: the token from a query parameter, a cookie or a header; 
   r = await request(`${G.url}/h/x`, { headers: { 'X-Api-Token': tok } });
   assert.equal(r.status, 401, 'without its prefix');
   assert.equal(r.json.failed_check, 'missing');
+});
+
+test('jwtValidationOptions.requiredClaims: named claims must be there; [] does not even ask for exp', async () => {
+  const at = (path, tok) => request(`${G.url}${path}`, { headers: { Authorization: `Bearer ${tok}` } });
+  assert.equal((await at('/more/x', tokenFor('ES256', 'p256'))).status, 201);
+  for (const c of ['sub', 'aud', 'exp']) {
+    const r = await at('/more/x', tokenFor('ES256', 'p256', 'p256', { drop: [c] }));
+    assert.equal(r.status, 401, `no ${c}`);
+    assert.equal(r.json.failed_check, 'malformed', `no ${c}`);
+  }
+  assert.equal((await at('/x', tokenFor('ES256', 'p256', 'p256', { drop: ['exp'] }))).status, 401, 'exp by default');
+  assert.equal((await at('/none/x', tokenFor('ES256', 'p256', 'p256', { drop: ['exp', 'sub', 'nbf'] }))).status, 201,
+    'none required');
+  const old = tokenFor('ES256', 'p256');
+  assert.equal((await at('/none/x', old)).status, 201, 'exp, when there, is still checked (this one is valid)');
 });

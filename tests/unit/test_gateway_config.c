@@ -259,7 +259,7 @@ static void test_errors(void **state)
         {"binds: [\n- port: 1\n  x: :", ":2: did not find expected node content"},
         {"bindz: []\n", ":1: top level: unknown or unsupported key 'bindz'"},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
-         "        jwtAuth: {issuer: x, providers: []}\n", ":7: jwtAuth: give either issuer, audiences and jwks, or providers"},
+         "        jwtAuth: {issuer: x, providers: []}\n", ":7: jwtAuth: give either issuer, audiences, jwks and jwtValidationOptions, or providers"},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
          "        jwtAuth: {providers: []}\n", ":7: jwtAuth.providers: at least one is required"},
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
@@ -275,6 +275,9 @@ static void test_errors(void **state)
         {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
          "        jwtAuth: {issuer: x, jwks: {url: \"http://127.0.0.1:1/k\"}, location: {queryParameter: {prefix: a}}}\n",
          ":7: jwtAuth.location: unknown or unsupported key 'prefix'"},
+        {"binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends: [{host: a:1}]\n      policies:\n"
+         "        jwtAuth: {issuer: x, jwks: {url: \"http://127.0.0.1:1/k\"}, jwtValidationOptions: {requiredClaims: [exp, jti]}}\n",
+         ":7: jwtAuth.jwtValidationOptions.requiredClaims: expected exp, nbf, aud, iss or sub"},
         {"config:\n  mcp: {sessionTtl: soon}\nbinds: []\n", ":2: config.mcp.sessionTtl: expected a duration from 1s to 168h"},
         {"config:\n  mcp: {sessionTtl: 500ms}\nbinds: []\n", ":2: config.mcp.sessionTtl: expected a duration"},
         {"config:\n  mcp: {ttl: 5m}\nbinds: []\n", ":2: config.mcp: unknown or unsupported key 'ttl'"},
