@@ -327,7 +327,7 @@ static bool parse_provider(loader *l, const yaml_node_t *n, const char *what, gw
     char err[256];
     j->jwks_keys = jwks_parse(text, strlen(text), err, sizeof err);
     if (!j->jwks_keys) fail(l, k, "jwtAuth.jwks: %s", err);
-    else if (!jwks_count(j->jwks_keys)) fail(l, k, "jwtAuth.jwks: no usable signing key in the set (RSA, EC P-256/P-384 or Ed25519)");
+    else if (!jwks_count(j->jwks_keys)) fail(l, k, "jwtAuth.jwks: no usable signing key in the set (RSA, EC P-256/P-384/P-521 or Ed25519)");
     else ok = true;
     free(text);
     return ok;

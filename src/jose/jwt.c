@@ -96,9 +96,11 @@ static const verify_alg VERIFY_ALGS[] = {
     {"PS512", FAM_RSA, NULL, "SHA512", 0, true},
     {"ES256", FAM_EC, "prime256v1", "SHA256", 64, false},
     {"ES384", FAM_EC, "secp384r1", "SHA384", 96, false},
+    {"ES512", FAM_EC, "secp521r1", "SHA512", 132, false}, /* P-521: 66-byte halves (RFC 7518 §3.4) */
     {"EdDSA", FAM_ED25519, NULL, NULL, 64, false},
 };
-#define VERIFY_ALGS_TEXT "RS256/384/512, PS256/384/512, ES256, ES384, EdDSA"
+#define VERIFY_ALGS_TEXT "RS256/384/512, PS256/384/512, ES256/384/512, EdDSA"
+#define EC_MAX_COORD 66 /* P-521's x and y */
 
 static const verify_alg *verify_alg_of(const char *alg)
 {
@@ -146,8 +148,8 @@ static jwk *jwk_new_ex(EVP_PKEY *pkey, bool priv, const char *kid, bool verify_o
 {
     if (!(verify_only ? usable_for_verify(pkey) : usable_rsa(pkey))) {
         EVP_PKEY_free(pkey);
-        set_err(err, errlen, verify_only ? "key is not an RSA key of at least 2048 bits, an EC P-256 or "
-                                           "P-384 key, or an Ed25519 key"
+        set_err(err, errlen, verify_only ? "key is not an RSA key of at least 2048 bits, an EC P-256, "
+                                           "P-384 or P-521 key, or an Ed25519 key"
                                          : "key is not an RSA key of at least 2048 bits");
         return NULL;
     }
@@ -271,13 +273,13 @@ static bool b64url_exact(const json_t *obj, const char *name, unsigned char *out
     return ok;
 }
 
-/* An EC public key (RFC 7518 §6.2.1): crv P-256 or P-384, x and y of the curve's size, a point
+/* An EC public key (RFC 7518 §6.2.1): crv P-256, P-384 or P-521, x and y of the curve's size, a point
  * on the curve; NULL otherwise. */
 static EVP_PKEY *ec_from_json(const json_t *obj)
 {
     const char *crv = json_string_value(json_object_get(obj, "crv"));
-    size_t size = crv && !strcmp(crv, "P-256") ? 32 : crv && !strcmp(crv, "P-384") ? 48 : 0;
-    unsigned char point[1 + 2 * 48];
+    size_t size = !crv ? 0 : !strcmp(crv, "P-256") ? 32 : !strcmp(crv, "P-384") ? 48 : !strcmp(crv, "P-521") ? 66 : 0;
+    unsigned char point[1 + 2 * EC_MAX_COORD];
     if (!size || !b64url_exact(obj, "x", point + 1, size) || !b64url_exact(obj, "y", point + 1 + size, size))
         return NULL;
     point[0] = 0x04; /* uncompressed: x then y (SEC 1 §2.3.3) */
@@ -332,7 +334,7 @@ jwk *jwk_from_json(const json_t *obj, char *err, size_t errlen)
     EVP_PKEY *pkey = rsa ? rsa_from_json(obj) : ec ? ec_from_json(obj) : okp_from_json(obj);
     if (!pkey) {
         set_err(err, errlen, rsa ? "JWK has no valid n and e"
-                             : ec ? "JWK has no valid P-256 or P-384 point (crv, x, y)"
+                             : ec ? "JWK has no valid P-256, P-384 or P-521 point (crv, x, y)"
                                   : "JWK has no valid Ed25519 key (crv, x)");
         return NULL;
     }
@@ -386,12 +388,13 @@ static char *rsa_param_b64url(const EVP_PKEY *pkey, const char *name)
 /* An EC or Ed25519 key as its JWK members (RFC 7518 §6.2.1, RFC 8037 §2); NULL if neither. */
 static json_t *ec_ed_public_json(const jwk *k)
 {
-    unsigned char pt[1 + 2 * 48];
+    unsigned char pt[1 + 2 * EC_MAX_COORD];
     size_t len = 0;
     char curve[32];
     json_t *o = NULL;
     if (ec_curve(k->pkey, curve, sizeof curve)) {
-        const char *crv = !strcmp(curve, "prime256v1") ? "P-256" : !strcmp(curve, "secp384r1") ? "P-384" : NULL;
+        const char *crv = !strcmp(curve, "prime256v1") ? "P-256"
+                          : !strcmp(curve, "secp384r1") ? "P-384" : !strcmp(curve, "secp521r1") ? "P-521" : NULL;
         if (crv && EVP_PKEY_get_octet_string_param(k->pkey, OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof pt, &len) == 1 &&
             len % 2 == 1 && pt[0] == 0x04) {
             size_t half = len / 2;

@@ -1,5 +1,5 @@
 /* jwt — JSON Web Keys and compact JWS/JWT (RFC 7515, 7517, 7519): RS256 and PS256 signed and
- * verified; RS384/512, PS384/512, ES256, ES384 and EdDSA (Ed25519) verified.
+ * verified; RS384/512, PS384/512, ES256, ES384, ES512 and EdDSA (Ed25519) verified.
  *
  * Usage
  *     jwk *k = jwk_from_pem(private_pem, "kid-1", err, sizeof err);
@@ -10,10 +10,10 @@
  *
  * Contract
  *  - Algorithm allow-list: RS256 and PS256 are signed; those, RS384/512, PS384/512, ES256,
- *    ES384 and EdDSA are verified; "none", HMAC and everything else are refused before any key is touched,
- *    whatever the key. Each alg verifies with one kind of key only (RSA of 2048 bits or more;
- *    EC P-256 for ES256, P-384 for ES384; Ed25519 for EdDSA): a token cannot make a key be
- *    read as another kind (RFC 8725 §3.1).
+ *    ES384, ES512 and EdDSA are verified; "none", HMAC and everything else are refused before
+ *    any key is touched, whatever the key. Each alg verifies with one kind of key only (RSA of
+ *    2048 bits or more; EC P-256 for ES256, P-384 for ES384, P-521 for ES512; Ed25519 for
+ *    EdDSA): a token cannot make a key be read as another kind (RFC 8725 §3.1).
  *  - jwk is reference-counted and immutable after creation, so it may be shared across
  *    threads; jwk_ref/jwk_unref are atomic.
  *  - jwt_decode() does not verify anything: it splits, decodes and parses, bounded by
@@ -36,7 +36,7 @@ typedef struct jwk jwk;
 /* From a PEM private key (signing and verifying) or a PEM public key / certificate
  * (verifying only). kid may be NULL. For a certificate, x5t and x5c are filled. */
 jwk *jwk_from_pem(const char *pem, const char *kid, char *err, size_t errlen);
-/* From one JWKS entry, a public key: kty RSA (n, e), EC (crv P-256 or P-384, x, y; the point
+/* From one JWKS entry, a public key: kty RSA (n, e), EC (crv P-256, P-384 or P-521, x, y; the point
  * must be on the curve) or OKP (crv Ed25519, x); kid, x5t, x5c optional; use, if given, "sig".
  * Only jwt_verify takes EC and OKP keys (jwt_sign does not). */
 jwk *jwk_from_json(const json_t *obj, char *err, size_t errlen);

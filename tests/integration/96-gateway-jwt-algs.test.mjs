@@ -1,6 +1,6 @@
 // `agentid gateway` jwtAuth with the signature algorithms other issuers than Entra use: a JWKS
-// holding RSA, EC P-256, EC P-384 and Ed25519 keys; tokens signed by node's crypto with RS256,
-// RS384/512, PS256/384/512, ES256, ES384 and EdDSA pass, and each is refused when altered, when its kid names a key
+// holding RSA, EC P-256, P-384 and P-521 and Ed25519 keys; tokens signed by node's crypto with RS256,
+// RS384/512, PS256/384/512, ES256/384/512 and EdDSA pass, and each is refused when altered, when its kid names a key
 // of another kind, or with alg none / HS256.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,6 +17,7 @@ const keys = {
   rsa: generateKeyPairSync('rsa', { modulusLength: 2048 }),
   p256: generateKeyPairSync('ec', { namedCurve: 'P-256' }),
   p384: generateKeyPairSync('ec', { namedCurve: 'P-384' }),
+  p521: generateKeyPairSync('ec', { namedCurve: 'P-521' }),
   ed: generateKeyPairSync('ed25519'),
   other: generateKeyPairSync('ec', { namedCurve: 'P-256' }), // the second provider's
 };
@@ -40,6 +41,7 @@ function tokenFor(alg, name, kid = name, { iss = ISS, aud = AUD, drop = [] } = {
     PS512: () => sign('sha512', data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 64 }),
     ES256: () => sign('sha256', data, { key, dsaEncoding: 'ieee-p1363' }),
     ES384: () => sign('sha384', data, { key, dsaEncoding: 'ieee-p1363' }),
+    ES512: () => sign('sha512', data, { key, dsaEncoding: 'ieee-p1363' }),
     EdDSA: () => sign(null, data, key),
   }[alg]();
   return `${head}.${body}.${sig.toString('base64url')}`;
@@ -49,7 +51,7 @@ let rec, G, dir;
 before(async () => {
   rec = await startRecorder();
   dir = mkdtempSync(join(tmpdir(), 'agentid-algs-'));
-  writeFileSync(join(dir, 'keys.json'), JSON.stringify({ keys: ['rsa', 'p256', 'p384', 'ed'].map(jwk) }));
+  writeFileSync(join(dir, 'keys.json'), JSON.stringify({ keys: ['rsa', 'p256', 'p384', 'p521', 'ed'].map(jwk) }));
   writeFileSync(join(dir, 'keys2.json'), JSON.stringify({ keys: [jwk('other')] }));
   writeFileSync(join(dir, 'gateway.yaml'), `binds:
 - port: 0
@@ -104,9 +106,9 @@ after(async () => {
 
 const call = (tok) => request(`${G.url}/x`, { headers: { Authorization: `Bearer ${tok}` } });
 
-test('RS256/384/512, PS256/384/512, ES256, ES384 and EdDSA tokens pass with their keys from the JWKS', async () => {
+test('RS256/384/512, PS256/384/512, ES256/384/512 and EdDSA tokens pass with their keys from the JWKS', async () => {
   for (const [alg, name] of [['RS256', 'rsa'], ['RS384', 'rsa'], ['RS512', 'rsa'], ['PS256', 'rsa'], ['PS384', 'rsa'],
-    ['PS512', 'rsa'], ['ES256', 'p256'], ['ES384', 'p384'], ['EdDSA', 'ed']]) {
+    ['PS512', 'rsa'], ['ES256', 'p256'], ['ES384', 'p384'], ['ES512', 'p521'], ['EdDSA', 'ed']]) {
     const r = await call(tokenFor(alg, name));
     assert.equal(r.status, 201, `${alg}: ${r.text}`);
     // twice: the second comes from the verified-token cache, the first was checked in full
@@ -115,7 +117,8 @@ test('RS256/384/512, PS256/384/512, ES256, ES384 and EdDSA tokens pass with thei
 });
 
 test('altered, a key of another kind, none and HS256: 401 with the failed check', async () => {
-  for (const [alg, name] of [['ES256', 'p256'], ['ES384', 'p384'], ['EdDSA', 'ed'], ['PS512', 'rsa'], ['RS384', 'rsa']]) {
+  for (const [alg, name] of [['ES256', 'p256'], ['ES384', 'p384'], ['ES512', 'p521'], ['EdDSA', 'ed'], ['PS512', 'rsa'],
+    ['RS384', 'rsa']]) {
     const t = tokenFor(alg, name);
     const sig = t.split('.')[2];
     const mid = Math.floor(sig.length / 2);
@@ -125,7 +128,7 @@ test('altered, a key of another kind, none and HS256: 401 with the failed check'
     assert.equal(r.json.failed_check, 'signature', alg);
   }
   // signed right, but the kid names a key of another kind or curve: never read as that kind
-  for (const [alg, name, kid] of [['ES256', 'p256', 'p384'], ['ES256', 'p256', 'rsa'], ['EdDSA', 'ed', 'p256'],
+  for (const [alg, name, kid] of [['ES256', 'p256', 'p384'], ['ES512', 'p521', 'p384'], ['ES256', 'p256', 'rsa'], ['EdDSA', 'ed', 'p256'],
     ['RS256', 'rsa', 'p256']]) {
     const r = await call(tokenFor(alg, name, kid));
     assert.equal(r.status, 401, `${alg} with kid ${kid}`);

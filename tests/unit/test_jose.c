@@ -730,7 +730,7 @@ static void test_alg_none_refused(void **state)
     char err[256];
     jwk *k = jwk_from_pem(sign_key, "kid-1", err, sizeof err);
     const char *hdrs[] = { "{\"alg\":\"none\",\"typ\":\"JWT\"}", "{\"alg\":\"None\"}", "{\"typ\":\"JWT\"}",
-                           "{\"alg\":\"HS512\"}", "{\"alg\":\"ES512\"}", "{\"alg\":[\"RS256\"]}" };
+                           "{\"alg\":\"HS512\"}", "{\"alg\":\"ES256K\"}", "{\"alg\":[\"RS256\"]}" };
     for (size_t i = 0; i < ARRAY_LEN(hdrs); i++) {
         char *tok = compact(hdrs[i], "{\"sub\":\"admin\"}", (const unsigned char *)"", 0);
         jwt t;
@@ -1372,7 +1372,7 @@ static char *signing_input(const char *alg, const char *kid)
 static char *jws(EVP_PKEY *pkey, const char *md, size_t half, const char *input)
 {
     EVP_MD_CTX *m = EVP_MD_CTX_new();
-    unsigned char sig[256], raw[128];
+    unsigned char sig[256], raw[160];
     size_t len = sizeof sig, rawlen;
     assert_int_equal(EVP_DigestSignInit_ex(m, NULL, md, NULL, NULL, pkey, NULL), 1);
     assert_int_equal(EVP_DigestSign(m, sig, &len, (const unsigned char *)input, strlen(input)), 1);
@@ -1418,7 +1418,7 @@ static jwk *jwk_of(const char *json)
 /* The JWK of an EC public key: crv, x and y from its uncompressed point. */
 static jwk *ec_jwk(EVP_PKEY *pkey, const char *crv, size_t size, bool off_curve)
 {
-    unsigned char pt[1 + 2 * 48];
+    unsigned char pt[1 + 2 * 66];
     size_t len = 0;
     assert_int_equal(EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof pt, &len), 1);
     assert_int_equal(len, 1 + 2 * size);
@@ -1439,6 +1439,8 @@ static void test_ec_and_eddsa(void **state)
     char why[200];
     EVP_PKEY *p256 = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     EVP_PKEY *p384 = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
+    EVP_PKEY *p521 = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-521");
+    assert_non_null(p521);
     EVP_PKEY *ed = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
     assert_non_null(p256);
     assert_non_null(p384);
@@ -1487,6 +1489,17 @@ static void test_ec_and_eddsa(void **state)
     /* ES384 properly */
     char *t384 = jws(p384, "SHA384", 48, in384);
     assert_int_equal(verify_tok(t384, k384, why, sizeof why), 0);
+    /* ES512 with P-521 (66-byte halves) */
+    jwk *k521 = ec_jwk(p521, "P-521", 66, false);
+    assert_non_null(k521);
+    char *in512 = signing_input("ES512", "e");
+    char *t512 = jws(p521, "SHA512", 66, in512);
+    assert_int_equal(verify_tok(t512, k521, why, sizeof why), 0);
+    assert_int_not_equal(verify_tok(t512, k384, why, sizeof why), 0);
+    jwk_unref(k521);
+    free(in512);
+    free(t512);
+    EVP_PKEY_free(p521);
     /* a signature of the wrong length (DER instead of R || S) */
     EVP_MD_CTX *m = EVP_MD_CTX_new();
     unsigned char der[128];
