@@ -139,13 +139,6 @@ typedef struct {
     bool killed;
 } stack;
 
-static int64_t now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 static void strv_add(strv *s, char *owned)
 {
     if (s->n + 2 > s->cap) {
@@ -263,7 +256,7 @@ static void spawn(stack *s, part *p)
     if (pid < 0) {
         log_msg(LOG_ERROR, "start-failed", "cannot start %s: fork: %s; retrying in %.1f s", p->name,
                 strerror(errno), p->backoff / 1000.0);
-        p->restart_at = now_ms() + p->backoff;
+        p->restart_at = util_mono_ms() + p->backoff;
         p->backoff = p->backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : p->backoff * 2;
         return;
     }
@@ -285,7 +278,7 @@ static void spawn(stack *s, part *p)
         _exit(127);
     }
     p->pid = pid;
-    p->started = now_ms();
+    p->started = util_mono_ms();
     p->next_check = p->started + HEALTH_EVERY_MS;
     p->restart_at = 0;
     p->healthy = false;
@@ -307,7 +300,7 @@ static void project(stack *s)
     const char *tok = json_string_value(json_object_get(j, "access_token"));
     const json_t *ein = json_object_get(j, "expires_in");
     long long life = json_is_integer(ein) ? json_integer_value(ein) : json_is_string(ein) ? atoll(json_string_value(ein)) : 0;
-    int64_t now = now_ms();
+    int64_t now = util_mono_ms();
     if (!tok) {
         if (hr != HTTPC_OK) log_msg(LOG_WARN, "projection-failed", "managed-identity token: %s; retrying", err);
         else log_msg(LOG_WARN, "projection-failed", "managed-identity token: the endpoint answered HTTP %ld; retrying",
@@ -335,7 +328,7 @@ static void start_stage(stack *s, int stage)
 {
     if (s->proj && stage == s->proj->stage && !s->proj->next_at) project(s);
     s->stage = stage;
-    s->stage_deadline = now_ms() + STAGE_WAIT_MS;
+    s->stage_deadline = util_mono_ms() + STAGE_WAIT_MS;
     for (int i = 0; i < s->n; i++)
         if (s->p[i].stage == stage) spawn(s, &s->p[i]);
 }
@@ -375,7 +368,7 @@ static void reap(stack *s)
             log_msg(LOG_INFO, "stopped", "%s (pid %d) %s", p->name, (int)pid, why);
             continue;
         }
-        int64_t now = now_ms();
+        int64_t now = util_mono_ms();
         if (WIFEXITED(st) && WEXITSTATUS(st) == 2) {
             /* 2 is a usage error: the same command line would fail the same way. */
             p->given_up = true;
@@ -396,12 +389,12 @@ static void begin_stop(stack *s, const char *why)
     if (s->stopping) {
         if (!s->killed) {   /* asked twice: do not wait */
             log_msg(LOG_WARN, "stopping", "%s again: killing every part now", why);
-            s->kill_at = now_ms();
+            s->kill_at = util_mono_ms();
         }
         return;
     }
     s->stopping = true;
-    s->kill_at = now_ms() + STOP_GRACE_MS;
+    s->kill_at = util_mono_ms() + STOP_GRACE_MS;
     log_msg(LOG_INFO, "stopping", "%s: stopping every part", why);
     for (int i = s->n - 1; i >= 0; i--) {
         s->p[i].restart_at = 0;
@@ -497,7 +490,7 @@ static void supervise(stack *s, int sfd, const banner_info *b)
         if (s->p[i].stage > last_stage) last_stage = s->p[i].stage;
     start_stage(s, 0);
     for (;;) {
-        int64_t now = now_ms();
+        int64_t now = util_mono_ms();
 
         /* Health: during start-up, and after any restart, until the part answers. */
         if (!s->stopping) {
@@ -509,10 +502,10 @@ static void supervise(stack *s, int sfd, const banner_info *b)
                     p->healthy = true;
                     log_msg(LOG_INFO, "healthy", "%s is answering on port %d", p->name, p->port);
                 } else {
-                    p->next_check = now_ms() + HEALTH_EVERY_MS;
+                    p->next_check = util_mono_ms() + HEALTH_EVERY_MS;
                 }
             }
-            now = now_ms();
+            now = util_mono_ms();
             while (s->stage <= last_stage) {
                 bool all = true;
                 for (int i = 0; i < s->n; i++)
@@ -552,7 +545,7 @@ static void supervise(stack *s, int sfd, const banner_info *b)
         }
 
         /* Sleep until a signal or the next timer. */
-        now = now_ms();
+        now = util_mono_ms();
         int64_t wake = INT64_MAX;
         if (s->stopping) {
             if (!s->killed) wake = s->kill_at;

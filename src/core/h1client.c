@@ -83,13 +83,6 @@ struct h1_pool {
     size_t in_flight, peak, opened, idle;
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- targets -------------------------------------------------------------------------------- */
 
 bool h1_target_parse(const char *url, h1_target *t)
@@ -187,7 +180,7 @@ static void conn_idle(h1_pool *P, conn *c)
     dest *d = c->d;
     c->x = NULL;
     c->reused = true;
-    c->idle_since = now_ms();
+    c->idle_since = util_mono_ms();
     set_events(P, c, EPOLLIN); /* back in the set if a hold had taken it out */
     c->prev = NULL;
     c->next = d->idle_head;
@@ -479,8 +472,8 @@ static void open_for(h1_xfer *x)
     if (rc != 0) {
         c->connecting = true;
         set_events(P, c, EPOLLOUT);
-        int64_t left = x->deadline < 0 ? H1_CONNECT_MS : x->deadline - now_ms();
-        timer_set(P, x, now_ms() + (left < H1_CONNECT_MS ? left : H1_CONNECT_MS));
+        int64_t left = x->deadline < 0 ? H1_CONNECT_MS : x->deadline - util_mono_ms();
+        timer_set(P, x, util_mono_ms() + (left < H1_CONNECT_MS ? left : H1_CONNECT_MS));
         if (!c->in_set) connect_failed(x);
         return;
     }
@@ -572,7 +565,7 @@ h1_xfer *h1_start(h1_pool *P, const h1_target *t, const h1_request *req, const h
     x->ev = *ev;
     x->ctx = ctx;
     x->due = -1;
-    x->deadline = req->timeout_ms > 0 ? now_ms() + req->timeout_ms : -1;
+    x->deadline = req->timeout_ms > 0 ? util_mono_ms() + req->timeout_ms : -1;
     x->head_only = !strcmp(method, "HEAD");
     x->queued = true;
     if (P->qtail) P->qtail->qnext = x; else P->qhead = x;
@@ -646,7 +639,7 @@ long h1_pool_timeout(const h1_pool *P)
         if (old && (due < 0 || old->idle_since + H1_IDLE_MS < due)) due = old->idle_since + H1_IDLE_MS;
     }
     if (due < 0) return -1;
-    int64_t left = due - now_ms();
+    int64_t left = due - util_mono_ms();
     return left < 0 ? 0 : (long)left;
 }
 
@@ -694,7 +687,7 @@ void h1_pool_run(h1_pool *P)
         x->qnext = NULL;
         begin(x);
     }
-    int64_t now = now_ms();
+    int64_t now = util_mono_ms();
     while (P->thead && P->thead->due <= now) /* connecting too long is a timeout too, as for libcurl */
         finish(P->thead, H1_TIMEOUT, false);
     for (size_t i = 0; i < P->n_dests; i++)

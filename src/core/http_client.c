@@ -868,13 +868,6 @@ static void loop_commands(httpc_loop *L)
     pthread_mutex_unlock(&L->mu);
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static bool is_idle(const httpc_loop *L, int fd)
 {
     return fd >= 0 && (size_t)fd < L->idle_cap && L->idle[fd];
@@ -935,7 +928,7 @@ static int on_timer(CURLM *m, long ms, void *userp)
 {
     httpc_loop *L = userp;
     (void)m;
-    L->deadline = ms < 0 ? -1 : now_ms() + ms;
+    L->deadline = ms < 0 ? -1 : util_mono_ms() + ms;
     return 0;
 }
 
@@ -979,13 +972,13 @@ static void *aloop_main(void *arg)
     int running = 0;
     for (;;) {
         loop_commands(L);
-        if (L->deadline >= 0 && now_ms() >= L->deadline) {
+        if (L->deadline >= 0 && util_mono_ms() >= L->deadline) {
             L->deadline = -1;
             curl_multi_socket_action(L->m, CURL_SOCKET_TIMEOUT, 0, &running);
         }
         loop_finished(L);
 
-        int64_t wait = L->deadline < 0 ? 1000 : L->deadline - now_ms();
+        int64_t wait = L->deadline < 0 ? 1000 : L->deadline - util_mono_ms();
         pthread_mutex_lock(&L->mu);
         if (L->qhead) wait = 0; /* more commands came meanwhile */
         L->asleep = wait > 0;
@@ -1130,7 +1123,7 @@ long httpc_loop_timeout(const httpc_loop *L)
     if (!L) return -1;
     long h1 = h1_pool_timeout(L->h1);
     if (L->deadline < 0) return h1;
-    int64_t left = L->deadline - now_ms();
+    int64_t left = L->deadline - util_mono_ms();
     long curl = left < 0 ? 0 : (long)left;
     return h1 >= 0 && h1 < curl ? h1 : curl;
 }
@@ -1146,7 +1139,7 @@ void httpc_loop_run(httpc_loop *L)
         else loop_socket_event(L, (int)(evs[i].data.u64 >> 1), evs[i].events, &running);
     }
     h1_pool_run(L->h1); /* after the batch: what h1_start queued goes out, deadlines */
-    if (L->deadline >= 0 && now_ms() >= L->deadline) {
+    if (L->deadline >= 0 && util_mono_ms() >= L->deadline) {
         L->deadline = -1;
         curl_multi_socket_action(L->m, CURL_SOCKET_TIMEOUT, 0, &running);
     }

@@ -26,13 +26,6 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static entry table[RESOLVE_NAMES];
 static size_t n_names;
 
-static int64_t now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec;
-}
-
 static void *lookup_main(void *arg)
 {
     entry *e = arg;
@@ -53,7 +46,7 @@ static void *lookup_main(void *arg)
     memcpy(e->addr, addr, n * sizeof addr[0]);
     memcpy(e->len, len, n * sizeof len[0]);
     e->n = n;
-    e->at = now_s();
+    e->at = util_mono_ms() / 1000;
     e->pending = false;
     pthread_mutex_unlock(&mu);
     return NULL;
@@ -102,7 +95,7 @@ size_t resolve_cached(const char *host, unsigned port, struct sockaddr_storage *
         pthread_mutex_unlock(&mu);
         return 0;
     }
-    bool start = !e->pending && (e->at < 0 || now_s() - e->at >= (e->n ? RESOLVE_FRESH_S : RESOLVE_NEGATIVE_S));
+    bool start = !e->pending && (e->at < 0 || util_mono_ms() / 1000 - e->at >= (e->n ? RESOLVE_FRESH_S : RESOLVE_NEGATIVE_S));
     if (start) e->pending = true;
     size_t n = e->n < max ? e->n : max;
     memcpy(out, e->addr, n * sizeof out[0]);

@@ -236,6 +236,15 @@ uint64_t util_fnv1a(uint64_t h, const void *data, size_t n)
     return h;
 }
 
+int64_t util_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t util_mono_ms(void) { return util_mono_us() / 1000; }
+
 void util_buf_add(char **buf, size_t *len, size_t *cap, const void *data, size_t n)
 {
     if (*len + n + 1 > *cap) {

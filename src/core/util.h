@@ -31,6 +31,9 @@ bool util_guid_bytes_le(const char *guid, unsigned char out[16]);
 
 /* Seconds since the epoch; AGENTID_TIME_OFFSET (seconds) shifts it, for tests. */
 int64_t util_now(void);
+/* Monotonic clock (CLOCK_MONOTONIC): for deadlines and durations, not for dates. */
+int64_t util_mono_us(void);
+int64_t util_mono_ms(void);
 /* "YYYY-MM-DD HH:MM:SSZ" (Entra's error timestamp form). out >= 21 bytes. */
 void util_fmt_time(int64_t t, char out[32]);
 /* "YYYY-MM-DDTHH:MM:SS.0000000Z" (Entra's long form, used in AADSTS texts). */

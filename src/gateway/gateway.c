@@ -209,15 +209,6 @@ static void maybe_reload(gateway *gw)
 
 /* ---- small helpers -------------------------------------------------------------------------- */
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static int64_t mono_ms(void) { return mono_us() / 1000; }
-
 /* Copy s for a quoted-string (RFC 7230 §3.2.6): no quotes, backslashes or control bytes. */
 static void quoted_safe(char *out, size_t outlen, const char *s)
 {
@@ -420,7 +411,7 @@ static bool rate_limit(http_req *r, gw_route *rt)
     long limit = 0, remaining = LONG_MAX, reset_s = 0;
     for (size_t i = 0; i < rt->n_limits; i++) {
         gw_ratelimit *b = &rt->limits[i];
-        int64_t now = mono_ms();
+        int64_t now = util_mono_ms();
         pthread_mutex_lock(&b->mu);
         if (b->last_fill_ms < 0) b->last_fill_ms = now;
         int64_t fills = (now - b->last_fill_ms) / b->fill_ms;
@@ -1245,7 +1236,7 @@ static void note_outcome(const pstream *p)
     char err[8];
     httpc_result res = httpc_async_error(p->a, err, sizeof err);
     if (res != HTTPC_CONNECT && res != HTTPC_TIMEOUT) return;
-    int64_t now = mono_ms();
+    int64_t now = util_mono_ms();
     if (atomic_exchange(&p->be->down_until[p->be_i], now + DOWN_MS) <= now)
         log_msg(LOG_WARN, "backend_down", "route %s: %s %s; no first tries for %d s", p->route, p->be->urls[p->be_i],
                 res == HTTPC_TIMEOUT ? "did not answer in time" : "could not be reached", DOWN_MS / 1000);
@@ -1402,7 +1393,7 @@ static const char *pick_base(const gw_backend *b, size_t *i)
 {
     *i = 0;
     if (!b->n_urls) return b->base_url;
-    int64_t now = mono_ms();
+    int64_t now = util_mono_ms();
     unsigned long total = 0;
     for (size_t k = 0; k < b->n_urls; k++)
         if (atomic_load(&b->down_until[k]) <= now) total += b->weights[k];
@@ -1719,7 +1710,7 @@ static void log_line(http_req *r, int64_t t0, const char *route, unsigned port)
     }
     int status = http_reply_status(r);
     if (!status) status = 499; /* the client went away, as nginx logs it */
-    int64_t us = mono_us() - t0;
+    int64_t us = util_mono_us() - t0;
     log_request(http_req_method(r), http_req_path(r), status, (double)us / 1000, *trace ? trace : NULL);
     metrics_count(port, route, http_req_method(r), status, (double)us / 1e6);
 }
@@ -1753,7 +1744,7 @@ static void early(http_req *r, void *ctx)
     server *sv = ctx;
     const char *path = http_req_path(r);
     if (!strcmp(path, "/healthz") || util_str_starts_with(path, PRM_PREFIX)) return;
-    int64_t t0 = mono_us(); /* log_line's */
+    int64_t t0 = util_mono_us(); /* log_line's */
     uint64_t gen;
     gw_config *c = acquire(sv->gw, &gen);
     const gw_bind *b = &c->binds[sv->bind];
@@ -1787,7 +1778,7 @@ static void early(http_req *r, void *ctx)
 static void handle(http_req *r, void *ctx)
 {
     server *sv = ctx;
-    int64_t t0 = mono_us(); /* log_line's */
+    int64_t t0 = util_mono_us(); /* log_line's */
     const char *path = http_req_path(r);
     uint64_t gen;
     gw_config *c = acquire(sv->gw, &gen);

@@ -165,14 +165,7 @@ typedef struct {
 
 /* ---- small helpers ------------------------------------------------------------ */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* A condition whose timed waits count on CLOCK_MONOTONIC (as now_ms does). */
+/* A condition whose timed waits count on CLOCK_MONOTONIC (as util_mono_ms does). */
 static void cond_init_monotonic(pthread_cond_t *c)
 {
     pthread_condattr_t ca;
@@ -615,7 +608,7 @@ static void sse_notify(void *ctx)
 static bool sse_wait(upstream *u, int64_t deadline)
 {
     pthread_mutex_lock(&u->nmu);
-    for (int64_t left; !u->news && (left = deadline - now_ms()) > 0;) {
+    for (int64_t left; !u->news && (left = deadline - util_mono_ms()) > 0;) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         ts.tv_sec += left / 1000;
@@ -726,7 +719,7 @@ static int sse_open(const mcp_mux *m, upstream *u, const call_ctx *cx, up_err *e
         set_err(e, 0, "target %s: %s", u->t->name, herr);
         return -1;
     }
-    int64_t deadline = now_ms() + m->timeout_ms;
+    int64_t deadline = util_mono_ms() + m->timeout_ms;
     httpc_async_state st;
     while ((st = httpc_async_poll(u->stream)) == HTTPC_ASYNC_WAITING)
         if (!sse_wait(u, deadline)) {
@@ -775,7 +768,7 @@ static int sse_exchange(const mcp_mux *m, upstream *u, const call_ctx *cx, json_
         set_err(e, 0, "target %s: no SSE stream", u->t->name);
         return UP_GONE;
     }
-    int64_t deadline = now_ms() + m->timeout_ms;
+    int64_t deadline = util_mono_ms() + m->timeout_ms;
     json_t *direct = NULL;
     int rc = sse_post(m, u, cx, msg, id, &direct, e);
     if (rc == UP_GONE) sse_close(u);
@@ -842,7 +835,7 @@ static void stdio_kill(upstream *u)
     if (waitpid(pid, &st, WNOHANG) == pid) return;
     kill(-pid, SIGTERM);
     kill(pid, SIGTERM);
-    for (int64_t until = now_ms() + MCP_END_TIMEOUT_MS; now_ms() < until;) {
+    for (int64_t until = util_mono_ms() + MCP_END_TIMEOUT_MS; util_mono_ms() < until;) {
         if (waitpid(pid, &st, WNOHANG) != 0) return; /* reaped, or not ours any more */
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
@@ -921,7 +914,7 @@ static int stdio_write(upstream *u, const char *s, size_t n, int64_t deadline, u
         }
         if (w < 0 && errno == EINTR) continue;
         if (w < 0 && errno == EAGAIN) {
-            int64_t left = deadline - now_ms();
+            int64_t left = deadline - util_mono_ms();
             if (left <= 0) {
                 set_err(e, 0, "target %s: timed out writing to the server", u->t->name);
                 return -1;
@@ -1018,7 +1011,7 @@ static int stdio_read_response(upstream *u, json_int_t id, int64_t deadline, jso
             u->len = 0;
             u->skipping = true;
         }
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - util_mono_ms();
         if (left <= 0) {
             set_err(e, 0, "target %s: upstream timed out", u->t->name);
             return -1;
@@ -1064,7 +1057,7 @@ static int up_exchange(mcp_mux *m, upstream *u, const call_ctx *cx, const char *
         set_err(e, 0, "target %s: the server process is gone", u->t->name);
         return -1;
     }
-    int64_t deadline = now_ms() + m->timeout_ms;
+    int64_t deadline = util_mono_ms() + m->timeout_ms;
     int rc = stdio_send(u, msg, deadline, e);
     if (rc != 0) return rc;
     if (id <= 0) return 0;
@@ -1303,7 +1296,7 @@ static session *session_new(const mcp_mux *m)
         cond_init_monotonic(&u->ncond);
     }
     s->refs = 1;
-    s->last_ms = now_ms();
+    s->last_ms = util_mono_ms();
     return s;
 }
 
@@ -1345,7 +1338,7 @@ static session *session_get(mcp_mux *m, const char *id, const char *bind)
          * bind session ids to the user). Another caller's id is "not found". */
         if ((s->bind == NULL) != (bind == NULL) || (bind && strcmp(s->bind, bind) != 0)) break;
         s->refs++;
-        s->last_ms = now_ms();
+        s->last_ms = util_mono_ms();
         s->last_use = ++m->uses;
         found = s;
         break;
@@ -1358,7 +1351,7 @@ static void session_put(mcp_mux *m, session *s, const call_ctx *cx)
 {
     pthread_mutex_lock(&m->lock);
     bool last = --s->refs == 0 && s->gone;
-    s->last_ms = now_ms();
+    s->last_ms = util_mono_ms();
     s->last_use = ++m->uses;
     pthread_mutex_unlock(&m->lock);
     if (last) session_destroy(m, s, cx);
@@ -1435,7 +1428,7 @@ static session *make_room_locked(mcp_mux *m, const char *bind, size_t *evicted)
     session *dead = NULL;
     *evicted = 0;
     if (m->n_sessions >= m->max_sessions || sessions_of_locked(m, bind) >= m->max_per_client)
-        dead = reap_locked(m, now_ms());
+        dead = reap_locked(m, util_mono_ms());
     /* counted again: reaping may have made room */
     if (sessions_of_locked(m, bind) >= m->max_per_client && evict_lru_locked(m, bind, &dead))
         (*evicted)++;
@@ -1465,7 +1458,7 @@ static void *reaper_main(void *arg)
         ts.tv_sec += step < 1 ? 1 : step > 30 ? 30 : step;
         pthread_cond_timedwait(&m->cond, &m->lock, &ts);
         if (m->stopping) break;
-        session *dead = reap_locked(m, now_ms());
+        session *dead = reap_locked(m, util_mono_ms());
         if (dead) {
             pthread_mutex_unlock(&m->lock);
             destroy_list(m, dead, "idle");
@@ -1576,7 +1569,7 @@ static void do_initialize(mcp_mux *m, http_req *r, const json_t *id, json_t *par
         m->sessions = s;
         m->n_sessions++;
         s->refs = 0;
-        s->last_ms = now_ms();
+        s->last_ms = util_mono_ms();
         s->last_use = ++m->uses;
     }
     pthread_mutex_unlock(&m->lock);

@@ -68,13 +68,6 @@ void device_store_free(device_store *s)
     free(s);
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Drop entries DEVICE_PURGE_AFTER_S past their expiry; with s->mu held. */
 static void purge(device_store *s, int64_t now)
 {
@@ -166,7 +159,7 @@ device_state device_poll(device_store *s, const char *device_code, const char *c
 {
     unsigned char h[SHA256_DIGEST_LENGTH];
     SHA256((const unsigned char *)device_code, strlen(device_code), h);
-    int64_t now = util_now(), ms = mono_ms();
+    int64_t now = util_now(), ms = util_mono_ms();
     device_state st = DEVICE_UNKNOWN;
     pthread_mutex_lock(&s->mu);
     purge(s, now);

@@ -119,13 +119,6 @@ struct jwks_cache {
 };
 
 /* Monotonic milliseconds: wall-clock jumps must not stretch or shrink the intervals. */
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static bool is_loopback_http(const char *uri)
 {
     static const char *const ok[] = { "http://127.0.0.1:", "http://127.0.0.1/", "http://localhost:",
@@ -178,7 +171,7 @@ static jwks *snapshot(jwks_cache *c, unsigned long *gen, bool *stale)
     pthread_mutex_lock(&c->mu);
     jwks *s = jwks_ref(c->set);
     *gen = c->gen;
-    *stale = !s || mono_ms() - c->fetched_at >= c->max_age_ms;
+    *stale = !s || util_mono_ms() - c->fetched_at >= c->max_age_ms;
     pthread_mutex_unlock(&c->mu);
     return s;
 }
@@ -216,7 +209,7 @@ static jwks *refresh(jwks_cache *c, unsigned long *gen, bool wait, jwks *old,
     if (wait) pthread_mutex_lock(&c->fetch_mu);
     else if (pthread_mutex_trylock(&c->fetch_mu) != 0) return old;
     pthread_mutex_lock(&c->mu);
-    int64_t now = mono_ms();
+    int64_t now = util_mono_ms();
     /* The floor applies to every attempt, failed ones included, so an unreachable
      * provider is not retried on every request either. */
     bool allowed = c->gen == *gen &&
@@ -230,7 +223,7 @@ static jwks *refresh(jwks_cache *c, unsigned long *gen, bool wait, jwks *old,
         jwks_unref(c->set);
         c->set = fresh;
         c->gen++;
-        c->fetched_at = mono_ms();
+        c->fetched_at = util_mono_ms();
     }
     jwks *s = jwks_ref(c->set);
     *gen = c->gen;
@@ -246,7 +239,7 @@ static jwks *refresh(jwks_cache *c, unsigned long *gen, bool wait, jwks *old,
 static bool refetch_allowed(jwks_cache *c, unsigned long gen)
 {
     pthread_mutex_lock(&c->mu);
-    bool allowed = c->gen == gen && (c->attempted_at == 0 || mono_ms() - c->attempted_at >= c->min_refresh_ms);
+    bool allowed = c->gen == gen && (c->attempted_at == 0 || util_mono_ms() - c->attempted_at >= c->min_refresh_ms);
     pthread_mutex_unlock(&c->mu);
     return allowed;
 }
