@@ -662,6 +662,20 @@ static size_t async_on_header(char *data, size_t size, size_t nmemb, void *userp
     return n;
 }
 
+/* With a->mu held: n body bytes after those not read yet (moved to the front first when that
+ * spares growing the buffer), the reader told once this round is over. */
+static void a_append(httpc_async *a, const char *data, size_t n)
+{
+    size_t held = a->len - a->off;
+    if (a->off && a->len + n + 1 > a->cap) {
+        memmove(a->buf, a->buf + a->off, held);
+        a->len = held;
+        a->off = 0;
+    }
+    util_buf_add(&a->buf, &a->len, &a->cap, data, n);
+    a_later(a);
+}
+
 static size_t async_on_body(char *data, size_t size, size_t nmemb, void *userp)
 {
     httpc_async *a = userp;
@@ -677,13 +691,7 @@ static size_t async_on_body(char *data, size_t size, size_t nmemb, void *userp)
         pthread_mutex_unlock(&a->mu);
         return CURL_WRITEFUNC_PAUSE;
     }
-    if (a->off && a->len + n + 1 > a->cap) { /* make room at the front first */
-        memmove(a->buf, a->buf + a->off, held);
-        a->len = held;
-        a->off = 0;
-    }
-    util_buf_add(&a->buf, &a->len, &a->cap, data, n);
-    a_later(a);
+    a_append(a, data, n);
     pthread_mutex_unlock(&a->mu);
     return n;
 }
@@ -1035,6 +1043,19 @@ static void aloop_init(void)
     pthread_attr_destroy(&at);
 }
 
+/* A transfer's common part, libcurl's or h1client's alike; async_free undoes it. */
+static httpc_async *async_alloc(httpc_loop *L, const char *url, void (*notify)(void *ctx), void *ctx)
+{
+    httpc_async *a = xcalloc(1, sizeof *a);
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cond, NULL);
+    a->L = L;
+    a->url = xstrdup(url);
+    a->notify = notify;
+    a->ctx = ctx;
+    return a;
+}
+
 /* The transfer of req on L, set up but not started. */
 static httpc_async *async_new(httpc_loop *L, const httpc_request *req, void (*notify)(void *ctx),
                               void *ctx, char *err, size_t errlen)
@@ -1044,15 +1065,9 @@ static httpc_async *async_new(httpc_loop *L, const httpc_request *req, void (*no
         set_err(err, errlen, "curl init failed", req->url);
         return NULL;
     }
-    httpc_async *a = xcalloc(1, sizeof *a);
-    pthread_mutex_init(&a->mu, NULL);
-    pthread_cond_init(&a->cond, NULL);
-    a->L = L;
+    httpc_async *a = async_alloc(L, req->url, notify, ctx);
     a->h = h;
     a->plain = plain_req(req);
-    a->url = xstrdup(req->url);
-    a->notify = notify;
-    a->ctx = ctx;
     a->hl = setup(h, req, req->timeout_ms > 0 ? req->timeout_ms : 0, true);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, async_on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, a);
@@ -1181,14 +1196,7 @@ static bool direct_body(void *ctx, const char *data, size_t n)
 {
     httpc_async *a = ctx;
     pthread_mutex_lock(&a->mu);
-    size_t held = a->len - a->off;
-    if (a->off && a->len + n + 1 > a->cap) {
-        memmove(a->buf, a->buf + a->off, held);
-        a->len = held;
-        a->off = 0;
-    }
-    util_buf_add(&a->buf, &a->len, &a->cap, data, n);
-    a_later(a);
+    a_append(a, data, n);
     bool more = a->len - a->off < HTTPC_ASYNC_BUFFER;
     if (!more) a->paused = true;
     pthread_mutex_unlock(&a->mu);
@@ -1221,13 +1229,7 @@ static const h1_events direct_events = {direct_head, direct_body, direct_end};
 static httpc_async *direct_start(httpc_loop *L, const h1_target *t, const httpc_request *req,
                                  void (*notify)(void *ctx), void *ctx)
 {
-    httpc_async *a = xcalloc(1, sizeof *a);
-    pthread_mutex_init(&a->mu, NULL);
-    pthread_cond_init(&a->cond, NULL);
-    a->L = L;
-    a->url = xstrdup(req->url);
-    a->notify = notify;
-    a->ctx = ctx;
+    httpc_async *a = async_alloc(L, req->url, notify, ctx);
     h1_request hr = {.method = req->method, .headers = req->headers, .body = req->body,
                      .body_len = req->body_len, .timeout_ms = req->timeout_ms};
     a->x = h1_start(L->h1, t, &hr, &direct_events, a);
