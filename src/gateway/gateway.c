@@ -632,21 +632,36 @@ static const char *bearer(http_req *r)
 
 /* The value of cookie name in a Cookie header ("a=1; b=2"), at most max - 1 bytes into buf;
  * NULL if absent, empty or longer. */
+/* The next "name=value" pair of a Cookie header at *p, its length in *len (up to the ';',
+ * spaces after the value included); NULL at the end. *p moves past it. */
+static const char *cookie_next(const char **p, size_t *len)
+{
+    *p += strspn(*p, " \t;");
+    if (!**p) return NULL;
+    const char *pair = *p;
+    *len = strcspn(pair, ";");
+    *p += *len;
+    return pair;
+}
+
+/* Is the pair (len bytes) the cookie name? */
+static bool cookie_is(const char *pair, size_t len, const char *name)
+{
+    size_t n = strlen(name);
+    return len > n && !strncmp(pair, name, n) && pair[n] == '=';
+}
+
 static const char *cookie_in(const char *header, const char *name, char *buf, size_t max)
 {
-    size_t nlen = strlen(name);
-    for (const char *p = header; p && *p;) {
-        p += strspn(p, " \t;");
-        size_t len = strcspn(p, ";");
-        if (len > nlen && !strncmp(p, name, nlen) && p[nlen] == '=') {
-            size_t vlen = len - nlen - 1;
-            while (vlen && (p[nlen + vlen] == ' ' || p[nlen + vlen] == '\t')) vlen--;
-            if (!vlen || vlen >= max) return NULL;
-            memcpy(buf, p + nlen + 1, vlen);
-            buf[vlen] = '\0';
-            return buf;
-        }
-        p += len;
+    size_t len, nlen = strlen(name);
+    for (const char *p = header ? header : "", *pair; (pair = cookie_next(&p, &len));) {
+        if (!cookie_is(pair, len, name)) continue;
+        size_t vlen = len - nlen - 1;
+        while (vlen && (pair[nlen + vlen] == ' ' || pair[nlen + vlen] == '\t')) vlen--;
+        if (!vlen || vlen >= max) return NULL;
+        memcpy(buf, pair + nlen + 1, vlen);
+        buf[vlen] = '\0';
+        return buf;
     }
     return NULL;
 }
@@ -706,15 +721,21 @@ static json_t *request_json(http_req *r)
 
 /* ---- proxying ----------------------------------------------------------------------------- */
 
+/* What a request's log line and metrics name (log_line), kept by value: a callback copies it
+ * out before the proxied request it belongs to may be freed. */
+typedef struct {
+    int64_t t0;                  /* when the request came (util_mono_us) */
+    unsigned port;               /* the bind's */
+    char route[64];
+} log_tag;
+
 /* A proxied request from the upstream transfer's start to the end of its streamed answer. */
 typedef struct {
     httpc_async *a;
     http_waker *w;               /* the request's: the transfer's notify wakes it */
-    int64_t t0;                  /* when the request came, for its log line */
+    log_tag tag;
     bool cors;                   /* the route sets CORS headers: the upstream's are dropped */
     const gw_header_mod *resp_mod; /* responseHeaderModifier (the config outlives the request) */
-    char route[64];
-    unsigned port;               /* the bind's, for metrics */
     char *pre;                   /* body bytes read before the stream began: pre[pre_off..pre_len) */
     size_t pre_len, pre_off;
     http_body *body;             /* the request's body as it arrives (streamed), else NULL */
@@ -822,7 +843,7 @@ static long proxy_read(void *ctx, char *buf, size_t max)
     if (n < 0) {
         char err[256];
         httpc_async_error(p->a, err, sizeof err);
-        log_msg(LOG_WARN, "upstream_stream_failed", "route %s: %s", p->route, err);
+        log_msg(LOG_WARN, "upstream_stream_failed", "route %s: %s", p->tag.route, err);
     }
     return n;
 }
@@ -939,17 +960,13 @@ static void copy_header(void *ctx, const char *name, const char *value)
     if (!strcasecmp(name, "Authorization") && u->strip_auth) return;
     if (u->strip_header && !strcasecmp(name, u->strip_header)) return;
     if (u->strip_cookie && !strcasecmp(name, "Cookie")) { /* the others, as they were */
-        size_t nlen = strlen(u->strip_cookie), out = 0;
+        size_t len, out = 0;
         char *kept = xmalloc(2 * strlen(value) + 1); /* "a=1;b=2" comes out as "a=1; b=2" */
-        for (const char *p = value; *p;) {
-            p += strspn(p, " \t;");
-            size_t len = strcspn(p, ";");
-            if (len && !(len > nlen && !strncmp(p, u->strip_cookie, nlen) && p[nlen] == '=')) {
-                if (out) memcpy(kept + out, "; ", 2), out += 2;
-                memcpy(kept + out, p, len);
-                out += len;
-            }
-            p += len;
+        for (const char *p = value, *pair; (pair = cookie_next(&p, &len));) {
+            if (cookie_is(pair, len, u->strip_cookie)) continue;
+            if (out) memcpy(kept + out, "; ", 2), out += 2;
+            memcpy(kept + out, pair, len);
+            out += len;
         }
         kept[out] = '\0';
         if (out) up_set(u, name, kept);
@@ -1201,7 +1218,7 @@ static int send_again(http_req *r, pstream *p)
     replay_next_backend(rp);
     if (p->be && rp->last < p->be->n_urls) p->be_i = rp->last;
     p->a = httpc_async_start_on(client_for(rp->rt), &rp->req, proxy_notify, p, err, sizeof err);
-    if (!p->a) log_msg(LOG_WARN, "upstream_failed", "route %s: %s", p->route, err);
+    if (!p->a) log_msg(LOG_WARN, "upstream_failed", "route %s: %s", p->tag.route, err);
     else if (on_loop) return proxy_try(r, p) ? 1 : -1;
     else if (httpc_async_wait(p->a, rp->stopping) == HTTPC_ASYNC_WAITING) {
         http_reply_text(r, 503, "the gateway is stopping");
@@ -1215,17 +1232,14 @@ static int send_again(http_req *r, pstream *p)
 static void retry_later(http_req *r, void *arg, bool cancelled)
 {
     pstream *p = arg;
-    int64_t t0 = p->t0;
-    char route[sizeof p->route]; /* p may be gone when the line is written */
-    memcpy(route, p->route, sizeof route);
-    unsigned port = p->port;
+    log_tag tag = p->tag; /* p may be gone when the line is written */
     if (cancelled) {
         proxy_free(p);
     } else {
         retry_pause(p->rp);
         if (send_again(r, p) == 0) proxy_answer(r, p);
     }
-    log_line(r, t0, route, port);
+    log_line(r, tag.t0, tag.route, tag.port);
 }
 
 /* A backend of several that could not be reached, or did not answer in time, gets no first
@@ -1238,7 +1252,7 @@ static void note_outcome(const pstream *p)
     if (res != HTTPC_CONNECT && res != HTTPC_TIMEOUT) return;
     int64_t now = util_mono_ms();
     if (atomic_exchange(&p->be->down_until[p->be_i], now + DOWN_MS) <= now)
-        log_msg(LOG_WARN, "backend_down", "route %s: %s %s; no first tries for %d s", p->route, p->be->urls[p->be_i],
+        log_msg(LOG_WARN, "backend_down", "route %s: %s %s; no first tries for %d s", p->tag.route, p->be->urls[p->be_i],
                 res == HTTPC_TIMEOUT ? "did not answer in time" : "could not be reached", DOWN_MS / 1000);
 }
 
@@ -1253,7 +1267,7 @@ static int maybe_retry(http_req *r, pstream *p)
         replay *rp = p->rp;
         rp->left--;
         bool answered = httpc_async_poll(p->a) == HTTPC_ASYNC_HEADERS;
-        log_msg(LOG_INFO, "upstream_retry", "route %s: %s %ld; again (%u more at most)", p->route,
+        log_msg(LOG_INFO, "upstream_retry", "route %s: %s %ld; again (%u more at most)", p->tag.route,
                 answered ? "HTTP" : "unreachable", answered ? httpc_async_status(p->a) : 0L, rp->left);
         httpc_async_close(p->a);
         p->a = NULL;
@@ -1279,7 +1293,7 @@ static bool proxy_answer(http_req *r, pstream *p)
     char err[300];
     if (httpc_async_poll(p->a) != HTTPC_ASYNC_HEADERS) {
         httpc_result res = httpc_async_error(p->a, err, sizeof err);
-        log_msg(LOG_WARN, "upstream_failed", "route %s: %s", p->route, err);
+        log_msg(LOG_WARN, "upstream_failed", "route %s: %s", p->tag.route, err);
         if (res == HTTPC_TIMEOUT) http_reply_text(r, 504, "upstream request timeout");
         else http_reply_text(r, 502, "upstream connect error");
         proxy_free(p);
@@ -1375,16 +1389,13 @@ static bool proxy_try(http_req *r, pstream *p)
 static void proxy_resumed(http_req *r, void *arg, bool cancelled)
 {
     pstream *p = arg;
-    int64_t t0 = p->t0;
-    char route[sizeof p->route]; /* p may be gone when the line is written */
-    memcpy(route, p->route, sizeof route);
-    unsigned port = p->port;
+    log_tag tag = p->tag; /* p may be gone when the line is written */
     if (cancelled) { /* answered 503 already */
         proxy_free(p);
-        log_line(r, t0, route, port);
+        log_line(r, tag.t0, tag.route, tag.port);
         return;
     }
-    if (!proxy_try(r, p)) log_line(r, t0, route, port);
+    if (!proxy_try(r, p)) log_line(r, tag.t0, tag.route, tag.port);
 }
 
 /* The backend this request goes to, its index in *i: of several, one at random in proportion
@@ -1484,12 +1495,12 @@ static bool proxy(server *sv, const gw_route *rt, const gw_match *m, http_req *r
         req.body_ctx = p;
     }
     p->w = http_req_waker(r);
-    p->t0 = t0;
+    p->tag.t0 = t0;
     if (rt->backend.n_urls) p->be = &rt->backend, p->be_i = be_i;
     p->cors = rt->cors != NULL;
     p->resp_mod = rt->resp_mod;
-    snprintf(p->route, sizeof p->route, "%s", rt->name);
-    p->port = sv->port;
+    snprintf(p->tag.route, sizeof p->tag.route, "%s", rt->name);
+    p->tag.port = sv->port;
     p->a = httpc_async_start_on(client_for(rt), &req, proxy_notify, p, err, sizeof err); /* copies */
     if (rt->retry_attempts && !p->body) { /* a streamed body cannot be sent twice */
         p->rp = replay_new(&req, rt, base, owned, &sv->gw->stopping);
