@@ -125,6 +125,9 @@ static void put_escaped(char **buf, size_t *len, size_t *cap, const char *v)
     }
 }
 
+static void put(char **buf, size_t *len, size_t *cap, const char *s) { util_buf_add(buf, len, cap, s, strlen(s)); }
+
+/* A short formatted piece (a number, a label): at most 255 bytes. */
 static void putf(char **buf, size_t *len, size_t *cap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void putf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
 {
@@ -147,20 +150,19 @@ char *metrics_render(size_t *len)
 {
     char *buf = NULL;
     size_t n = 0, cap = 0;
-    util_buf_add(&buf, &n, &cap, "", 0);
-    putf(&buf, &n, &cap, "%s", "# HELP agentgateway_requests_total Requests answered, by bind, route, method and status.\n"
-                               "# TYPE agentgateway_requests_total counter\n");
+    put(&buf, &n, &cap, "# HELP agentgateway_requests_total Requests answered, by bind, route, method and status.\n"
+                        "# TYPE agentgateway_requests_total counter\n");
     for (size_t i = 0; i < METRICS_SERIES; i++) {
         const series *s = &table[i];
         if (atomic_load_explicit(&s->state, memory_order_acquire) != 2) continue;
         uint64_t c = 0;
         for (int k = 0; k < STRIPES; k++) c += atomic_load_explicit(&s->st[k].count, memory_order_relaxed);
-        util_buf_add(&buf, &n, &cap, "agentgateway_requests_total", 27);
+        put(&buf, &n, &cap, "agentgateway_requests_total");
         put_labels(&buf, &n, &cap, s);
         putf(&buf, &n, &cap, "} %llu\n", (unsigned long long)c);
     }
-    putf(&buf, &n, &cap, "%s", "# HELP agentgateway_request_duration_seconds Time to the answer's headers.\n"
-                               "# TYPE agentgateway_request_duration_seconds histogram\n");
+    put(&buf, &n, &cap, "# HELP agentgateway_request_duration_seconds Time to the answer's headers.\n"
+                        "# TYPE agentgateway_request_duration_seconds histogram\n");
     for (size_t i = 0; i < METRICS_SERIES; i++) {
         const series *s = &table[i];
         if (atomic_load_explicit(&s->state, memory_order_acquire) != 2) continue;
@@ -173,18 +175,18 @@ char *metrics_render(size_t *len)
         uint64_t cum = 0;
         for (int j = 0; j < NBUCKETS; j++) {
             cum += b[j];
-            util_buf_add(&buf, &n, &cap, "agentgateway_request_duration_seconds_bucket", 44);
+            put(&buf, &n, &cap, "agentgateway_request_duration_seconds_bucket");
             put_labels(&buf, &n, &cap, s);
             putf(&buf, &n, &cap, ",le=\"%s\"} %llu\n", LE[j], (unsigned long long)cum);
         }
         if (cum > c) c = cum; /* a count read a moment before its bucket */
-        util_buf_add(&buf, &n, &cap, "agentgateway_request_duration_seconds_bucket", 44);
+        put(&buf, &n, &cap, "agentgateway_request_duration_seconds_bucket");
         put_labels(&buf, &n, &cap, s);
         putf(&buf, &n, &cap, ",le=\"+Inf\"} %llu\n", (unsigned long long)c);
-        util_buf_add(&buf, &n, &cap, "agentgateway_request_duration_seconds_sum", 41);
+        put(&buf, &n, &cap, "agentgateway_request_duration_seconds_sum");
         put_labels(&buf, &n, &cap, s);
         putf(&buf, &n, &cap, "} %.6f\n", (double)sum / 1e6);
-        util_buf_add(&buf, &n, &cap, "agentgateway_request_duration_seconds_count", 43);
+        put(&buf, &n, &cap, "agentgateway_request_duration_seconds_count");
         put_labels(&buf, &n, &cap, s);
         putf(&buf, &n, &cap, "} %llu\n", (unsigned long long)c);
     }
