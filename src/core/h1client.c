@@ -65,7 +65,7 @@ struct h1_xfer {
     int64_t due;                /* the nearer of deadline and the connect bound; -1: none */
     h1_xfer *tprev, *tnext;     /* in P's list by due, soonest first, while due >= 0 */
     h1_xfer *qnext;             /* in P's queue of requests to send */
-    bool queued, begun, done, held, answered, resent, head_only, interim, complete, keep,
+    bool queued, done, held, answered, resent, head_only, interim, complete, keep,
          too_large, headed;     /* headed: head told; header lines after it are trailers */
     int hstate;                 /* header parsing: 0 none yet, 1 in a name, 2 in a value */
     size_t attempts;            /* addresses tried for the connection it waits for */
@@ -485,7 +485,6 @@ static void open_for(h1_xfer *x)
 static void begin(h1_xfer *x)
 {
     h1_pool *P = x->P;
-    x->begun = true;
     if (++P->in_flight > P->peak) P->peak = P->in_flight;
     timer_set(P, x, -1);
     conn *c = x->d->idle_head;
@@ -590,10 +589,10 @@ void h1_close(h1_xfer *x)
         while (*q != x) prev = *q, q = &(*q)->qnext;
         *q = x->qnext;
         if (P->qtail == x) P->qtail = prev;
-    } else if (!x->done) { /* cancelled mid-way: its connection cannot be reused */
+    } else if (!x->done) { /* cancelled mid-way (begun: out of the queue): its connection cannot be reused */
         timer_unlink(P, x);
         if (x->c) conn_close(P, x->c);
-        if (x->begun) P->in_flight--;
+        P->in_flight--;
     }
     free(x);
 }
