@@ -1126,10 +1126,9 @@ static bool parse_backend(loader *l, const yaml_node_t *n, gw_route *rt)
     ITEMS(n, it) {
         size_t i = bk->n_urls++;
         if (!parse_weighted(l, node_at(l, *it), &bk->urls[i], &bk->weights[i])) return false;
-        bk->total_weight += bk->weights[i];
         if (!bk->base_url && bk->weights[i]) bk->base_url = xstrdup(bk->urls[i]);
     }
-    if (!bk->total_weight) return fail(l, n, "backends: their weights add up to 0");
+    if (!bk->base_url) return fail(l, n, "backends: their weights add up to 0"); /* none has one */
     return true;
 }
 

@@ -124,7 +124,6 @@ typedef struct {
     char **urls;
     unsigned *weights;
     size_t n_urls;               /* 0: base_url alone */
-    unsigned long total_weight;
     _Atomic int64_t *down_until; /* of each of urls: until when (monotonic ms) it gets no first
                                     tries, having been unreachable (the gateway's to set) */
     /* AI */

@@ -782,6 +782,23 @@ static replay *replay_new(const httpc_request *req, const gw_route *rt, const ch
 
 static uint64_t trace_rand(void);
 
+/* Of b's backends not in skip (a bit per backend), one at random in proportion to its weight;
+ * b->n_urls if none of them has a weight. */
+static size_t pick_weighted(const gw_backend *b, uint32_t skip)
+{
+    unsigned long total = 0;
+    for (size_t i = 0; i < b->n_urls; i++)
+        if (!(skip >> i & 1)) total += b->weights[i];
+    if (!total) return b->n_urls;
+    unsigned long x = (unsigned long)(trace_rand() % total);
+    for (size_t i = 0; i < b->n_urls; i++) {
+        if (skip >> i & 1) continue;
+        if (x < b->weights[i]) return i;
+        x -= b->weights[i];
+    }
+    return b->n_urls; /* not reached */
+}
+
 /* Of several backends, the next try goes to one not tried yet (by weight), or once all have been,
  * to any other than the last: a backend that failed is not asked again while another may answer.
  * Not with urlRewrite.authority, whose Host was made for the first one's address. */
@@ -789,21 +806,10 @@ static void replay_next_backend(replay *rp)
 {
     const gw_backend *b = &rp->rt->backend;
     if (b->n_urls < 2 || rp->last >= b->n_urls || rp->rt->rewrite_host || rp->rt->rewrite_port) return;
-    unsigned long total = 0;
-    for (size_t i = 0; i < b->n_urls; i++)
-        if (!(rp->tried >> i & 1)) total += b->weights[i];
-    if (!total) { /* all tried: start over, but not with the last one */
+    size_t pick = pick_weighted(b, rp->tried);
+    if (pick == b->n_urls) { /* all tried: start over, but not with the last one */
         rp->tried = 1u << rp->last;
-        for (size_t i = 0; i < b->n_urls; i++)
-            if (!(rp->tried >> i & 1)) total += b->weights[i];
-        if (!total) return; /* no other has a weight */
-    }
-    unsigned long x = (unsigned long)(trace_rand() % total);
-    size_t pick = 0;
-    for (; pick < b->n_urls; pick++) {
-        if (rp->tried >> pick & 1) continue;
-        if (x < b->weights[pick]) break;
-        x -= b->weights[pick];
+        if ((pick = pick_weighted(b, rp->tried)) == b->n_urls) return; /* no other has a weight */
     }
     rp->tried |= 1u << pick;
     rp->last = pick;
@@ -1405,18 +1411,11 @@ static const char *pick_base(const gw_backend *b, size_t *i)
     *i = 0;
     if (!b->n_urls) return b->base_url;
     int64_t now = util_mono_ms();
-    unsigned long total = 0;
+    uint32_t down = 0; /* read once: another thread may mark one down meanwhile */
     for (size_t k = 0; k < b->n_urls; k++)
-        if (atomic_load(&b->down_until[k]) <= now) total += b->weights[k];
-    bool all = !total;
-    unsigned long x = (unsigned long)(trace_rand() % (all ? b->total_weight : total));
-    for (*i = 0; *i < b->n_urls; (*i)++) {
-        if (!all && atomic_load(&b->down_until[*i]) > now) continue;
-        if (x < b->weights[*i]) return b->urls[*i];
-        x -= b->weights[*i];
-    }
-    *i = 0;
-    return b->base_url; /* not reached */
+        if (atomic_load(&b->down_until[k]) > now) down |= 1u << k;
+    if ((*i = pick_weighted(b, down)) == b->n_urls) *i = pick_weighted(b, 0); /* all down: all again */
+    return b->urls[*i];
 }
 
 /* Send the request upstream. On a server thread (may_block false) the answer comes without
