@@ -1421,8 +1421,7 @@ static bool parse_addr(loader *l, yaml_node_t *n, const char *what, bool allow_n
         free(v);
         return fail(l, n, "%s: expected ADDRESS:PORT with a numeric address, such as 127.0.0.1:15020", what);
     }
-    bool loopback = util_str_starts_with(host, "127.") || !strcmp(host, "::1");
-    if (!loopback && !allow_non_loopback) {
+    if (!gw_is_loopback(host) && !allow_non_loopback) {
         free(v);
         return fail(l, n, "%s %s is not a loopback address: set config.allowNonLoopback: true to listen on it", what, host);
     }
@@ -1473,12 +1472,16 @@ static bool parse_top(loader *l, gw_config *c)
         for (size_t i = 0; i + 1 < c->n_binds; i++)
             if (c->binds[i].port == b->port && b->port && !strcmp(c->binds[i].address, b->address))
                 return fail(l, bn, "binds: %s port %u is bound twice", b->address, b->port);
-        bool loopback = util_str_starts_with(b->address, "127.") || !strcmp(b->address, "::1");
-        if (!loopback && !c->allow_non_loopback)
+        if (!gw_is_loopback(b->address) && !c->allow_non_loopback)
             return fail(l, bn, "binds.address %s is not a loopback address: set config.allowNonLoopback: true "
                         "to listen on it", b->address);
     }
     return true;
+}
+
+bool gw_is_loopback(const char *address)
+{
+    return util_str_starts_with(address, "127.") || !strcmp(address, "::1");
 }
 
 gw_config *gw_config_load(const char *path, const gw_config *prev, char *err, size_t errlen)

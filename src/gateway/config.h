@@ -234,6 +234,10 @@ gw_config *gw_config_load(const char *path, const gw_config *prev, char *err, si
 gw_config *gw_config_ref(gw_config *c);
 void gw_config_unref(gw_config *c);
 
+/* A numeric address of the loopback range (127.0.0.0/8, ::1): what binds and the stats and
+ * readiness addresses may use without config.allowNonLoopback. */
+bool gw_is_loopback(const char *address);
+
 /* "30s", "1m30s", "250ms", "2h" → milliseconds; -1 if not a duration. */
 int64_t gw_duration_ms(const char *s);
 

@@ -110,15 +110,10 @@ static gw_config *acquire(gateway *gw, uint64_t *gen)
 
 static void release(void *c) { gw_config_unref(c); }
 
-static bool is_loopback(const char *addr)
-{
-    return util_str_starts_with(addr, "127.") || !strcmp(addr, "::1");
-}
-
 static void warn_exposed(const gw_config *c, const gateway *gw)
 {
     for (size_t i = 0; i < c->n_binds; i++)
-        if (!is_loopback(c->binds[i].address) && !(gw->listen_override && i == 0))
+        if (!gw_is_loopback(c->binds[i].address) && !(gw->listen_override && i == 0))
             log_msg(LOG_WARN, "non_loopback", "bind %s port %u is reachable from other machines "
                     "(config.allowNonLoopback)", c->binds[i].address, c->binds[i].port);
 }
